@@ -1,0 +1,113 @@
+//! The `ensemble` command: `ensemble serve` runs a headless host.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ensemble_host::{Host, HostConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "ensemble",
+    version,
+    about = "Share one coding agent with your team over the LAN"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a host without a window: VMs, the event log and the WebSocket endpoint.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on. The default is loopback only; use 0.0.0.0 to let
+    /// teammates on the LAN connect.
+    #[arg(long, default_value = "127.0.0.1:6420")]
+    bind: SocketAddr,
+    /// Where the event logs and the key registry live
+    /// (default: $XDG_DATA_HOME/ensemble, usually ~/.local/share/ensemble).
+    #[arg(long, env = "ENSEMBLE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A command started once and fed every event as one JSON line on stdin.
+    #[arg(long, value_name = "COMMAND")]
+    hook_command: Option<String>,
+    /// Enable the test action `emit`, which appends arbitrary test events.
+    #[arg(long)]
+    test_actions: bool,
+    /// Disconnect a client whose socket accepts nothing for this many seconds
+    /// (it can reconnect and resume).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    stall_timeout: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => dirs::data_dir()
+            .context("no data directory known for this user; pass --data-dir")?
+            .join("ensemble"),
+    };
+    let mut config = HostConfig::new(&data_dir);
+    config.test_actions = args.test_actions;
+    config.hook_command = args.hook_command;
+    config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
+    let host = Host::start(config)
+        .await
+        .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another host running? try --bind 127.0.0.1:0",
+                args.bind
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    println!(
+        "Ensemble host listening on ws://{addr}{} (data in {})",
+        ensemble_protocol::WS_PATH,
+        data_dir.display()
+    );
+    host.serve(listener, shutdown_signal())
+        .await
+        .context("server failed")?;
+    tracing::info!("host stopped; logs committed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Actions: a name and positional arguments in, a JSON value or a typed error
+//! out. Each action parses its own arguments here and talks to the VM.
+
+use base64::Engine;
+use bytes::Bytes;
+use ensemble_protocol::frame::BinaryKind;
+use ensemble_protocol::{Args, ErrorBody, ErrorCode, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::log::{read_session_page, NewEvent};
+use crate::vm::Vm;
+
+/// Most events one `emit` call may produce.
+pub const MAX_EMIT_COUNT: u32 = 10_000;
+
+/// Most names a `names` filter may list.
+pub const MAX_FILTER_NAMES: usize = 64;
+
+pub struct ActionContext<'a> {
+    pub vm: &'a Vm,
+    /// `emit` is refused unless the host was started with test actions.
+    pub test_actions: bool,
+}
+
+/// Runs one action; the result is JSON text.
+pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<String, ErrorBody> {
+    let args = Args::from_value(args).map_err(invalid)?;
+    match name {
+        "getEvents" => get_events(ctx.vm, args).await,
+        "getSequencedEvents" => get_sequenced_events(ctx.vm, args).await,
+        "emit" if ctx.test_actions => emit(ctx.vm, args).await,
+        "emit" => Err(ErrorBody::new(
+            ErrorCode::Disabled,
+            "emit is a test action; start the host with --test-actions to use it",
+        )),
+        other => Err(ErrorBody::new(
+            ErrorCode::UnknownAction,
+            format!("unknown action {other:?}"),
+        )),
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(ErrorCode::InvalidArgs, e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, e.to_string())
+}
+
+fn page_limit(limit: Option<u32>) -> Result<u32, ErrorBody> {
+    match limit.unwrap_or(DEFAULT_PAGE_LIMIT) {
+        0 => Err(invalid("limit must be at least 1")),
+        n if n > MAX_PAGE_LIMIT => Err(invalid(format!(
+            "limit {n} is over the maximum page of {MAX_PAGE_LIMIT}"
+        ))),
+        n => Ok(n),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GetEventsOptions {
+    since: Option<u64>,
+    limit: Option<u32>,
+    names: Option<Vec<String>>,
+}
+
+/// `getEvents({since, limit, names})` → `{events, more, next, head, first}`.
+async fn get_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("getEvents", 1).map_err(invalid)?;
+    let opts: GetEventsOptions = args
+        .optional(0, "options")
+        .map_err(invalid)?
+        .unwrap_or_default();
+    let limit = page_limit(opts.limit)?;
+    if let Some(names) = &opts.names {
+        if names.is_empty() || names.len() > MAX_FILTER_NAMES {
+            return Err(invalid(format!(
+                "names lists 1 to {MAX_FILTER_NAMES} event names"
+            )));
+        }
+    }
+    let log = vm.log();
+    let head = log.head();
+    let since = opts.since.unwrap_or(0);
+    if since > head {
+        return Err(ErrorBody::new(
+            ErrorCode::SinceBeyondHead,
+            format!("since {since} is beyond the head of the log ({head})"),
+        ));
+    }
+    let page = log
+        .page(since, head, limit, opts.names)
+        .await
+        .map_err(internal)?;
+    let more = page.len() == limit as usize && page.last().is_some_and(|e| e.seq < head);
+    let next = if more {
+        page.last().map_or(head, |e| e.seq)
+    } else {
+        head
+    };
+    let mut out = String::from(r#"{"events":["#);
+    for (i, event) in page.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&event.json().map_err(internal)?);
+    }
+    out.push_str(&format!(
+        r#"],"more":{more},"next":{next},"head":{head},"first":{}}}"#,
+        log.first()
+    ));
+    Ok(out)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SequencedOptions {
+    since: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// `getSequencedEvents(sessionId, {since, limit})` →
+/// `{events: [{sequenceNumber, notification}], more, next}` (agentOS shape per event).
+async fn get_sequenced_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("getSequencedEvents", 2).map_err(invalid)?;
+    let session_id: String = args.required(0, "sessionId").map_err(invalid)?;
+    let opts: SequencedOptions = args
+        .optional(1, "options")
+        .map_err(invalid)?
+        .unwrap_or_default();
+    let limit = page_limit(opts.limit)?;
+    let since = opts.since.unwrap_or(0);
+    let (page, session_head) = vm
+        .log()
+        .read(move |conn| {
+            let head: u64 = conn.query_row(
+                "SELECT COALESCE(MAX(session_seq), 0) FROM events WHERE session_id = ?1",
+                [&session_id],
+                |r| r.get(0),
+            )?;
+            Ok((read_session_page(conn, &session_id, since, limit)?, head))
+        })
+        .await
+        .map_err(internal)?;
+    if since > session_head {
+        return Err(ErrorBody::new(
+            ErrorCode::SinceBeyondHead,
+            format!("since {since} is beyond the session's last sequenceNumber ({session_head})"),
+        ));
+    }
+    let more = page.len() == limit as usize && page.last().is_some_and(|(n, _)| *n < session_head);
+    let next = page.last().map_or(since, |(n, _)| *n);
+    let mut out = String::from(r#"{"events":["#);
+    for (i, (n, notification)) in page.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            r#"{{"sequenceNumber":{n},"notification":{}}}"#,
+            notification.get()
+        ));
+    }
+    out.push_str(&format!(r#"],"more":{more},"next":{next}}}"#));
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmitOptions {
+    #[serde(default = "default_emit_name")]
+    name: String,
+    #[serde(default)]
+    data: Value,
+    #[serde(default = "one")]
+    count: u32,
+    #[serde(rename = "sessionId")]
+    session_id: Option<String>,
+    /// For `testBytes`: the payload, base64.
+    bytes: Option<String>,
+    #[serde(default)]
+    id: u32,
+}
+
+fn default_emit_name() -> String {
+    "testEvent".to_owned()
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Test action `emit({name, data, count, sessionId, bytes, id})`: appends
+/// `count` events and answers `{first, last}` once they are durable.
+async fn emit(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("emit", 1).map_err(invalid)?;
+    let opts: EmitOptions = args.required(0, "options").map_err(invalid)?;
+    if opts.count == 0 || opts.count > MAX_EMIT_COUNT {
+        return Err(invalid(format!("count is 1 to {MAX_EMIT_COUNT}")));
+    }
+    let make: Box<dyn Fn() -> NewEvent + Send> = match opts.name.as_str() {
+        "testEvent" => {
+            let data = opts.data.to_string();
+            Box::new(move || NewEvent::Json {
+                name: "testEvent".to_owned(),
+                data: data.clone(),
+            })
+        }
+        "sessionEvent" => {
+            let session_id = opts
+                .session_id
+                .ok_or_else(|| invalid("a sessionEvent needs sessionId"))?;
+            let event = opts.data.to_string();
+            Box::new(move || NewEvent::Session {
+                session_id: session_id.clone(),
+                event: event.clone(),
+            })
+        }
+        "testBytes" => {
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(opts.bytes.as_deref().unwrap_or(""))
+                .map_err(|e| invalid(format!("bytes is not base64: {e}")))?;
+            let payload = Bytes::from(payload);
+            let id = opts.id;
+            Box::new(move || NewEvent::Bytes {
+                kind: BinaryKind::TestBytes,
+                id,
+                payload: payload.clone(),
+            })
+        }
+        other => {
+            return Err(invalid(format!(
+                "emit makes testEvent, sessionEvent or testBytes, not {other:?}"
+            )))
+        }
+    };
+    let events: Vec<NewEvent> = (0..opts.count).map(|_| make()).collect();
+    let last = vm.log().append(events).await.map_err(internal)?;
+    let first = last + 1 - u64::from(opts.count);
+    Ok(format!(r#"{{"first":{first},"last":{last}}}"#))
+}

@@ -1,0 +1,560 @@
+//! One WebSocket connection: frames in → messages → VM; log → frames out.
+//!
+//! The reading half parses what the client sends and runs actions. The
+//! writing half owns the socket's sink and a cursor into the VM's log: it
+//! takes live events from the log's broadcast while it keeps up, and reads
+//! pages from the log itself when it is behind (a late subscriber, a resume,
+//! or a slow client whose broadcast receiver lagged). So a slow client costs
+//! the producer and the other clients nothing, and what it holds in memory is
+//! bounded by one page plus the socket's write buffer.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use ensemble_protocol::{
+    ClientMessage, ErrorBody, ErrorCode, Key, Limits, ServerMessage, MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::{self, ActionContext, MAX_FILTER_NAMES};
+use crate::log::{Frame, Log, LogError, LoggedEvent};
+use crate::registry::Registry;
+use crate::vm::Vm;
+
+/// Messages waiting for the writing half (action results, errors). Bounded so
+/// a client that sends actions but never reads cannot grow the host: the
+/// reading half then waits, which stops reading the socket.
+const OUT_QUEUE: usize = 256;
+
+/// Actions one connection may have running at once; more wait (and the
+/// socket is not read meanwhile).
+const MAX_INFLIGHT_ACTIONS: usize = 64;
+
+/// Events read from the log per catch-up page.
+const CATCH_UP_PAGE: u32 = 4096;
+
+/// Live events sent before a flush.
+const LIVE_BATCH: usize = 512;
+
+/// What every connection shares.
+pub struct Shared {
+    pub registry: Registry,
+    pub test_actions: bool,
+    /// A client whose socket accepts nothing for this long is disconnected
+    /// (it can reconnect and resume from its last seq).
+    pub stall_timeout: Duration,
+    pub shutdown: CancellationToken,
+    pub server: String,
+}
+
+enum Out {
+    Text(String),
+    Subscribe {
+        log: Log,
+        since: Option<u64>,
+        filter: Option<HashSet<String>>,
+    },
+    Filter(Option<HashSet<String>>),
+}
+
+/// Serves one upgraded WebSocket until either side closes it.
+pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
+    let (sink, stream) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let done = shared.shutdown.child_token();
+    let writer = tokio::spawn(write_half(sink, out_rx, shared.stall_timeout, done.clone()));
+    read_half(stream, out_tx, shared, done.clone()).await;
+    done.cancel();
+    let _ = writer.await;
+}
+
+struct ReadState {
+    vm: Option<Vm>,
+    subscribed: bool,
+}
+
+async fn read_half(
+    mut stream: SplitStream<WebSocket>,
+    out_tx: mpsc::Sender<Out>,
+    shared: Arc<Shared>,
+    done: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_ACTIONS));
+    let mut state = ReadState {
+        vm: None,
+        subscribed: false,
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = done.cancelled() => return,
+            msg = stream.next() => msg,
+        };
+        let msg = match msg {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "connection read failed");
+                return;
+            }
+            None => return,
+        };
+        let reply = match msg {
+            Message::Text(text) if text.len() > MAX_MESSAGE_BYTES => Some(too_large(text.len())),
+            Message::Text(text) => match parse(text.as_str()) {
+                Ok(m) => handle(m, &mut state, &shared, &out_tx, &permits).await,
+                Err((id, body)) => Some(error_text(id, body)),
+            },
+            Message::Binary(b) if b.len() > MAX_MESSAGE_BYTES => Some(too_large(b.len())),
+            Message::Binary(_) => Some(error_text(
+                None,
+                ErrorBody::new(
+                    ErrorCode::UnsupportedFrame,
+                    "protocol 1 takes no binary frames from clients",
+                ),
+            )),
+            Message::Close(_) => return,
+            Message::Ping(_) | Message::Pong(_) => None,
+        };
+        if let Some(text) = reply {
+            if out_tx.send(Out::Text(text)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn too_large(len: usize) -> String {
+    error_text(
+        None,
+        ErrorBody::new(
+            ErrorCode::MessageTooLarge,
+            format!("message of {len} bytes is over the limit of {MAX_MESSAGE_BYTES}"),
+        ),
+    )
+}
+
+/// Parses a text frame. Tells apart JSON that is not JSON, an unknown `type`,
+/// and a known type with bad fields; keeps the action id when there is one.
+fn parse(text: &str) -> Result<ClientMessage, (Option<u64>, ErrorBody)> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| (None, ErrorBody::new(ErrorCode::InvalidJson, e.to_string())))?;
+    let id = value.get("id").and_then(Value::as_u64);
+    match value.get("type").and_then(Value::as_str) {
+        Some("hello" | "subscribe" | "action") => {}
+        Some(other) => {
+            return Err((
+                id,
+                ErrorBody::new(
+                    ErrorCode::UnknownType,
+                    format!("unknown message type {other:?}; expected hello, subscribe or action"),
+                ),
+            ))
+        }
+        None => {
+            return Err((
+                id,
+                ErrorBody::new(
+                    ErrorCode::UnknownType,
+                    "a message is an object with a string \"type\"",
+                ),
+            ))
+        }
+    }
+    serde_json::from_value(value)
+        .map_err(|e| (id, ErrorBody::new(ErrorCode::InvalidArgs, e.to_string())))
+}
+
+/// Handles one message; returns the text to answer with, if any.
+async fn handle(
+    msg: ClientMessage,
+    state: &mut ReadState,
+    shared: &Arc<Shared>,
+    out_tx: &mpsc::Sender<Out>,
+    permits: &Arc<Semaphore>,
+) -> Option<String> {
+    match msg {
+        ClientMessage::Hello {
+            protocol,
+            key,
+            name,
+        } => {
+            if state.vm.is_some() {
+                return Some(error_text(
+                    None,
+                    ErrorBody::new(ErrorCode::AlreadyOpen, "this connection already opened a VM; open another connection for another key"),
+                ));
+            }
+            if protocol != PROTOCOL_VERSION {
+                return Some(error_text(
+                    None,
+                    ErrorBody::new(
+                        ErrorCode::UnsupportedVersion,
+                        format!("this host speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
+                    ),
+                ));
+            }
+            let key = match Key::from_value(&key) {
+                Ok(key) => key,
+                Err(e) => {
+                    return Some(error_text(
+                        None,
+                        ErrorBody::new(ErrorCode::InvalidKey, e.to_string()),
+                    ))
+                }
+            };
+            match shared.registry.open(key).await {
+                Ok(vm) => {
+                    tracing::debug!(
+                        vm = vm.info().id,
+                        client = name.as_deref().unwrap_or("-"),
+                        "client opened VM"
+                    );
+                    let welcome = ServerMessage::Welcome {
+                        protocol: PROTOCOL_VERSION,
+                        server: shared.server.clone(),
+                        vm: vm.info().clone(),
+                        head: vm.log().head(),
+                        first: vm.log().first(),
+                        limits: Limits::default(),
+                    };
+                    state.vm = Some(vm);
+                    Some(serde_json::to_string(&welcome).unwrap_or_default())
+                }
+                Err(e) => Some(error_text(None, e.to_body())),
+            }
+        }
+        ClientMessage::Subscribe { events, since } => {
+            let Some(vm) = &state.vm else {
+                return Some(not_open(None));
+            };
+            let filter = match events {
+                None => None,
+                Some(names) if names.len() > MAX_FILTER_NAMES => {
+                    return Some(error_text(
+                        None,
+                        ErrorBody::new(
+                            ErrorCode::InvalidArgs,
+                            format!("events lists at most {MAX_FILTER_NAMES} names"),
+                        ),
+                    ))
+                }
+                Some(names) if names.iter().any(|n| n == "*") => None,
+                Some(names) => Some(names.into_iter().collect()),
+            };
+            let out = if state.subscribed {
+                if since.is_some() {
+                    return Some(error_text(
+                        None,
+                        ErrorBody::new(ErrorCode::InvalidArgs, "since is only taken by the first subscribe of a connection; reconnect to move the cursor"),
+                    ));
+                }
+                Out::Filter(filter)
+            } else {
+                Out::Subscribe {
+                    log: vm.log().clone(),
+                    since,
+                    filter,
+                }
+            };
+            if out_tx.send(out).await.is_ok() {
+                state.subscribed = true;
+            }
+            None
+        }
+        ClientMessage::Action { id, name, args } => {
+            let Some(vm) = state.vm.clone() else {
+                return Some(not_open(Some(id)));
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return None;
+            };
+            let out_tx = out_tx.clone();
+            let test_actions = shared.test_actions;
+            tokio::spawn(async move {
+                let ctx = ActionContext {
+                    vm: &vm,
+                    test_actions,
+                };
+                let text = match actions::call(&ctx, &name, args).await {
+                    Ok(value) => format!(r#"{{"type":"result","id":{id},"value":{value}}}"#),
+                    Err(body) => error_text(Some(id), body),
+                };
+                let _ = out_tx.send(Out::Text(text)).await;
+                drop(permit);
+            });
+            None
+        }
+    }
+}
+
+fn not_open(id: Option<u64>) -> String {
+    error_text(
+        id,
+        ErrorBody::new(ErrorCode::NotOpen, "send hello with a key first"),
+    )
+}
+
+fn error_text(id: Option<u64>, error: ErrorBody) -> String {
+    serde_json::to_string(&ServerMessage::Error { id, error }).unwrap_or_default()
+}
+
+/// The writing half's position in the log.
+struct Feed {
+    log: Log,
+    live: broadcast::Receiver<Arc<LoggedEvent>>,
+    /// Last seq handled (sent, or skipped by the filter).
+    cursor: u64,
+    filter: Option<HashSet<String>>,
+    /// The cursor is behind what the broadcast holds: read from the log.
+    behind: bool,
+    /// `caughtUp` is owed once the cursor reaches this seq.
+    caught_up_at: Option<u64>,
+}
+
+impl Feed {
+    fn wants(&self, event: &LoggedEvent) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.contains(&event.name))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("socket: {0}")]
+    Socket(#[from] axum::Error),
+    #[error("client read nothing for {0:?}")]
+    Stalled(Duration),
+    #[error("log: {0}")]
+    Log(#[from] LogError),
+    #[error("the VM stopped")]
+    VmGone,
+}
+
+struct Writer {
+    sink: SplitSink<WebSocket, Message>,
+    stall_timeout: Duration,
+}
+
+impl Writer {
+    async fn feed(&mut self, msg: Message) -> Result<(), WriteError> {
+        tokio::time::timeout(self.stall_timeout, self.sink.feed(msg))
+            .await
+            .map_err(|_| WriteError::Stalled(self.stall_timeout))??;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), WriteError> {
+        tokio::time::timeout(self.stall_timeout, self.sink.flush())
+            .await
+            .map_err(|_| WriteError::Stalled(self.stall_timeout))??;
+        Ok(())
+    }
+
+    async fn event(&mut self, event: &LoggedEvent) -> Result<(), WriteError> {
+        let msg = match &event.frame {
+            Frame::Text(bytes) => match Utf8Bytes::try_from(bytes.clone()) {
+                Ok(text) => Message::Text(text),
+                Err(e) => {
+                    tracing::error!(seq = event.seq, error = %e, "logged frame is not UTF-8; skipped");
+                    return Ok(());
+                }
+            },
+            Frame::Binary(bytes) => Message::Binary(bytes.clone()),
+        };
+        self.feed(msg).await
+    }
+}
+
+async fn write_half(
+    sink: SplitSink<WebSocket, Message>,
+    mut out_rx: mpsc::Receiver<Out>,
+    stall_timeout: Duration,
+    done: CancellationToken,
+) {
+    let mut w = Writer {
+        sink,
+        stall_timeout,
+    };
+    let mut feed: Option<Feed> = None;
+    let result = async {
+        loop {
+            if let Some(f) = feed.as_mut().filter(|f| f.behind) {
+                catch_up_page(&mut w, f).await?;
+                while let Ok(out) = out_rx.try_recv() {
+                    handle_out(&mut w, &mut feed, out).await?;
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = done.cancelled() => return Ok(()),
+                out = out_rx.recv() => match out {
+                    Some(out) => handle_out(&mut w, &mut feed, out).await?,
+                    None => return Ok(()),
+                },
+                first = recv_live(&mut feed) => {
+                    if let Some(f) = feed.as_mut() {
+                        live_batch(&mut w, f, first).await?;
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            let _ = w.sink.close().await;
+        }
+        Err(WriteError::VmGone) => {
+            let text = error_text(
+                None,
+                ErrorBody::new(ErrorCode::Unavailable, "the VM stopped"),
+            );
+            let _ = w.feed(Message::Text(text.into())).await;
+            let _ = w.flush().await;
+        }
+        Err(e) => tracing::info!(error = %e, "connection closed by the host"),
+    }
+    done.cancel();
+}
+
+async fn recv_live(
+    feed: &mut Option<Feed>,
+) -> Result<Arc<LoggedEvent>, broadcast::error::RecvError> {
+    match feed {
+        Some(f) => f.live.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn handle_out(w: &mut Writer, feed: &mut Option<Feed>, out: Out) -> Result<(), WriteError> {
+    match out {
+        Out::Text(text) => {
+            w.feed(Message::Text(text.into())).await?;
+            w.flush().await
+        }
+        Out::Subscribe { log, since, filter } => {
+            // Subscribe before reading the head, so nothing falls between.
+            let live = log.subscribe();
+            let head = log.head();
+            let since = since.unwrap_or(head);
+            if since > head {
+                let text = error_text(
+                    None,
+                    ErrorBody::new(
+                        ErrorCode::SinceBeyondHead,
+                        format!("since {since} is beyond the head of the log ({head}); resubscribe with since <= {head}"),
+                    ),
+                );
+                w.feed(Message::Text(text.into())).await?;
+                return w.flush().await;
+            }
+            let f = feed.insert(Feed {
+                log,
+                live,
+                cursor: since,
+                filter,
+                behind: since < head,
+                caught_up_at: Some(head),
+            });
+            send_caught_up(w, f).await
+        }
+        Out::Filter(filter) => {
+            if let Some(f) = feed.as_mut() {
+                f.filter = filter;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn send_caught_up(w: &mut Writer, f: &mut Feed) -> Result<(), WriteError> {
+    if let Some(at) = f.caught_up_at {
+        if f.cursor >= at {
+            f.caught_up_at = None;
+            let text = serde_json::to_string(&ServerMessage::CaughtUp { seq: f.cursor })
+                .unwrap_or_default();
+            w.feed(Message::Text(text.into())).await?;
+            w.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends one page from the log; clears `behind` once the cursor is at the head.
+async fn catch_up_page(w: &mut Writer, f: &mut Feed) -> Result<(), WriteError> {
+    let head = f.log.head();
+    if f.cursor < head {
+        let page = f.log.page(f.cursor, head, CATCH_UP_PAGE, None).await?;
+        for event in &page {
+            if event.seq != f.cursor + 1 {
+                // History before `first` was pruned; nothing else skips.
+                tracing::warn!(
+                    expected = f.cursor + 1,
+                    got = event.seq,
+                    "log gap while catching up"
+                );
+            }
+            f.cursor = event.seq;
+            if f.wants(event) {
+                w.event(event).await?;
+            }
+        }
+        w.flush().await?;
+        if page.is_empty() {
+            f.cursor = head;
+        }
+    }
+    if f.cursor >= f.log.head() {
+        f.behind = false;
+    }
+    send_caught_up(w, f).await
+}
+
+/// Sends a live event and whatever else the broadcast already holds.
+async fn live_batch(
+    w: &mut Writer,
+    f: &mut Feed,
+    first: Result<Arc<LoggedEvent>, broadcast::error::RecvError>,
+) -> Result<(), WriteError> {
+    let mut next = Some(first);
+    let mut sent = 0;
+    while let Some(received) = next.take() {
+        match received {
+            Ok(event) if event.seq <= f.cursor => {}
+            Ok(event) if event.seq == f.cursor + 1 => {
+                f.cursor = event.seq;
+                if f.wants(&event) {
+                    w.event(&event).await?;
+                    sent += 1;
+                }
+            }
+            // A gap (the receiver started after the cursor) or a lag: the
+            // log has everything, read it from there.
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                f.behind = true;
+                break;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Err(WriteError::VmGone),
+        }
+        if sent < LIVE_BATCH {
+            next = match f.live.try_recv() {
+                Ok(event) => Some(Ok(event)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Some(Err(broadcast::error::RecvError::Lagged(n)))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    Some(Err(broadcast::error::RecvError::Closed))
+                }
+                Err(broadcast::error::TryRecvError::Empty) => None,
+            };
+        }
+    }
+    w.flush().await?;
+    send_caught_up(w, f).await
+}

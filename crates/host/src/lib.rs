@@ -1,0 +1,151 @@
+//! The Ensemble host, headless.
+//!
+//! Layout (data flows down):
+//! * [`server`]: HTTP and the WebSocket endpoint.
+//! * [`connection`]: one client: parses frames, runs actions, streams the log.
+//! * [`actions`]: each action's arguments and effect.
+//! * [`registry`]: key → open VM (`getOrCreate`), one actor.
+//! * [`vm`]: an agent VM and what it owns.
+//! * [`log`]: the per-VM sequenced, durable event log and its fan-out.
+//! * [`hook`]: server-side hooks that see each event once.
+//! * [`store`]: the data directory and the key registry.
+#![forbid(unsafe_code)]
+
+pub mod actions;
+pub mod connection;
+pub mod hook;
+pub mod log;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod vm;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ensemble_protocol::{ErrorBody, ErrorCode};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use hook::{Hook, HookEvent, SessionHookEvent};
+
+use crate::connection::Shared;
+use crate::hook::Hooks;
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+/// How a host is set up.
+pub struct HostConfig {
+    pub data_dir: PathBuf,
+    /// Enables the test action `emit`.
+    pub test_actions: bool,
+    /// A command fed every event as JSON Lines.
+    pub hook_command: Option<String>,
+    /// Rust hooks (embedders).
+    pub hooks: Vec<Hook>,
+    /// A client that accepts no bytes for this long is disconnected.
+    pub stall_timeout: Duration,
+}
+
+impl HostConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> HostConfig {
+        HostConfig {
+            data_dir: data_dir.into(),
+            test_actions: false,
+            hook_command: None,
+            hooks: Vec::new(),
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Log(#[from] log::LogError),
+    #[error("the host is shutting down")]
+    ShuttingDown,
+}
+
+impl HostError {
+    /// The typed error a client receives.
+    pub fn to_body(&self) -> ErrorBody {
+        match self {
+            HostError::ShuttingDown => ErrorBody::new(ErrorCode::Unavailable, self.to_string()),
+            _ => ErrorBody::new(ErrorCode::Internal, self.to_string()),
+        }
+    }
+}
+
+/// A started host: its data directory is open and hooks are running.
+pub struct Host {
+    shared: Arc<Shared>,
+}
+
+impl Host {
+    /// Opens the data directory (creating it if missing). With hooks, every
+    /// known VM is opened at once so that hooks catch up without waiting for
+    /// a client.
+    pub async fn start(config: HostConfig) -> Result<Host, HostError> {
+        let shutdown = CancellationToken::new();
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+            .await
+            .map_err(|_| HostError::ShuttingDown)??;
+        let known = store.all_vms()?;
+        let mut hooks = config.hooks;
+        if let Some(command) = config.hook_command {
+            hooks.push(Hook::command(command, shutdown.child_token()));
+        }
+        let hooks = Hooks::new(hooks, shutdown.child_token());
+        let wake_all = !hooks.is_empty();
+        let registry = Registry::start(store, hooks);
+        if wake_all {
+            for (_, key) in known {
+                registry.open(key).await?;
+            }
+        }
+        Ok(Host {
+            shared: Arc::new(Shared {
+                registry,
+                test_actions: config.test_actions,
+                stall_timeout: config.stall_timeout,
+                shutdown,
+                server: format!("ensemble/{}", env!("CARGO_PKG_VERSION")),
+            }),
+        })
+    }
+
+    /// Serves clients on `listener` until `shutdown` resolves, then closes
+    /// every connection and VM; returns once the logs are committed.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let token = self.shared.shutdown.clone();
+        let app = server::router(self.shared.clone());
+        let stop = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+        // Events are small and latency matters more than packet count: the
+        // writer already batches frames between flushes.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(token.clone().cancelled_owned())
+            .await;
+        token.cancel();
+        self.shared.registry.close().await;
+        served
+    }
+}

@@ -1,0 +1,612 @@
+//! The per-VM event log, the source of truth: one writer thread assigns each
+//! event the next gap-free `seq`, encodes its wire frame once, commits a batch
+//! of events in one SQLite transaction and only then publishes them. The
+//! broadcast that follows is a wake-up with the frames attached; a reader that
+//! falls behind it reads the same frames back from the database.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use ensemble_protocol::frame::{encode_event_frame, BinaryHeader, BinaryKind};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde_json::value::RawValue;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Most events one transaction commits. Bigger batches amortise the commit
+/// (an fsync-free WAL append with `synchronous=NORMAL`) but delay the first
+/// delivery of the batch; at 1024 small events a commit takes about a
+/// millisecond here.
+const MAX_BATCH: usize = 1024;
+
+/// Appends waiting for the writer. When the disk is slower than producers,
+/// producers wait here: nothing is published before it is durable.
+const APPEND_QUEUE: usize = 8192;
+
+/// Logged events the broadcast keeps for subscribers. A subscriber more than
+/// this many events behind reads from the database instead (it gets `Lagged`).
+/// At 20k events/s that is about 200 ms of slack.
+const BROADCAST_CAPACITY: usize = 4096;
+
+/// Idle read-only connections kept per VM for catch-up and history reads.
+const MAX_IDLE_READERS: usize = 4;
+
+/// One event, logged: what every subscriber receives.
+#[derive(Debug)]
+pub struct LoggedEvent {
+    pub seq: u64,
+    pub ts: u64,
+    pub name: String,
+    pub frame: Frame,
+}
+
+/// An encoded wire frame. `Bytes` clones share one buffer.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A JSON event frame (UTF-8).
+    Text(Bytes),
+    /// A binary frame: header then payload.
+    Binary(Bytes),
+}
+
+/// An event to append. Data is already serialized JSON so that the writer
+/// thread only concatenates.
+#[derive(Debug)]
+pub enum NewEvent {
+    Json {
+        name: String,
+        data: String,
+    },
+    /// An ACP notification of a session; the writer adds the per-session
+    /// `sequenceNumber` (agentOS compatible).
+    Session {
+        session_id: String,
+        event: String,
+    },
+    Bytes {
+        kind: BinaryKind,
+        id: u32,
+        payload: Bytes,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("event log storage: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot start the event log writer: {0}")]
+    Thread(std::io::Error),
+    #[error("the event log is closed")]
+    Closed,
+}
+
+/// Events appended together get consecutive seqs.
+struct Append {
+    events: Vec<NewEvent>,
+    reply: Reply,
+}
+
+/// Answered with the seq of the last event of the append once it is durable.
+type Reply = Option<oneshot::Sender<Result<u64, Arc<LogError>>>>;
+
+/// A handle on one VM's log; cheap to clone.
+#[derive(Clone)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    append_tx: mpsc::Sender<Append>,
+    events_tx: broadcast::Sender<Arc<LoggedEvent>>,
+    head: Arc<AtomicU64>,
+    first: u64,
+    readers: ReaderPool,
+}
+
+/// Opens (creating if needed) the log at `path` and starts its writer thread.
+/// The returned receiver resolves when the writer thread has committed its
+/// last batch and exited, which happens once every [`Log`] clone is dropped.
+pub fn open(path: &Path) -> Result<(Log, oneshot::Receiver<()>), LogError> {
+    let open_err = |source| LogError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         PRAGMA synchronous=NORMAL;
+         PRAGMA busy_timeout=5000;
+         CREATE TABLE IF NOT EXISTS events(
+             seq INTEGER PRIMARY KEY,
+             ts INTEGER NOT NULL,
+             name TEXT NOT NULL,
+             session_id TEXT,
+             session_seq INTEGER,
+             kind INTEGER NOT NULL,
+             body BLOB NOT NULL);
+         CREATE INDEX IF NOT EXISTS events_by_session
+             ON events(session_id, session_seq) WHERE session_id IS NOT NULL;
+         CREATE TABLE IF NOT EXISTS hook_positions(
+             hook TEXT PRIMARY KEY,
+             seq INTEGER NOT NULL);",
+    )
+    .map_err(open_err)?;
+    let (head, first): (u64, u64) = conn
+        .query_row(
+            "SELECT COALESCE(MAX(seq), 0), COALESCE(MIN(seq), 1) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(open_err)?;
+    let mut session_seqs = HashMap::new();
+    {
+        let mut stmt = conn
+            .prepare(
+                "SELECT session_id, MAX(session_seq) FROM events
+                 WHERE session_id IS NOT NULL GROUP BY session_id",
+            )
+            .map_err(open_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))
+            .map_err(open_err)?;
+        for row in rows {
+            let (id, n) = row.map_err(open_err)?;
+            session_seqs.insert(id, n);
+        }
+    }
+
+    let (append_tx, append_rx) = mpsc::channel(APPEND_QUEUE);
+    let (events_tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+    let head = Arc::new(AtomicU64::new(head));
+    let (done_tx, done_rx) = oneshot::channel();
+    let writer = Writer {
+        conn,
+        next_seq: head.load(Ordering::Relaxed) + 1,
+        session_seqs,
+        head: head.clone(),
+        events_tx: events_tx.clone(),
+    };
+    std::thread::Builder::new()
+        .name("ensemble-log".into())
+        .spawn(move || {
+            writer.run(append_rx);
+            let _ = done_tx.send(());
+        })
+        .map_err(LogError::Thread)?;
+    let log = Log {
+        inner: Arc::new(Inner {
+            append_tx,
+            events_tx,
+            head,
+            first,
+            readers: ReaderPool {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            },
+        }),
+    };
+    Ok((log, done_rx))
+}
+
+impl Log {
+    /// Appends events with consecutive seqs and waits until they are
+    /// durable; returns the seq of the last one.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<u64, Arc<LogError>> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.inner
+            .append_tx
+            .send(Append {
+                events,
+                reply: Some(reply_tx),
+            })
+            .await
+            .map_err(|_| Arc::new(LogError::Closed))?;
+        reply_rx.await.map_err(|_| Arc::new(LogError::Closed))?
+    }
+
+    /// Appends without waiting for durability (publication still waits for it).
+    pub async fn append_nowait(&self, events: Vec<NewEvent>) -> Result<(), LogError> {
+        self.inner
+            .append_tx
+            .send(Append {
+                events,
+                reply: None,
+            })
+            .await
+            .map_err(|_| LogError::Closed)
+    }
+
+    /// The last durable seq (0 for an empty log).
+    pub fn head(&self) -> u64 {
+        self.inner.head.load(Ordering::Acquire)
+    }
+
+    /// The oldest seq the log holds: history begins there.
+    pub fn first(&self) -> u64 {
+        self.inner.first
+    }
+
+    /// Live events from now on. Subscribe before reading the head so that
+    /// nothing falls between the two.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LoggedEvent>> {
+        self.inner.events_tx.subscribe()
+    }
+
+    /// Runs `f` on a read-only connection, off the async threads.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, LogError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.readers.with(f))
+            .await
+            .map_err(|_| LogError::Closed)?
+    }
+
+    /// Events with `after < seq <= upto`, in order, at most `limit`,
+    /// optionally only those named in `names`.
+    pub async fn page(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: u32,
+        names: Option<Vec<String>>,
+    ) -> Result<Vec<LoggedEvent>, LogError> {
+        self.read(move |conn| read_page(conn, after, upto, limit, names.as_deref()))
+            .await
+    }
+
+    /// The hook position stored under `hook` (0 if none).
+    pub async fn hook_position(&self, hook: String) -> Result<u64, LogError> {
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT seq FROM hook_positions WHERE hook = ?1",
+                [hook],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Stores a hook position. Uses its own short write transaction: the
+    /// writer thread is not involved, SQLite's busy timeout orders the two.
+    pub async fn set_hook_position(&self, hook: String, seq: u64) -> Result<(), LogError> {
+        let path = self.inner.readers.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open(&path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn.execute(
+                "INSERT INTO hook_positions(hook, seq) VALUES (?1, ?2)
+                 ON CONFLICT(hook) DO UPDATE SET seq = excluded.seq",
+                params![hook, seq],
+            )?;
+            Ok(())
+        })
+        .await
+        .map_err(|_| LogError::Closed)?
+    }
+}
+
+/// Reads one page. Rows are already wire frames: nothing is re-encoded.
+pub fn read_page(
+    conn: &Connection,
+    after: u64,
+    upto: u64,
+    limit: u32,
+    names: Option<&[String]>,
+) -> Result<Vec<LoggedEvent>, rusqlite::Error> {
+    let mut sql =
+        String::from("SELECT seq, ts, name, kind, body FROM events WHERE seq > ?1 AND seq <= ?2");
+    let mut values: Vec<rusqlite::types::Value> = vec![
+        (after.min(i64::MAX as u64) as i64).into(),
+        (upto.min(i64::MAX as u64) as i64).into(),
+        i64::from(limit).into(),
+    ];
+    if let Some(names) = names {
+        sql.push_str(" AND name IN (");
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("?{}", i + 4));
+            values.push(name.clone().into());
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ORDER BY seq LIMIT ?3");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(values), |r| {
+        let kind: u8 = r.get(3)?;
+        let body: Vec<u8> = r.get(4)?;
+        Ok(LoggedEvent {
+            seq: r.get(0)?,
+            ts: r.get(1)?,
+            name: r.get(2)?,
+            frame: if kind == 0 {
+                Frame::Text(Bytes::from(body))
+            } else {
+                Frame::Binary(Bytes::from(body))
+            },
+        })
+    })?;
+    rows.collect()
+}
+
+impl LoggedEvent {
+    /// The event as JSON text, the shape `getEvents` and hooks use. A binary
+    /// event's bytes become base64 in `data.data`.
+    pub fn json(&self) -> Result<String, String> {
+        match &self.frame {
+            Frame::Text(b) => std::str::from_utf8(b)
+                .map(str::to_owned)
+                .map_err(|e| format!("event {} is not UTF-8: {e}", self.seq)),
+            Frame::Binary(b) => {
+                let (header, payload) =
+                    BinaryHeader::decode(b).map_err(|e| format!("event {}: {e}", self.seq))?;
+                let data = base64::engine::general_purpose::STANDARD.encode(payload);
+                let view = match header.kind {
+                    BinaryKind::ShellData => {
+                        serde_json::json!({"shellId": header.id, "data": data})
+                    }
+                    BinaryKind::ProcessStdout => {
+                        serde_json::json!({"pid": header.id, "stream": "stdout", "data": data})
+                    }
+                    BinaryKind::ProcessStderr => {
+                        serde_json::json!({"pid": header.id, "stream": "stderr", "data": data})
+                    }
+                    BinaryKind::TestBytes => serde_json::json!({"id": header.id, "data": data}),
+                };
+                Ok(encode_event_frame(
+                    self.seq,
+                    self.ts,
+                    header.kind.event_name(),
+                    &view.to_string(),
+                ))
+            }
+        }
+    }
+}
+
+/// For `getSequencedEvents`: `(sequenceNumber, notification)` pairs of one
+/// session after `since`, at most `limit`.
+pub fn read_session_page(
+    conn: &Connection,
+    session_id: &str,
+    since: u64,
+    limit: u32,
+) -> Result<Vec<(u64, Box<RawValue>)>, rusqlite::Error> {
+    #[derive(serde::Deserialize)]
+    struct FrameData {
+        data: SessionData,
+    }
+    #[derive(serde::Deserialize)]
+    struct SessionData {
+        event: Box<RawValue>,
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT session_seq, body FROM events
+         WHERE session_id = ?1 AND session_seq > ?2 ORDER BY session_seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(
+        params![session_id, since.min(i64::MAX as u64) as i64, limit],
+        |r| Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (n, body) = row?;
+        let frame: FrameData = serde_json::from_slice(&body).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Blob, Box::new(e))
+        })?;
+        out.push((n, frame.data.event));
+    }
+    Ok(out)
+}
+
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, rusqlite::Error>,
+    ) -> Result<R, LogError> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn
+            }
+        };
+        let result = f(&conn);
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+        Ok(result?)
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    next_seq: u64,
+    session_seqs: HashMap<String, u64>,
+    head: Arc<AtomicU64>,
+    events_tx: broadcast::Sender<Arc<LoggedEvent>>,
+}
+
+impl Writer {
+    fn run(mut self, mut append_rx: mpsc::Receiver<Append>) {
+        let mut batch = Vec::new();
+        while let Some(first) = append_rx.blocking_recv() {
+            let mut events = first.events.len();
+            batch.push(first);
+            while events < MAX_BATCH {
+                match append_rx.try_recv() {
+                    Ok(next) => {
+                        events += next.events.len();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch);
+        }
+    }
+
+    fn commit(&mut self, batch: &mut Vec<Append>) {
+        let start_seq = self.next_seq;
+        let saved_sessions: Vec<(String, Option<u64>)> = batch
+            .iter()
+            .flat_map(|a| a.events.iter())
+            .filter_map(|e| match e {
+                NewEvent::Session { session_id, .. } => Some((
+                    session_id.clone(),
+                    self.session_seqs.get(session_id).copied(),
+                )),
+                _ => None,
+            })
+            .collect();
+        let mut logged = Vec::new();
+        let mut replies: Vec<(Reply, u64)> = Vec::with_capacity(batch.len());
+        let result = (|| -> Result<(), rusqlite::Error> {
+            let tx = self.conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO events(seq, ts, name, session_id, session_seq, kind, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                let ts = now_ms();
+                for append in batch.drain(..) {
+                    for event in append.events {
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        let (name, session, kind, frame) =
+                            encode(&mut self.session_seqs, seq, ts, event);
+                        let body: &[u8] = match &frame {
+                            Frame::Text(b) | Frame::Binary(b) => b,
+                        };
+                        insert.execute(params![
+                            seq as i64,
+                            ts as i64,
+                            name,
+                            session.as_ref().map(|s| s.0.as_str()),
+                            session.as_ref().map(|s| s.1 as i64),
+                            kind,
+                            body
+                        ])?;
+                        logged.push(Arc::new(LoggedEvent {
+                            seq,
+                            ts,
+                            name,
+                            frame,
+                        }));
+                    }
+                    replies.push((append.reply, self.next_seq - 1));
+                }
+            }
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => {
+                self.head.store(self.next_seq - 1, Ordering::Release);
+                for event in logged {
+                    // No subscriber is fine: the event is in the log.
+                    let _ = self.events_tx.send(event);
+                }
+                for (reply, last) in replies {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(last));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "event log commit failed; the batch is refused");
+                self.next_seq = start_seq;
+                for (id, n) in saved_sessions {
+                    match n {
+                        Some(n) => self.session_seqs.insert(id, n),
+                        None => self.session_seqs.remove(&id),
+                    };
+                }
+                let e = Arc::new(LogError::Sqlite(e));
+                let pending = replies.into_iter().map(|(r, _)| r);
+                for reply in pending.chain(batch.drain(..).map(|a| a.reply)) {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Builds the wire frame of one event: name, session (id, sequenceNumber),
+/// kind column, frame.
+fn encode(
+    session_seqs: &mut HashMap<String, u64>,
+    seq: u64,
+    ts: u64,
+    event: NewEvent,
+) -> (String, Option<(String, u64)>, u8, Frame) {
+    match event {
+        NewEvent::Json { name, data } => {
+            let text = encode_event_frame(seq, ts, &name, &data);
+            (name, None, 0, Frame::Text(Bytes::from(text)))
+        }
+        NewEvent::Session { session_id, event } => {
+            let n = session_seqs.entry(session_id.clone()).or_insert(0);
+            *n += 1;
+            let data = format!(
+                r#"{{"sessionId":{},"sequenceNumber":{},"event":{}}}"#,
+                serde_json::Value::from(session_id.as_str()),
+                n,
+                event
+            );
+            let text = encode_event_frame(seq, ts, "sessionEvent", &data);
+            let n = *n;
+            (
+                "sessionEvent".to_owned(),
+                Some((session_id, n)),
+                0,
+                Frame::Text(Bytes::from(text)),
+            )
+        }
+        NewEvent::Bytes { kind, id, payload } => {
+            let frame = BinaryHeader { kind, seq, ts, id }.encode(&payload);
+            (
+                kind.event_name().to_owned(),
+                None,
+                kind as u8,
+                Frame::Binary(frame),
+            )
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,55 @@
+//! The Ensemble wire protocol, defined once.
+//!
+//! Layout:
+//! * [`message`]: the JSON messages a client and the host exchange, and the
+//!   error codes.
+//! * [`key`]: VM keys (`"name"` or `["a", "b"]`) and their validation.
+//! * [`args`]: positional action arguments, agentOS style (`[sessionId, {since}]`).
+//! * [`frame`]: the binary frame that carries byte streams (shell and process
+//!   output), and the event frame text that carries every JSON event.
+//!
+//! docs/protocol.md describes the same thing for people; a test in the host
+//! checks that every error code and action named here appears there.
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod frame;
+pub mod key;
+pub mod message;
+
+pub use args::Args;
+pub use frame::{BinaryHeader, BinaryKind, EventFrame, FrameError};
+pub use key::{Key, KeyError};
+pub use message::{ClientMessage, ErrorBody, ErrorCode, Limits, ServerMessage, VmInfo};
+
+/// The protocol version a client names in `hello`. Bumped on any change that
+/// an existing client could misread.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest text or binary message the host accepts and answers normally.
+/// A bigger one (up to [`HARD_MAX_MESSAGE_BYTES`]) gets `message_too_large`
+/// and the connection stays open.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20; // 1 MiB
+
+/// Beyond this the WebSocket layer refuses to buffer the message at all and
+/// closes the connection with status 1009: holding it would cost memory an
+/// attacker controls.
+pub const HARD_MAX_MESSAGE_BYTES: usize = 16 << 20; // 16 MiB
+
+/// Largest page `getEvents` / `getSequencedEvents` return.
+pub const MAX_PAGE_LIMIT: u32 = 10_000;
+
+/// Page size when the caller gives no `limit`.
+pub const DEFAULT_PAGE_LIMIT: u32 = 1_000;
+
+/// The WebSocket path of protocol version 1.
+pub const WS_PATH: &str = "/v1/ws";
+
+/// Default TCP port of a host.
+pub const DEFAULT_PORT: u16 = 6420;
+
+/// Every action the host understands, in the order docs/protocol.md lists them.
+pub const ACTIONS: &[&str] = &["getEvents", "getSequencedEvents", "emit"];
+
+/// Every event name the host produces today.
+pub const EVENTS: &[&str] = &["sessionEvent", "testEvent", "testBytes"];

@@ -1,0 +1,224 @@
+//! JSON messages. Every text frame is one object with a `type` field.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Key;
+
+/// What a client sends, as a text frame.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// First message: opens the VM named by `key` (`getOrCreate`).
+    Hello {
+        protocol: u32,
+        /// A string or an array of strings; validated by [`Key::from_value`].
+        key: Value,
+        /// Display name of the client, for logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    /// Starts (or changes the filter of) the event stream. The first
+    /// `subscribe` of a connection sets the cursor: every event with
+    /// `seq > since` is delivered, then the live stream. Without `since` the
+    /// stream starts at the head.
+    Subscribe {
+        /// Event names to deliver; `["*"]` or absent means all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        events: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
+    /// Calls an action; answered by `result` or `error` with the same id.
+    Action {
+        id: u64,
+        name: String,
+        #[serde(default)]
+        args: Value,
+    },
+}
+
+/// What the host sends, as a text frame. Events are not in this enum: they
+/// are encoded once per event by [`crate::frame::encode_event_frame`] and
+/// read back with [`crate::EventFrame`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ServerMessage {
+    #[serde(rename_all = "camelCase")]
+    Welcome {
+        protocol: u32,
+        server: String,
+        vm: VmInfo,
+        /// The last seq in the log when the VM was opened (0 if empty).
+        head: u64,
+        /// The oldest seq still in the log (history begins there).
+        first: u64,
+        limits: Limits,
+    },
+    /// All events up to `seq` have been delivered; what follows is live.
+    CaughtUp {
+        seq: u64,
+    },
+    Result {
+        id: u64,
+        value: Value,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        error: ErrorBody,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub id: u64,
+    pub key: Key,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_page_limit: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: crate::MAX_MESSAGE_BYTES,
+            max_page_limit: crate::MAX_PAGE_LIMIT,
+        }
+    }
+}
+
+/// A typed error: the code is for programs, the message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Every error code the host sends. docs/protocol.md has the same table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A text frame that is not JSON.
+    InvalidJson,
+    /// JSON without a known `type`, or with fields that type does not have.
+    UnknownType,
+    /// An action name the host does not know.
+    UnknownAction,
+    /// Arguments of the wrong number, type or range.
+    InvalidArgs,
+    /// A message over `limits.maxMessageBytes`.
+    MessageTooLarge,
+    /// `since` is greater than the log's head.
+    SinceBeyondHead,
+    /// A key that is not a non-empty string or array of strings.
+    InvalidKey,
+    /// A message other than `hello` before the VM is open.
+    NotOpen,
+    /// A second `hello` on one connection.
+    AlreadyOpen,
+    /// A `hello` naming a protocol version the host does not speak.
+    UnsupportedVersion,
+    /// A binary frame from the client, which protocol 1 does not use.
+    UnsupportedFrame,
+    /// An action the host was started without (test actions).
+    Disabled,
+    /// The host is shutting down or the VM stopped.
+    Unavailable,
+    /// A failure inside the host (storage); the message says what.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::InvalidJson,
+        ErrorCode::UnknownType,
+        ErrorCode::UnknownAction,
+        ErrorCode::InvalidArgs,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::SinceBeyondHead,
+        ErrorCode::InvalidKey,
+        ErrorCode::NotOpen,
+        ErrorCode::AlreadyOpen,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::UnsupportedFrame,
+        ErrorCode::Disabled,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::UnknownAction => "unknown_action",
+            ErrorCode::InvalidArgs => "invalid_args",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::SinceBeyondHead => "since_beyond_head",
+            ErrorCode::InvalidKey => "invalid_key",
+            ErrorCode::NotOpen => "not_open",
+            ErrorCode::AlreadyOpen => "already_open",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::UnsupportedFrame => "unsupported_frame",
+            ErrorCode::Disabled => "disabled",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn error_codes_serialize_as_documented() {
+        for code in ErrorCode::ALL {
+            assert_eq!(json!(code), json!(code.as_str()));
+        }
+    }
+
+    #[test]
+    fn client_messages_parse() {
+        let m: ClientMessage =
+            serde_json::from_value(json!({"type": "hello", "protocol": 1, "key": ["a"]})).unwrap();
+        assert!(matches!(m, ClientMessage::Hello { protocol: 1, .. }));
+        let m: ClientMessage =
+            serde_json::from_value(json!({"type": "action", "id": 7, "name": "getEvents"}))
+                .unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Action {
+                id: 7,
+                args: Value::Null,
+                ..
+            }
+        ));
+        assert!(serde_json::from_value::<ClientMessage>(json!({"type": "nope"})).is_err());
+        assert!(serde_json::from_value::<ClientMessage>(
+            json!({"type": "subscribe", "since": 1, "extra": true})
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! Test helpers: start the real `ensemble` binary on 127.0.0.1 with a
+//! temporary data directory, talk to it with the real client or a raw
+//! WebSocket.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ensemble_client::{Client, OpenOptions, VmClient};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ensemble");
+
+/// A running host process; killed when dropped.
+pub struct HostProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+pub struct HostOptions<'a> {
+    pub bind: &'a str,
+    pub test_actions: bool,
+    pub hook_command: Option<String>,
+    pub extra: Vec<String>,
+}
+
+impl Default for HostOptions<'_> {
+    fn default() -> Self {
+        HostOptions {
+            bind: "127.0.0.1:0",
+            test_actions: true,
+            hook_command: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl HostProcess {
+    pub fn start(data_dir: &Path) -> HostProcess {
+        HostProcess::start_with(data_dir, HostOptions::default())
+    }
+
+    pub fn start_with(data_dir: &Path, opts: HostOptions) -> HostProcess {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--bind")
+            .arg(opts.bind)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if opts.test_actions {
+            cmd.arg("--test-actions");
+        }
+        if let Some(hook) = &opts.hook_command {
+            cmd.arg("--hook-command").arg(hook);
+        }
+        cmd.args(&opts.extra);
+        let mut child = cmd.spawn().expect("start ensemble");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        // "Ensemble host listening on ws://127.0.0.1:PORT/v1/ws (data in ...)"
+        let addr = line
+            .split("ws://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("host did not start: {line:?}"));
+        HostProcess {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.url())
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: the host commits and exits.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub async fn open(host: &HostProcess, key: Value, since: Option<u64>) -> VmClient {
+    host.client()
+        .open(
+            key,
+            OpenOptions {
+                since,
+                ..OpenOptions::default()
+            },
+        )
+        .await
+        .expect("open VM")
+}
+
+/// Emits `count` test events whose data is `{"n": n}` for n in `from..`.
+pub async fn emit_numbered(vm: &VmClient, from: u64, count: u64) -> (u64, u64) {
+    let mut first = 0;
+    let mut last = 0;
+    for n in from..from + count {
+        let r = vm
+            .call("emit", json!([{"data": {"n": n}}]))
+            .await
+            .expect("emit");
+        if first == 0 {
+            first = r["first"].as_u64().unwrap();
+        }
+        last = r["last"].as_u64().unwrap();
+    }
+    (first, last)
+}
+
+/// Receives until `n` events arrived or `timeout` passed.
+pub async fn collect(
+    rx: &mut tokio::sync::mpsc::Receiver<ensemble_client::Event>,
+    n: usize,
+    timeout: Duration,
+) -> Vec<ensemble_client::Event> {
+    let mut out = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) => out.push(e),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// A raw WebSocket, for feeding the host what the client library never sends.
+pub struct Raw {
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Raw {
+    pub async fn connect(host: &HostProcess) -> Raw {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("{}/v1/ws", host.url()))
+            .await
+            .expect("connect");
+        Raw { ws }
+    }
+
+    pub async fn send(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::Text(text.into().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send(v.to_string()).await;
+    }
+
+    /// The next text message that is not an event, as JSON.
+    pub async fn next_reply(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("reply in time")
+                .expect("open")
+                .expect("ok");
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                if v["type"] != "event" {
+                    return v;
+                }
+            }
+        }
+    }
+
+    /// Sends hello and returns the welcome (or error).
+    pub async fn hello(&mut self, key: Value) -> Value {
+        self.send_json(json!({"type": "hello", "protocol": 1, "key": key}))
+            .await;
+        self.next_reply().await
+    }
+}
