@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -25,7 +26,11 @@ async fn three_clients_see_the_same_sequence_and_other_keys_see_none() {
     let b = open(&host, json!("shared-agent"), None).await;
     let c = open(&host, json!(["shared-agent"]), None).await;
     let other = open(&host, json!(["other"]), None).await;
-    assert_eq!(a.info().id, b.info().id, "string and array key reach one VM");
+    assert_eq!(
+        a.info().id,
+        b.info().id,
+        "string and array key reach one VM"
+    );
     assert_ne!(a.info().id, other.info().id);
     let mut rxs = [a.on("*"), b.on("*"), c.on("*")];
     let mut other_rx = other.on("*");
@@ -37,7 +42,11 @@ async fn three_clients_see_the_same_sequence_and_other_keys_see_none() {
     for rx in rxs.iter_mut() {
         let events = collect(rx, 300, Duration::from_secs(20)).await;
         let seqs: Vec<u64> = events.iter().map(Event::seq).collect();
-        assert_eq!(seqs, (1..=300).collect::<Vec<_>>(), "consecutive seq from 1");
+        assert_eq!(
+            seqs,
+            (1..=300).collect::<Vec<_>>(),
+            "consecutive seq from 1"
+        );
         seen.push(events.iter().map(data_of).collect::<Vec<_>>());
     }
     assert_eq!(seen[0], seen[1]);
@@ -56,4 +65,153 @@ async fn three_clients_see_the_same_sequence_and_other_keys_see_none() {
     assert_eq!(got[0].seq(), 1);
     assert_eq!(data_of(&got[0]), json!({"n": "other"}));
     assert!(other_rx.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reconnects_with_its_last_seq_gets_exactly_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let producer = open(&host, json!(["k"]), None).await;
+    let reader = open(&host, json!(["k"]), Some(0)).await;
+    let mut rx = reader.on("*");
+    emit_numbered(&producer, 0, 50).await;
+    let before = collect(&mut rx, 50, Duration::from_secs(10)).await;
+    let last = before.last().map(Event::seq).unwrap();
+    assert_eq!(last, 50);
+    drop(rx);
+    drop(reader);
+
+    // Events produced while the reader is away, and while it catches up.
+    emit_numbered(&producer, 50, 100).await;
+    let back = open(&host, json!(["k"]), Some(last)).await;
+    let mut rx = back.on("*");
+    let during = tokio::spawn(async move { emit_numbered(&producer, 150, 100).await });
+    let after = collect(&mut rx, 200, Duration::from_secs(20)).await;
+    during.await.unwrap();
+    let seqs: Vec<u64> = after.iter().map(Event::seq).collect();
+    assert_eq!(seqs, (51..=250).collect::<Vec<_>>());
+    let ns: Vec<u64> = after
+        .iter()
+        .map(|e| data_of(e)["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, (50..250).collect::<Vec<_>>());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), rx.recv())
+            .await
+            .is_err(),
+        "nothing after the last event: no duplicate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_nothing_any_client_saw_and_seq_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = HostProcess::start(dir.path());
+    let port = host.addr.port();
+    let readers = [
+        open(&host, json!(["durable"]), Some(0)).await,
+        open(&host, json!(["durable"]), Some(0)).await,
+    ];
+    // Each reader's events are collected as they arrive.
+    let seen: Vec<Arc<Mutex<Vec<Event>>>> = readers
+        .iter()
+        .map(|r| {
+            let mut rx = r.on("*");
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let sink = seen.clone();
+            tokio::spawn(async move {
+                while let Some(e) = rx.recv().await {
+                    sink.lock().unwrap().push(e);
+                }
+            });
+            seen
+        })
+        .collect();
+    let producer = open(&host, json!(["durable"]), None).await;
+    // Produce continuously; the host is killed in the middle.
+    let produce = tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            if producer
+                .call("emit", json!([{"count": 20, "data": {"batch": n}}]))
+                .await
+                .is_err()
+            {
+                return n;
+            }
+            n += 1;
+        }
+    });
+    readers[0].wait_seq(2000).await.unwrap();
+    host.kill9();
+    let batches = produce.await.unwrap();
+    assert!(batches >= 100);
+
+    // What the clients received before the kill.
+    let mut received = Vec::new();
+    for seen in &seen {
+        let events = std::mem::take(&mut *seen.lock().unwrap());
+        let seqs: Vec<u64> = events.iter().map(Event::seq).collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+        received.push(events);
+    }
+
+    // Restart on the same data dir and port: the readers reconnect by themselves.
+    let host = HostProcess::start_with(
+        dir.path(),
+        HostOptions {
+            bind: &format!("127.0.0.1:{port}"),
+            ..HostOptions::default()
+        },
+    );
+    let check = open(&host, json!(["durable"]), None).await;
+    let mut logged = Vec::new();
+    let mut since = 0;
+    loop {
+        let page = check
+            .call("getEvents", json!([{"since": since, "limit": 10000}]))
+            .await
+            .unwrap();
+        for e in page["events"].as_array().unwrap() {
+            logged.push((e["seq"].as_u64().unwrap(), e["data"].clone()));
+        }
+        since = page["next"].as_u64().unwrap();
+        if !page["more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    let head = logged.len() as u64;
+    let seqs: Vec<u64> = logged.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=head).collect::<Vec<_>>(), "the log has no gap");
+    for events in &received {
+        assert!(
+            events.len() as u64 <= head,
+            "a client saw more than the log holds"
+        );
+        for e in events {
+            assert_eq!(
+                logged[(e.seq() - 1) as usize].1,
+                data_of(e),
+                "seq {}",
+                e.seq()
+            );
+        }
+    }
+
+    // seq continues without a gap, and the readers resume by themselves.
+    let r = check
+        .call("emit", json!([{"data": {"after": "restart"}}]))
+        .await
+        .unwrap();
+    assert_eq!(r["first"].as_u64().unwrap(), head + 1);
+    for ((reader, seen), before) in readers.iter().zip(&seen).zip(&received) {
+        reader.wait_seq(head + 1).await.unwrap();
+        let rest: Vec<u64> = seen.lock().unwrap().iter().map(Event::seq).collect();
+        let from = before.last().map_or(0, Event::seq) + 1;
+        assert_eq!(
+            rest,
+            (from..=head + 1).collect::<Vec<_>>(),
+            "resumed without gap or repeat"
+        );
+    }
 }

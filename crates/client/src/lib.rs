@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ensemble_protocol::{
-    BinaryHeader, ClientMessage, ErrorBody, EventFrame, ServerMessage, VmInfo, PROTOCOL_VERSION,
-    WS_PATH,
+    BinaryHeader, ClientMessage, ErrorBody, ErrorCode, EventFrame, ServerMessage, VmInfo,
+    MAX_MESSAGE_BYTES, PROTOCOL_VERSION, WS_PATH,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -390,9 +390,16 @@ impl Conn {
                     let id = self.next_id;
                     self.next_id += 1;
                     let msg = ClientMessage::Action { id, name: call.name, args: call.args };
-                    if send_json(ws, &msg).await.is_err() {
-                        let _ = call.reply.send(Err(ClientError::Disconnected));
-                        return Ended::Dropped;
+                    match send_json(ws, &msg).await {
+                        Ok(()) => {}
+                        Err(e @ ClientError::Action(_)) => {
+                            let _ = call.reply.send(Err(e));
+                            continue;
+                        }
+                        Err(_) => {
+                            let _ = call.reply.send(Err(ClientError::Disconnected));
+                            return Ended::Dropped;
+                        }
                     }
                     self.pending.insert(id, call.reply);
                 }
@@ -490,6 +497,16 @@ impl Conn {
 
 async fn send_json(ws: &mut Ws, msg: &ClientMessage) -> Result<(), ClientError> {
     let text = serde_json::to_string(msg).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if text.len() > MAX_MESSAGE_BYTES {
+        // The host would answer without the action id; refuse here instead.
+        return Err(ClientError::Action(ErrorBody::new(
+            ErrorCode::MessageTooLarge,
+            format!(
+                "message of {} bytes is over the limit of {MAX_MESSAGE_BYTES}",
+                text.len()
+            ),
+        )));
+    }
     ws.send(Message::Text(text.into()))
         .await
         .map_err(|_| ClientError::Disconnected)

@@ -30,7 +30,7 @@ enum Command {
 struct ServeArgs {
     /// Address to listen on. The default is loopback only; use 0.0.0.0 to let
     /// teammates on the LAN connect.
-    #[arg(long, default_value = "127.0.0.1:6420")]
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], ensemble_protocol::DEFAULT_PORT)))]
     bind: SocketAddr,
     /// Where the event logs and the key registry live
     /// (default: $XDG_DATA_HOME/ensemble, usually ~/.local/share/ensemble).

@@ -136,12 +136,15 @@ async fn get_sequenced_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> 
     let (page, session_head) = vm
         .log()
         .read(move |conn| {
-            let head: u64 = conn.query_row(
+            // One read transaction: the head and the page see the same log.
+            let tx = conn.unchecked_transaction()?;
+            let head: u64 = tx.query_row(
                 "SELECT COALESCE(MAX(session_seq), 0) FROM events WHERE session_id = ?1",
                 [&session_id],
                 |r| r.get(0),
             )?;
-            Ok((read_session_page(conn, &session_id, since, limit)?, head))
+            let page = read_session_page(&tx, &session_id, since, limit)?;
+            Ok((page, head))
         })
         .await
         .map_err(internal)?;

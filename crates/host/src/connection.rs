@@ -40,6 +40,9 @@ const MAX_INFLIGHT_ACTIONS: usize = 64;
 /// Events read from the log per catch-up page.
 const CATCH_UP_PAGE: u32 = 4096;
 
+/// How long a closing connection's writer may take to send what is queued.
+const WRITER_DRAIN: Duration = Duration::from_secs(1);
+
 /// Live events sent before a flush.
 const LIVE_BATCH: usize = 512;
 
@@ -56,6 +59,8 @@ pub struct Shared {
 
 enum Out {
     Text(String),
+    /// Close the connection with this WebSocket status.
+    Close(u16, &'static str),
     Subscribe {
         log: Log,
         since: Option<u64>,
@@ -69,10 +74,17 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let done = shared.shutdown.child_token();
-    let writer = tokio::spawn(write_half(sink, out_rx, shared.stall_timeout, done.clone()));
+    let mut writer = tokio::spawn(write_half(sink, out_rx, shared.stall_timeout, done.clone()));
     read_half(stream, out_tx, shared, done.clone()).await;
-    done.cancel();
-    let _ = writer.await;
+    // The reading half dropped its sender: the writer sends what is queued
+    // (a close frame, say) and ends; one that cannot is stopped.
+    if tokio::time::timeout(WRITER_DRAIN, &mut writer)
+        .await
+        .is_err()
+    {
+        done.cancel();
+        let _ = writer.await;
+    }
 }
 
 struct ReadState {
@@ -99,6 +111,13 @@ async fn read_half(
         let msg = match msg {
             Some(Ok(msg)) => msg,
             Some(Err(e)) => {
+                // Over the hard limit the WebSocket layer refuses to buffer
+                // the message; say so with the standard status before closing.
+                if is_capacity_error(&e) {
+                    let _ = out_tx
+                        .send(Out::Close(1009, "message over the hard size limit"))
+                        .await;
+                }
                 tracing::debug!(error = %e, "connection read failed");
                 return;
             }
@@ -127,6 +146,18 @@ async fn read_half(
             }
         }
     }
+}
+
+fn is_capacity_error(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(t) = s.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            return matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_));
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn too_large(len: usize) -> String {
@@ -247,6 +278,16 @@ async fn handle(
                 Some(names) if names.iter().any(|n| n == "*") => None,
                 Some(names) => Some(names.into_iter().collect()),
             };
+            let head = vm.log().head();
+            if let Some(since) = since.filter(|s| *s > head) {
+                return Some(error_text(
+                    None,
+                    ErrorBody::new(
+                        ErrorCode::SinceBeyondHead,
+                        format!("since {since} is beyond the head of the log ({head}); subscribe again with since <= {head}"),
+                    ),
+                ));
+            }
             let out = if state.subscribed {
                 if since.is_some() {
                     return Some(error_text(
@@ -333,6 +374,8 @@ enum WriteError {
     Log(#[from] LogError),
     #[error("the VM stopped")]
     VmGone,
+    #[error("closed by the host")]
+    Closed,
 }
 
 struct Writer {
@@ -440,20 +483,11 @@ async fn handle_out(w: &mut Writer, feed: &mut Option<Feed>, out: Out) -> Result
         }
         Out::Subscribe { log, since, filter } => {
             // Subscribe before reading the head, so nothing falls between.
+            // The reading half checked `since` against an earlier head, and
+            // the head only grows.
             let live = log.subscribe();
             let head = log.head();
             let since = since.unwrap_or(head);
-            if since > head {
-                let text = error_text(
-                    None,
-                    ErrorBody::new(
-                        ErrorCode::SinceBeyondHead,
-                        format!("since {since} is beyond the head of the log ({head}); resubscribe with since <= {head}"),
-                    ),
-                );
-                w.feed(Message::Text(text.into())).await?;
-                return w.flush().await;
-            }
             let f = feed.insert(Feed {
                 log,
                 live,
@@ -463,6 +497,15 @@ async fn handle_out(w: &mut Writer, feed: &mut Option<Feed>, out: Out) -> Result
                 caught_up_at: Some(head),
             });
             send_caught_up(w, f).await
+        }
+        Out::Close(code, reason) => {
+            let frame = axum::extract::ws::CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            w.feed(Message::Close(Some(frame))).await?;
+            w.flush().await?;
+            Err(WriteError::Closed)
         }
         Out::Filter(filter) => {
             if let Some(f) = feed.as_mut() {

@@ -113,7 +113,7 @@ mod tests {
             json!([""]),
             json!(["a", 1]),
             json!(["a\nb"]),
-            json!(["x"; 9]),
+            serde_json::Value::from(vec!["x"; 9]),
             json!("y".repeat(129)),
         ] {
             assert!(Key::from_value(&bad).is_err(), "{bad} was accepted");

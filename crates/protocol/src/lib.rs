@@ -8,8 +8,8 @@
 //! * [`frame`]: the binary frame that carries byte streams (shell and process
 //!   output), and the event frame text that carries every JSON event.
 //!
-//! docs/protocol.md describes the same thing for people; a test in the host
-//! checks that every error code and action named here appears there.
+//! docs/protocol.md describes the same thing for people; tests/docs.rs checks
+//! that every error code, action, event and limit named here appears there.
 #![forbid(unsafe_code)]
 
 pub mod args;

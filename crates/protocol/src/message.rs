@@ -49,7 +49,7 @@ pub enum ServerMessage {
         protocol: u32,
         server: String,
         vm: VmInfo,
-        /// The last seq in the log when the VM was opened (0 if empty).
+        /// The last seq in the log at the time of this `hello` (0 if empty).
         head: u64,
         /// The oldest seq still in the log (history begins there).
         first: u64,
@@ -114,7 +114,7 @@ impl ErrorBody {
 pub enum ErrorCode {
     /// A text frame that is not JSON.
     InvalidJson,
-    /// JSON without a known `type`, or with fields that type does not have.
+    /// JSON without a known `type`.
     UnknownType,
     /// An action name the host does not know.
     UnknownAction,
@@ -140,6 +140,10 @@ pub enum ErrorCode {
     Unavailable,
     /// A failure inside the host (storage); the message says what.
     Internal,
+    /// A code this client does not know yet (sent by a newer host). Never
+    /// sent by this version; lets clients read codes added later.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -177,6 +181,7 @@ impl ErrorCode {
             ErrorCode::Disabled => "disabled",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
         }
     }
 }
