@@ -255,8 +255,9 @@ async fn deliver(vm: &Vm, hook: &Hook, event: &LoggedEvent) -> bool {
             true
         }
         Target::Command(tx) => {
+            // One write per line, newline included.
             let text = format!(
-                r#"{{"vm":{},"event":{}}}"#,
+                "{{\"vm\":{},\"event\":{}}}\n",
                 serde_json::to_string(vm.info()).unwrap_or_else(|_| "null".into()),
                 json
             );
@@ -291,7 +292,6 @@ async fn run_command(command: String, mut rx: mpsc::Receiver<Line>, cancel: Canc
             };
             let write = async {
                 stdin.write_all(line.text.as_bytes()).await?;
-                stdin.write_all(b"\n").await?;
                 stdin.flush().await
             };
             match write.await {
