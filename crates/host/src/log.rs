@@ -551,10 +551,8 @@ impl Writer {
                 }
                 let e = Arc::new(LogError::Sqlite(e));
                 let pending = replies.into_iter().map(|(r, _)| r);
-                for reply in pending.chain(batch.drain(..).map(|a| a.reply)) {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(e.clone()));
-                    }
+                for reply in pending.chain(batch.drain(..).map(|a| a.reply)).flatten() {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
