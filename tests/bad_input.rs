@@ -326,3 +326,34 @@ async fn a_corrupt_vm_log_is_an_error_for_that_key_only() {
     let w = raw.hello(json!(["fine"])).await;
     assert_eq!(w["type"], "welcome");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_another_origin_are_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let url = format!("{}/v1/ws", host.url());
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403)
+        }
+        other => panic!("a foreign origin was not refused: {:?}", other.map(|_| ())),
+    }
+    let mut own = url.as_str().into_client_request().unwrap();
+    own.headers_mut()
+        .insert("Origin", format!("http://{}", host.addr).parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(own)
+        .await
+        .expect("own origin");
+    ws.send(Message::Text(
+        json!({"type": "hello", "protocol": 1, "key": "k"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+}
