@@ -1,0 +1,291 @@
+//! Lean raw WebSocket clients of the bench: `hello`, `subscribe`, an
+//! order-checking event follower and a pipelined `emit` producer. They speak
+//! protocol 1 directly over tokio-tungstenite instead of using the Rust
+//! client crate, so that what the bench measures is the host, not a
+//! client library's queues.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Longest silence tolerated while events are still owed: a host that stops
+/// delivering fails the run instead of hanging it.
+const STALL: Duration = Duration::from_secs(30);
+
+/// The text every event frame starts with; the seq follows.
+const EVENT_PREFIX: &[u8] = br#"{"type":"event","seq":"#;
+
+pub async fn connect(url: &str) -> Result<Ws> {
+    // TCP_NODELAY on the client side too: small frames must not wait for
+    // Nagle's algorithm.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .with_context(|| format!("connect to {url}"))?;
+    Ok(ws)
+}
+
+/// Sends `hello` for `key` and returns the log's head from `welcome`.
+pub async fn hello(ws: &mut Ws, key: &str) -> Result<u64> {
+    let hello = serde_json::json!({"type": "hello", "protocol": 1, "key": [key]});
+    send(ws, hello.to_string()).await?;
+    let welcome = next_control(ws).await?;
+    if welcome["type"] != "welcome" {
+        bail!("expected welcome, got {welcome}");
+    }
+    welcome["head"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("welcome without a head: {welcome}"))
+}
+
+pub async fn subscribe(ws: &mut Ws, since: Option<u64>) -> Result<()> {
+    let msg = match since {
+        Some(since) => serde_json::json!({"type": "subscribe", "since": since}),
+        None => serde_json::json!({"type": "subscribe"}),
+    };
+    send(ws, msg.to_string()).await
+}
+
+/// Waits for `caughtUp` after a subscribe at the head (no events may come
+/// first: nothing is older than the head) and returns its seq.
+pub async fn caught_up(ws: &mut Ws) -> Result<u64> {
+    let msg = next_control(ws).await?;
+    if msg["type"] != "caughtUp" {
+        bail!("expected caughtUp, got {msg}");
+    }
+    msg["seq"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("caughtUp without a seq: {msg}"))
+}
+
+async fn send(ws: &mut Ws, text: String) -> Result<()> {
+    ws.send(Message::Text(text.into()))
+        .await
+        .context("send to the host")
+}
+
+/// The next text message, as JSON; an event or an error here is a failure.
+async fn next_control(ws: &mut Ws) -> Result<Value> {
+    loop {
+        let msg = tokio::time::timeout(STALL, ws.next())
+            .await
+            .map_err(|_| anyhow!("no answer from the host within {STALL:?}"))?
+            .ok_or_else(|| anyhow!("the host closed the connection"))?
+            .context("read from the host")?;
+        match msg {
+            Message::Text(text) => {
+                if event_seq(text.as_bytes()).is_some() {
+                    bail!("unexpected event before the stream started: {text}");
+                }
+                let v: Value = serde_json::from_str(&text)
+                    .with_context(|| format!("host sent text that is not JSON: {text}"))?;
+                if v["type"] == "error" {
+                    bail!("host error: {v}");
+                }
+                return Ok(v);
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Message::Binary(_) => bail!("unexpected binary frame"),
+            Message::Close(c) => bail!("the host closed the connection: {c:?}"),
+        }
+    }
+}
+
+/// The seq of an event frame, read from its fixed prefix without parsing
+/// the JSON: at a million deliveries a second a full parse per frame would
+/// make the bench, not the host, the bottleneck. `None` if not an event.
+pub fn event_seq(frame: &[u8]) -> Option<u64> {
+    let rest = frame.strip_prefix(EVENT_PREFIX)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 || rest.get(digits) != Some(&b',') {
+        return None;
+    }
+    Some(
+        rest[..digits]
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
+/// What one follower saw.
+pub struct Followed {
+    /// Still open, so that the host keeps the connection (memory figures).
+    pub ws: Ws,
+    pub events: u64,
+    /// Bytes of event frames (payload, without the WebSocket header).
+    pub bytes: u64,
+    /// When the event with the target seq arrived.
+    pub last_at: Instant,
+    /// When `caughtUp` arrived, if it was awaited.
+    pub caught_up_at: Option<Instant>,
+}
+
+/// Reads events until seq `target`, checking that each one is exactly the
+/// one after `prev`; a gap, a repeat or a reorder fails the run. With
+/// `want_caught_up`, also waits for the `caughtUp` that ends a catch-up.
+pub async fn follow(
+    mut ws: Ws,
+    mut prev: u64,
+    target: u64,
+    want_caught_up: bool,
+) -> Result<Followed> {
+    let mut events = 0u64;
+    let mut bytes = 0u64;
+    let mut last_at = None;
+    let mut caught_up_at = None;
+    while prev < target || (want_caught_up && caught_up_at.is_none()) {
+        let msg = tokio::time::timeout(STALL, ws.next())
+            .await
+            .map_err(|_| anyhow!("stalled at seq {prev} of {target}: nothing for {STALL:?}"))?
+            .ok_or_else(|| anyhow!("the host closed the connection at seq {prev} of {target}"))?
+            .with_context(|| format!("read at seq {prev} of {target}"))?;
+        let text = match msg {
+            Message::Text(text) => text,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            Message::Binary(_) => bail!("unexpected binary frame at seq {prev}"),
+            Message::Close(c) => bail!("the host closed the connection at seq {prev}: {c:?}"),
+        };
+        if let Some(seq) = event_seq(text.as_bytes()) {
+            if seq != prev + 1 {
+                bail!(
+                    "ORDER VIOLATION: expected seq {}, got {seq} (gap of {})",
+                    prev + 1,
+                    seq as i128 - prev as i128 - 1
+                );
+            }
+            if seq > target {
+                bail!("event {seq} beyond the last one produced ({target})");
+            }
+            prev = seq;
+            events += 1;
+            bytes += text.len() as u64;
+            if seq == target {
+                last_at = Some(Instant::now());
+            }
+            continue;
+        }
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("host sent text that is not JSON: {text}"))?;
+        match v["type"].as_str() {
+            Some("caughtUp") => {
+                if want_caught_up {
+                    if v["seq"].as_u64() != Some(target) {
+                        bail!("caughtUp at {} but the log ends at {target}", v["seq"]);
+                    }
+                    if prev != target {
+                        bail!("caughtUp arrived at seq {prev}, before {target}");
+                    }
+                    caught_up_at = Some(Instant::now());
+                }
+            }
+            _ => bail!("unexpected message at seq {prev}: {v}"),
+        }
+    }
+    Ok(Followed {
+        ws,
+        events,
+        bytes,
+        last_at: last_at.unwrap_or_else(Instant::now),
+        caught_up_at,
+    })
+}
+
+/// What a producer logged.
+pub struct Produced {
+    pub ws: Ws,
+    pub first: u64,
+    pub last: u64,
+    /// When the last `emit` result arrived (the events are durable).
+    pub done_at: Instant,
+}
+
+/// Emits `total` test events with `data` through `emit` calls of `count`
+/// events, keeping `inflight` calls outstanding so that the host never waits
+/// for the bench. Checks that the results cover one gap-free seq range.
+pub async fn produce(
+    mut ws: Ws,
+    total: u64,
+    count: u32,
+    inflight: usize,
+    data: &str,
+) -> Result<Produced> {
+    let mut next_id = 0u64;
+    let mut sent = 0u64;
+    let mut outstanding = 0usize;
+    let mut logged = 0u64;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    while logged < total {
+        if outstanding < inflight && sent < total {
+            while outstanding < inflight && sent < total {
+                let n = u64::from(count).min(total - sent);
+                next_id += 1;
+                let action = format!(
+                    r#"{{"type":"action","id":{next_id},"name":"emit","args":[{{"count":{n},"data":{data}}}]}}"#
+                );
+                ws.feed(Message::Text(action.into()))
+                    .await
+                    .context("send emit")?;
+                sent += n;
+                outstanding += 1;
+            }
+            // One flush for the whole window: one write, not one per call.
+            ws.flush().await.context("send emit")?;
+        }
+        let v = next_control(&mut ws).await?;
+        if v["type"] != "result" {
+            bail!("expected an emit result, got {v}");
+        }
+        let (Some(first), Some(last)) = (v["value"]["first"].as_u64(), v["value"]["last"].as_u64())
+        else {
+            bail!("emit result without first/last: {v}");
+        };
+        ranges.push((first, last));
+        logged += last + 1 - first;
+        outstanding -= 1;
+    }
+    let done_at = Instant::now();
+    // Calls may be answered out of order; together they must tile one range.
+    ranges.sort_unstable();
+    for pair in ranges.windows(2) {
+        if pair[1].0 != pair[0].1 + 1 {
+            bail!(
+                "emit results are not contiguous: {:?} then {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+    let first = ranges.first().map_or(0, |r| r.0);
+    let last = ranges.last().map_or(0, |r| r.1);
+    if last + 1 - first != total {
+        bail!("emitted {} events, wanted {total}", last + 1 - first);
+    }
+    Ok(Produced {
+        ws,
+        first,
+        last,
+        done_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_seq;
+
+    #[test]
+    fn seq_is_read_from_the_prefix() {
+        assert_eq!(
+            event_seq(br#"{"type":"event","seq":42,"ts":1,"name":"testEvent","data":{}}"#),
+            Some(42)
+        );
+        assert_eq!(event_seq(br#"{"type":"caughtUp","seq":4}"#), None);
+        assert_eq!(event_seq(br#"{"type":"event","seq":,"ts":1}"#), None);
+        assert_eq!(event_seq(br#"{"type":"event","seq":12"#), None);
+    }
+}

@@ -1,0 +1,166 @@
+//! The host under test: starts the release `ensemble` binary on
+//! 127.0.0.1:0 with a temporary data directory and `--test-actions`, finds
+//! its address from the first stdout line, reads its memory and CPU time
+//! from /proc, and stops it.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+/// A running host process; killed when dropped so that a failed run leaves
+/// nothing behind.
+pub struct HostProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    // Held for its Drop: the data directory goes away with the host.
+    _data_dir: TempDir,
+}
+
+/// Memory of the host process, from /proc/PID/status.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// Resident now.
+    pub rss_kib: u64,
+    /// Peak resident so far.
+    pub hwm_kib: u64,
+}
+
+impl HostProcess {
+    pub fn start(bin: &Path) -> Result<HostProcess> {
+        let data_dir = tempfile::Builder::new()
+            .prefix("ensemble-bench-")
+            .tempdir()
+            .context("create the host's data directory")?;
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg("--bind")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .arg("--test-actions")
+            // Info logs would cost the host time per connection; warnings
+            // still show up on our stderr.
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("host stdout")?;
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        if let Err(e) = reader.read_line(&mut line) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e).context("read the host's listening line");
+        }
+        // Keep reading stdout so that a host that prints more never blocks
+        // on a full pipe in the middle of a measurement.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        // "Ensemble host listening on ws://127.0.0.1:PORT/v1/ws (data in ...)"
+        let addr: Option<SocketAddr> = line
+            .split("ws://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the host did not report its address; first stdout line: {line:?}");
+        };
+        let host = HostProcess {
+            child,
+            addr,
+            _data_dir: data_dir,
+        };
+        // The bench must never reach past loopback.
+        if addr.ip() != IpAddr::V4(Ipv4Addr::LOCALHOST) {
+            bail!("the host listens on {addr}, not on 127.0.0.1");
+        }
+        Ok(host)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    pub fn memory(&self) -> Result<Memory> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("no {name} in {path}"))
+        };
+        Ok(Memory {
+            rss_kib: field("VmRSS:")?,
+            hwm_kib: field("VmHWM:")?,
+        })
+    }
+
+    /// CPU seconds (user + system) the host has used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        cpu_secs(&format!("/proc/{}/stat", self.pid()))
+    }
+
+    /// SIGTERM, then SIGKILL if the host has not exited within 10 s.
+    pub fn stop(mut self) -> Result<()> {
+        // `kill` the command: the crate forbids unsafe code, so no libc.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("the host did not exit within 10 s of SIGTERM");
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// CPU seconds of the process whose `stat` file is at `path` (0 if
+/// unreadable). Ticks are USER_HZ, which is 100 on every Linux we run on.
+pub fn cpu_secs(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces; fields after its ')' are
+    // fixed: utime and stime are the 12th and 13th after it.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
