@@ -380,22 +380,26 @@ enum WriteError {
 
 struct Writer {
     sink: SplitSink<WebSocket, Message>,
-    stall_timeout: Duration,
+}
+
+/// Runs one unit of writing (a page, a live batch, a reply) under the stall
+/// timeout: one timer per batch, not one per frame.
+async fn within(
+    limit: Duration,
+    work: impl std::future::Future<Output = Result<(), WriteError>>,
+) -> Result<(), WriteError> {
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| WriteError::Stalled(limit))?
 }
 
 impl Writer {
     async fn feed(&mut self, msg: Message) -> Result<(), WriteError> {
-        tokio::time::timeout(self.stall_timeout, self.sink.feed(msg))
-            .await
-            .map_err(|_| WriteError::Stalled(self.stall_timeout))??;
-        Ok(())
+        Ok(self.sink.feed(msg).await?)
     }
 
     async fn flush(&mut self) -> Result<(), WriteError> {
-        tokio::time::timeout(self.stall_timeout, self.sink.flush())
-            .await
-            .map_err(|_| WriteError::Stalled(self.stall_timeout))??;
-        Ok(())
+        Ok(self.sink.flush().await?)
     }
 
     async fn event(&mut self, event: &LoggedEvent) -> Result<(), WriteError> {
@@ -419,17 +423,14 @@ async fn write_half(
     stall_timeout: Duration,
     done: CancellationToken,
 ) {
-    let mut w = Writer {
-        sink,
-        stall_timeout,
-    };
+    let mut w = Writer { sink };
     let mut feed: Option<Feed> = None;
     let result = async {
         loop {
             if let Some(f) = feed.as_mut().filter(|f| f.behind) {
-                catch_up_page(&mut w, f).await?;
+                within(stall_timeout, catch_up_page(&mut w, f)).await?;
                 while let Ok(out) = out_rx.try_recv() {
-                    handle_out(&mut w, &mut feed, out).await?;
+                    within(stall_timeout, handle_out(&mut w, &mut feed, out)).await?;
                 }
                 continue;
             }
@@ -437,12 +438,12 @@ async fn write_half(
                 biased;
                 _ = done.cancelled() => return Ok(()),
                 out = out_rx.recv() => match out {
-                    Some(out) => handle_out(&mut w, &mut feed, out).await?,
+                    Some(out) => within(stall_timeout, handle_out(&mut w, &mut feed, out)).await?,
                     None => return Ok(()),
                 },
                 first = recv_live(&mut feed) => {
                     if let Some(f) = feed.as_mut() {
-                        live_batch(&mut w, f, first).await?;
+                        within(stall_timeout, live_batch(&mut w, f, first)).await?;
                     }
                 }
             }
@@ -458,8 +459,11 @@ async fn write_half(
                 None,
                 ErrorBody::new(ErrorCode::Unavailable, "the VM stopped"),
             );
-            let _ = w.feed(Message::Text(text.into())).await;
-            let _ = w.flush().await;
+            let _ = within(stall_timeout, async {
+                w.feed(Message::Text(text.into())).await?;
+                w.flush().await
+            })
+            .await;
         }
         Err(e) => tracing::info!(error = %e, "connection closed by the host"),
     }
