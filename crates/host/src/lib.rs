@@ -6,6 +6,7 @@
 //! * [`actions`]: each action's arguments and effect.
 //! * [`registry`]: key → open VM (`getOrCreate`), one actor.
 //! * [`vm`]: an agent VM and what it owns.
+//! * [`terminal`]: a shell's screen model, for late joiners' snapshots.
 //! * [`log`]: the per-VM sequenced, durable event log and its fan-out.
 //! * [`hook`]: server-side hooks that see each event once.
 //! * [`store`]: the data directory and the key registry.
@@ -18,6 +19,7 @@ pub mod log;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod terminal;
 pub mod vm;
 
 use std::future::Future;
