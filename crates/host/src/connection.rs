@@ -49,6 +49,8 @@ const LIVE_BATCH: usize = 512;
 /// What every connection shares.
 pub struct Shared {
     pub registry: Registry,
+    /// Numbers connections, for ownership of what they open.
+    pub next_conn_id: std::sync::atomic::AtomicU64,
     pub test_actions: bool,
     /// A client whose socket accepts nothing for this long is disconnected
     /// (it can reconnect and resume from its last seq).
@@ -88,6 +90,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
 }
 
 struct ReadState {
+    conn_id: u64,
     vm: Option<Vm>,
     subscribed: bool,
 }
@@ -100,6 +103,9 @@ async fn read_half(
 ) {
     let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_ACTIONS));
     let mut state = ReadState {
+        conn_id: shared
+            .next_conn_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         vm: None,
         subscribed: false,
     };
@@ -317,9 +323,11 @@ async fn handle(
             };
             let out_tx = out_tx.clone();
             let test_actions = shared.test_actions;
+            let conn_id = state.conn_id;
             tokio::spawn(async move {
                 let ctx = ActionContext {
                     vm: &vm,
+                    conn_id,
                     test_actions,
                 };
                 let text = match actions::call(&ctx, &name, args).await {

@@ -5,7 +5,10 @@
 //! * [`connection`]: one client: parses frames, runs actions, streams the log.
 //! * [`actions`]: each action's arguments and effect.
 //! * [`registry`]: key → open VM (`getOrCreate`), one actor.
-//! * [`vm`]: an agent VM and what it owns.
+//! * [`vm`]: an agent VM and the actor that owns its processes and shells.
+//! * [`process`], [`shell`]: processes on pipes and shells on PTYs, their
+//!   output chunked by [`output`] into the log; [`workspace`]: where they run
+//!   and their clean environment.
 //! * [`terminal`]: a shell's screen model, for late joiners' snapshots.
 //! * [`log`]: the per-VM sequenced, durable event log and its fan-out.
 //! * [`hook`]: server-side hooks that see each event once.
@@ -16,11 +19,15 @@ pub mod actions;
 pub mod connection;
 pub mod hook;
 pub mod log;
+pub mod output;
+pub mod process;
 pub mod registry;
 pub mod server;
+pub mod shell;
 pub mod store;
 pub mod terminal;
 pub mod vm;
+pub mod workspace;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -114,6 +121,7 @@ impl Host {
         Ok(Host {
             shared: Arc::new(Shared {
                 registry,
+                next_conn_id: std::sync::atomic::AtomicU64::new(1),
                 test_actions: config.test_actions,
                 stall_timeout: config.stall_timeout,
                 shutdown,

@@ -2,20 +2,25 @@
 //! the map and the data directory; connections ask it by message.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ensemble_protocol::Key;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hook::Hooks;
-use crate::log;
+use crate::log::{self, Log};
 use crate::store::{Store, StoreError};
 use crate::vm::Vm;
+use crate::workspace::Workspace;
 use crate::HostError;
 
 /// Opens waiting for the registry. Opens are rare (one per connection), so a
 /// small queue is plenty; callers wait when it is full.
 const REGISTRY_QUEUE: usize = 64;
+
+/// How long closing all VMs may take before the host stops regardless.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 enum Msg {
     Open {
@@ -59,6 +64,8 @@ impl Registry {
 
 async fn run(store: Arc<Mutex<Store>>, hooks: Hooks, mut rx: mpsc::Receiver<Msg>) {
     let mut vms: HashMap<Key, Vm> = HashMap::new();
+    // Resolve when each VM's processes are gone, then when its log is committed.
+    let mut actors: Vec<oneshot::Receiver<()>> = Vec::new();
     let mut writers: Vec<oneshot::Receiver<()>> = Vec::new();
     while let Some(msg) = rx.recv().await {
         match msg {
@@ -76,8 +83,24 @@ async fn run(store: Arc<Mutex<Store>>, hooks: Hooks, mut rx: mpsc::Receiver<Msg>
                 .map_err(|_| HostError::ShuttingDown)
                 .and_then(|r| r);
                 let result = match opened {
-                    Ok((vm, done)) => {
-                        writers.push(done);
+                    Ok(opened) => {
+                        let first_shell_id = match next_shell_id(&opened.log).await {
+                            Ok(id) => id,
+                            Err(e) => {
+                                let _ = reply.send(Err(e.into()));
+                                continue;
+                            }
+                        };
+                        let (vm, actor_done) = Vm::start(
+                            opened.id,
+                            key.clone(),
+                            opened.dir,
+                            opened.workspace,
+                            opened.log,
+                            first_shell_id,
+                        );
+                        writers.push(opened.writer_done);
+                        actors.push(actor_done);
                         hooks.attach(&vm);
                         vms.insert(key, vm.clone());
                         Ok(vm)
@@ -89,8 +112,17 @@ async fn run(store: Arc<Mutex<Store>>, hooks: Hooks, mut rx: mpsc::Receiver<Msg>
             Msg::Close { reply } => {
                 vms.clear();
                 hooks.detach_all();
-                for done in writers.drain(..) {
-                    let _ = done.await;
+                // Bounded: a stuck VM must not keep the host from stopping.
+                let all = async {
+                    for done in actors.drain(..) {
+                        let _ = done.await;
+                    }
+                    for done in writers.drain(..) {
+                        let _ = done.await;
+                    }
+                };
+                if tokio::time::timeout(CLOSE_TIMEOUT, all).await.is_err() {
+                    tracing::warn!("VMs did not close in time; stopping anyway");
                 }
                 let _ = reply.send(());
                 return;
@@ -99,15 +131,52 @@ async fn run(store: Arc<Mutex<Store>>, hooks: Hooks, mut rx: mpsc::Receiver<Msg>
     }
 }
 
-fn open_vm(store: &Mutex<Store>, key: Key) -> Result<(Vm, oneshot::Receiver<()>), HostError> {
+struct Opened {
+    id: u64,
+    dir: PathBuf,
+    workspace: Workspace,
+    log: Log,
+    writer_done: oneshot::Receiver<()>,
+}
+
+/// The blocking part of opening a VM: registry row, directories, log.
+fn open_vm(store: &Mutex<Store>, key: Key) -> Result<Opened, HostError> {
     let (id, dir) = {
         let store = store.lock().map_err(|_| HostError::ShuttingDown)?;
         let id = store.vm_for_key(&key)?;
         (id, store.vm_dir(id)?)
     };
-    let (log, done) = log::open(&dir.join("log.db"))?;
+    let workspace = Workspace::open(dir.join("workspace")).map_err(|source| {
+        HostError::Store(StoreError::CreateDir {
+            path: dir.join("workspace"),
+            source,
+        })
+    })?;
+    let (log, writer_done) = log::open(&dir.join("log.db"))?;
     tracing::info!(vm = id, %key, head = log.head(), "VM opened");
-    Ok((Vm::new(id, key, dir, log), done))
+    Ok(Opened {
+        id,
+        dir,
+        workspace,
+        log,
+        writer_done,
+    })
+}
+
+/// Shell ids continue after the highest one in the log, so an id names one
+/// shell in the whole history.
+async fn next_shell_id(log: &Log) -> Result<u32, log::LogError> {
+    let max: u64 = log
+        .read(|conn| {
+            conn.query_row(
+                "SELECT COALESCE(MAX(CAST(json_extract(CAST(body AS TEXT), '$.data.shellId') AS INTEGER)), 0)
+                 FROM events WHERE name = 'shellOpened'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await?;
+    Ok(u32::try_from(max).unwrap_or(u32::MAX - 1) + 1)
 }
 
 impl From<StoreError> for HostError {

@@ -1,15 +1,82 @@
-//! An agent VM: its key, its directory and its event log. Everything a VM
-//! produces goes through [`Vm::log`]; processes, shells and sessions will hang
-//! off this type.
+//! An agent VM: its key, its workspace, its event log, and the actor that
+//! owns its processes and shells. Callers send the actor closures that run
+//! on its state one at a time; anything slow (waiting for a process, logging)
+//! happens outside, with what the closure handed back.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use ensemble_protocol::{Key, VmInfo};
+use ensemble_protocol::{ErrorBody, ErrorCode, Key, VmInfo};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
-use crate::log::Log;
+use crate::log::{Log, LogError};
+use crate::process::Processes;
+use crate::shell::Shells;
+use crate::workspace::Workspace;
 
-/// A handle on one open VM; cheap to clone.
+/// Closures waiting for the VM actor. Each is short (no I/O waits), so a
+/// small queue keeps callers honest without stalling them.
+const VM_QUEUE: usize = 256;
+
+/// On close, how long processes and shells have to exit after SIGKILL/SIGHUP.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// What a VM action can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VmError {
+    #[error("no process with pid {0} in this VM")]
+    NoSuchProcess(u32),
+    #[error("no shell with id {0} in this VM")]
+    NoSuchShell(u32),
+    #[error("{0} has exited")]
+    Exited(String),
+    #[error("cannot start {command:?}: {reason}")]
+    SpawnFailed { command: String, reason: String },
+    #[error("{0}")]
+    InvalidArgs(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("PTY: {0}")]
+    Pty(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("the VM is closed")]
+    Closed,
+}
+
+impl VmError {
+    pub fn to_body(&self) -> ErrorBody {
+        let code = match self {
+            VmError::NoSuchProcess(_) | VmError::NoSuchShell(_) => ErrorCode::NotFound,
+            VmError::Exited(_) => ErrorCode::Exited,
+            VmError::SpawnFailed { .. } => ErrorCode::SpawnFailed,
+            VmError::InvalidArgs(_) => ErrorCode::InvalidArgs,
+            VmError::Forbidden(_) => ErrorCode::Forbidden,
+            VmError::Pty(_) | VmError::Internal(_) => ErrorCode::Internal,
+            VmError::Closed => ErrorCode::Unavailable,
+        };
+        ErrorBody::new(code, self.to_string())
+    }
+}
+
+impl From<Arc<LogError>> for VmError {
+    fn from(e: Arc<LogError>) -> Self {
+        VmError::Internal(e.to_string())
+    }
+}
+
+/// What the actor owns.
+pub struct VmState {
+    pub processes: Processes,
+    pub shells: Shells,
+}
+
+type Job = Box<dyn FnOnce(&mut VmState) + Send>;
+
+/// A handle on one open VM; cheap to clone. The VM closes (its processes
+/// and shells are killed) when the last handle is dropped.
 #[derive(Clone)]
 pub struct Vm {
     inner: Arc<VmInner>,
@@ -18,18 +85,40 @@ pub struct Vm {
 struct VmInner {
     info: VmInfo,
     dir: PathBuf,
+    workspace: Workspace,
     log: Log,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl Vm {
-    pub(crate) fn new(id: u64, key: Key, dir: PathBuf, log: Log) -> Vm {
-        Vm {
+    /// Starts the VM's actor. `done` resolves once its processes and shells
+    /// are gone after the last handle was dropped.
+    pub(crate) fn start(
+        id: u64,
+        key: Key,
+        dir: PathBuf,
+        workspace: Workspace,
+        log: Log,
+        first_shell_id: u32,
+    ) -> (Vm, oneshot::Receiver<()>) {
+        let (jobs_tx, jobs_rx) = mpsc::channel(VM_QUEUE);
+        let (done_tx, done_rx) = oneshot::channel();
+        let cancel = CancellationToken::new();
+        let state = VmState {
+            processes: Processes::new(log.clone(), cancel.clone()),
+            shells: Shells::new(log.clone(), first_shell_id, cancel.clone()),
+        };
+        tokio::spawn(run(state, jobs_rx, cancel, done_tx));
+        let vm = Vm {
             inner: Arc::new(VmInner {
                 info: VmInfo { id, key },
                 dir,
+                workspace,
                 log,
+                jobs: jobs_tx,
             }),
-        }
+        };
+        (vm, done_rx)
     }
 
     pub fn info(&self) -> &VmInfo {
@@ -45,7 +134,55 @@ impl Vm {
         &self.inner.dir
     }
 
+    pub fn workspace(&self) -> &Workspace {
+        &self.inner.workspace
+    }
+
     pub fn log(&self) -> &Log {
         &self.inner.log
     }
+
+    /// Runs `f` on the VM's state, in the actor, and returns its result.
+    pub async fn with<R, F>(&self, f: F) -> Result<R, VmError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut VmState) -> R + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |state| {
+            let _ = tx.send(f(state));
+        });
+        self.inner
+            .jobs
+            .send(job)
+            .await
+            .map_err(|_| VmError::Closed)?;
+        rx.await.map_err(|_| VmError::Closed)
+    }
+}
+
+async fn run(
+    mut state: VmState,
+    mut jobs: mpsc::Receiver<Job>,
+    cancel: CancellationToken,
+    done: oneshot::Sender<()>,
+) {
+    while let Some(job) = jobs.recv().await {
+        job(&mut state);
+    }
+    // Last handle gone: nothing may outlive the VM.
+    let mut exits = state.processes.kill_all();
+    exits.extend(state.shells.close_all());
+    let wait_all = async {
+        for mut exit in exits {
+            let _ = exit.wait_for(Option::is_some).await;
+        }
+    };
+    if tokio::time::timeout(CLOSE_GRACE, wait_all).await.is_err() {
+        tracing::warn!("some processes of a closing VM did not exit in time");
+    }
+    // Whatever still holds a pipe or the PTY open is outside the VM now.
+    cancel.cancel();
+    drop(state);
+    let _ = done.send(());
 }

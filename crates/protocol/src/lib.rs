@@ -49,7 +49,37 @@ pub const WS_PATH: &str = "/v1/ws";
 pub const DEFAULT_PORT: u16 = 6420;
 
 /// Every action the host understands, in the order docs/protocol.md lists them.
-pub const ACTIONS: &[&str] = &["getEvents", "getSequencedEvents", "emit"];
+pub const ACTIONS: &[&str] = &[
+    "getEvents",
+    "getSequencedEvents",
+    "exec",
+    "spawn",
+    "writeProcessStdin",
+    "closeProcessStdin",
+    "waitProcess",
+    "stopProcess",
+    "killProcess",
+    "listProcesses",
+    "getProcess",
+    "openShell",
+    "writeShell",
+    "resizeShell",
+    "closeShell",
+    "listShells",
+    "getShellSnapshot",
+    "emit",
+];
 
 /// Every event name the host produces today.
-pub const EVENTS: &[&str] = &["sessionEvent", "testEvent", "testBytes"];
+pub const EVENTS: &[&str] = &[
+    "processStarted",
+    "processOutput",
+    "processExit",
+    "shellOpened",
+    "shellData",
+    "shellResized",
+    "shellExit",
+    "sessionEvent",
+    "testEvent",
+    "testBytes",
+];

@@ -140,6 +140,14 @@ pub enum ErrorCode {
     Unavailable,
     /// A failure inside the host (storage); the message says what.
     Internal,
+    /// An unknown pid or shellId.
+    NotFound,
+    /// The process or shell has exited (or its stdin was closed).
+    Exited,
+    /// A command that does not start (not found, not executable).
+    SpawnFailed,
+    /// The caller may not do this (for example resize a shell it does not own).
+    Forbidden,
     /// A code this client does not know yet (sent by a newer host). Never
     /// sent by this version; lets clients read codes added later.
     #[serde(other)]
@@ -162,6 +170,10 @@ impl ErrorCode {
         ErrorCode::Disabled,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::NotFound,
+        ErrorCode::Exited,
+        ErrorCode::SpawnFailed,
+        ErrorCode::Forbidden,
     ];
 
     /// The code as it appears on the wire.
@@ -181,6 +193,10 @@ impl ErrorCode {
             ErrorCode::Disabled => "disabled",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Exited => "exited",
+            ErrorCode::SpawnFailed => "spawn_failed",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -1,5 +1,8 @@
 //! Actions: a name and positional arguments in, a JSON value or a typed error
-//! out. Each action parses its own arguments here and talks to the VM.
+//! out. Each action parses its own arguments and talks to the VM; the log
+//! and test actions are here, processes and shells in [`workload`].
+
+mod workload;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -19,6 +22,8 @@ pub const MAX_FILTER_NAMES: usize = 64;
 
 pub struct ActionContext<'a> {
     pub vm: &'a Vm,
+    /// The calling connection (owner of the shells it opens).
+    pub conn_id: u64,
     /// `emit` is refused unless the host was started with test actions.
     pub test_actions: bool,
 }
@@ -29,6 +34,21 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
     match name {
         "getEvents" => get_events(ctx.vm, args).await,
         "getSequencedEvents" => get_sequenced_events(ctx.vm, args).await,
+        "exec" => workload::exec(ctx, args).await,
+        "spawn" => workload::spawn(ctx, args).await,
+        "writeProcessStdin" => workload::write_stdin(ctx, args).await,
+        "closeProcessStdin" => workload::close_stdin(ctx, args).await,
+        "waitProcess" => workload::wait(ctx, args).await,
+        "stopProcess" => workload::signal(ctx, args, false).await,
+        "killProcess" => workload::signal(ctx, args, true).await,
+        "listProcesses" => workload::list_processes(ctx, args).await,
+        "getProcess" => workload::get_process(ctx, args).await,
+        "openShell" => workload::open_shell(ctx, args).await,
+        "writeShell" => workload::write_shell(ctx, args).await,
+        "resizeShell" => workload::resize_shell(ctx, args).await,
+        "closeShell" => workload::close_shell(ctx, args).await,
+        "listShells" => workload::list_shells(ctx, args).await,
+        "getShellSnapshot" => workload::shell_snapshot(ctx, args).await,
         "emit" if ctx.test_actions => emit(ctx.vm, args).await,
         "emit" => Err(ErrorBody::new(
             ErrorCode::Disabled,

@@ -1,0 +1,341 @@
+//! Process and shell actions (agentOS names): arguments in, the VM actor
+//! does the bookkeeping, waiting and logging happen here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use ensemble_protocol::{Args, ErrorBody};
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{invalid, ActionContext};
+use crate::log::NewEvent;
+use crate::process::{signal_group, StdinOp};
+use crate::shell::ShellOptions;
+use crate::vm::{Vm, VmError};
+
+/// Longest `exec` may run when the caller gives no `timeoutMs`.
+const EXEC_DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long `closeShell` waits for the shell to be gone before answering.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+fn err(e: VmError) -> ErrorBody {
+    e.to_body()
+}
+
+/// `vm.with` for closures that fail with `VmError` themselves.
+async fn on_vm<R, F>(vm: &Vm, f: F) -> Result<R, ErrorBody>
+where
+    R: Send + 'static,
+    F: FnOnce(&mut crate::vm::VmState) -> Result<R, VmError> + Send + 'static,
+{
+    vm.with(f).await.and_then(|r| r).map_err(err)
+}
+
+async fn log_json(vm: &Vm, name: &str, data: Value) -> Result<u64, ErrorBody> {
+    vm.log()
+        .append(vec![NewEvent::Json {
+            name: name.to_owned(),
+            data: data.to_string(),
+        }])
+        .await
+        .map_err(|e| err(e.into()))
+}
+
+fn ok_null() -> Result<String, ErrorBody> {
+    Ok("null".to_owned())
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, ErrorBody> {
+    serde_json::to_string(v).map_err(|e| err(VmError::Internal(e.to_string())))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ExecOptions {
+    #[serde(default)]
+    args: Vec<String>,
+    cwd: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SpawnOptions {
+    cwd: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// Starts a process and logs `processStarted` before its output.
+async fn start_process(
+    vm: &Vm,
+    command: String,
+    args: Vec<String>,
+    cwd: Option<String>,
+    env: BTreeMap<String, String>,
+    capture: bool,
+) -> Result<crate::process::Spawned, ErrorBody> {
+    if command.is_empty() {
+        return Err(invalid("command is empty"));
+    }
+    let cwd = vm.workspace().resolve_cwd(cwd.as_deref()).map_err(err)?;
+    let env = vm.workspace().environment(&env).map_err(err)?;
+    let (cmd, a) = (command.clone(), args.clone());
+    let display_cwd = cwd.display().to_string();
+    let spawned = on_vm(vm, move |s| {
+        s.processes.spawn(&cmd, &a, &cwd, &env, capture)
+    })
+    .await?;
+    log_json(
+        vm,
+        "processStarted",
+        json!({"pid": spawned.pid, "command": command, "args": args, "cwd": display_cwd}),
+    )
+    .await?;
+    Ok(spawned)
+}
+
+/// `exec(command, {args, cwd, env, timeoutMs})` →
+/// `{pid, stdout, stderr, exitCode, signal, timedOut, truncated}`.
+pub async fn exec(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("exec", 2).map_err(invalid)?;
+    let command: String = args.required(0, "command").map_err(invalid)?;
+    let opts: ExecOptions = args
+        .optional(1, "options")
+        .map_err(invalid)?
+        .unwrap_or_default();
+    let limit = opts
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(EXEC_DEFAULT_TIMEOUT);
+    let mut spawned = start_process(ctx.vm, command, opts.args, opts.cwd, opts.env, true).await?;
+    let pid = spawned.pid;
+    spawned.start.start();
+    let timed_out = tokio::time::timeout(limit, spawned.exit.wait_for(Option::is_some))
+        .await
+        .is_err();
+    if timed_out {
+        signal_group(pid, Signal::SIGKILL);
+        let _ = spawned.exit.wait_for(Option::is_some).await;
+    }
+    let exit = (*spawned.exit.borrow()).unwrap_or(crate::process::ExitInfo {
+        exit_code: None,
+        signal: None,
+    });
+    let captured = match spawned.captured {
+        Some(rx) => rx.await.unwrap_or_default(),
+        None => Default::default(),
+    };
+    to_json(&json!({
+        "pid": pid,
+        "stdout": String::from_utf8_lossy(&captured.stdout),
+        "stderr": String::from_utf8_lossy(&captured.stderr),
+        "exitCode": exit.exit_code,
+        "signal": exit.signal,
+        "timedOut": timed_out,
+        "truncated": captured.truncated,
+    }))
+}
+
+/// `spawn(command, args, {cwd, env})` → `{pid}`.
+pub async fn spawn(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("spawn", 3).map_err(invalid)?;
+    let command: String = args.required(0, "command").map_err(invalid)?;
+    let argv: Vec<String> = args
+        .optional(1, "args")
+        .map_err(invalid)?
+        .unwrap_or_default();
+    let opts: SpawnOptions = args
+        .optional(2, "options")
+        .map_err(invalid)?
+        .unwrap_or_default();
+    let spawned = start_process(ctx.vm, command, argv, opts.cwd, opts.env, false).await?;
+    let pid = spawned.pid;
+    spawned.start.start();
+    to_json(&json!({ "pid": pid }))
+}
+
+/// `writeProcessStdin(pid, data)`: data is a string, written as UTF-8.
+pub async fn write_stdin(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("writeProcessStdin", 2).map_err(invalid)?;
+    let pid: u32 = args.required(0, "pid").map_err(invalid)?;
+    let data: String = args.required(1, "data").map_err(invalid)?;
+    let tx = on_vm(ctx.vm, move |s| s.processes.stdin(pid)).await?;
+    tx.send(StdinOp::Data(Bytes::from(data)))
+        .await
+        .map_err(|_| err(VmError::Exited(format!("process {pid}"))))?;
+    ok_null()
+}
+
+/// `closeProcessStdin(pid)`.
+pub async fn close_stdin(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("closeProcessStdin", 1).map_err(invalid)?;
+    let pid: u32 = args.required(0, "pid").map_err(invalid)?;
+    let tx = on_vm(ctx.vm, move |s| s.processes.close_stdin(pid)).await?;
+    let _ = tx.send(StdinOp::Close).await;
+    ok_null()
+}
+
+/// `waitProcess(pid)` → `{exitCode, signal}` once it has exited.
+pub async fn wait(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("waitProcess", 1).map_err(invalid)?;
+    let pid: u32 = args.required(0, "pid").map_err(invalid)?;
+    let mut exit = on_vm(ctx.vm, move |s| s.processes.exit(pid)).await?;
+    let info = exit
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| err(VmError::Closed))?
+        .unwrap_or(crate::process::ExitInfo {
+            exit_code: None,
+            signal: None,
+        });
+    to_json(&info)
+}
+
+/// `stopProcess(pid)` (SIGTERM) and `killProcess(pid)` (SIGKILL), to its group.
+pub async fn signal(ctx: &ActionContext<'_>, args: Args, kill: bool) -> Result<String, ErrorBody> {
+    let name = if kill { "killProcess" } else { "stopProcess" };
+    args.at_most(name, 1).map_err(invalid)?;
+    let pid: u32 = args.required(0, "pid").map_err(invalid)?;
+    let sig = if kill {
+        Signal::SIGKILL
+    } else {
+        Signal::SIGTERM
+    };
+    on_vm(ctx.vm, move |s| s.processes.signal(pid, sig)).await?;
+    ok_null()
+}
+
+pub async fn list_processes(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("listProcesses", 0).map_err(invalid)?;
+    let list = ctx.vm.with(|s| s.processes.list()).await.map_err(err)?;
+    to_json(&list)
+}
+
+pub async fn get_process(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("getProcess", 1).map_err(invalid)?;
+    let pid: u32 = args.required(0, "pid").map_err(invalid)?;
+    let info = on_vm(ctx.vm, move |s| s.processes.info(pid)).await?;
+    to_json(&info)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OpenShellOptions {
+    command: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    cwd: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cols: Option<u16>,
+    rows: Option<u16>,
+}
+
+/// `openShell({command, args, cwd, env, cols, rows})` → `{shellId}`; the
+/// default program is an interactive bash, 80x24.
+pub async fn open_shell(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("openShell", 1).map_err(invalid)?;
+    let opts: OpenShellOptions = args
+        .optional(0, "options")
+        .map_err(invalid)?
+        .unwrap_or_default();
+    let vm = ctx.vm;
+    let command = opts.command.unwrap_or_else(|| "/bin/bash".to_owned());
+    if command.is_empty() {
+        return Err(invalid("command is empty"));
+    }
+    let shell_opts = ShellOptions {
+        command,
+        args: opts.args,
+        cwd: vm
+            .workspace()
+            .resolve_cwd(opts.cwd.as_deref())
+            .map_err(err)?,
+        env: vm.workspace().environment(&opts.env).map_err(err)?,
+        cols: opts.cols.unwrap_or(80),
+        rows: opts.rows.unwrap_or(24),
+    };
+    let owner = ctx.conn_id;
+    let (info, start) = on_vm(vm, move |s| s.shells.open(shell_opts, owner)).await?;
+    let seq = log_json(
+        vm,
+        "shellOpened",
+        serde_json::to_value(&info).unwrap_or(Value::Null),
+    )
+    .await?;
+    start.start(seq);
+    to_json(&json!({ "shellId": info.shell_id }))
+}
+
+/// `writeShell(shellId, data)`: keystrokes as a string.
+pub async fn write_shell(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("writeShell", 2).map_err(invalid)?;
+    let id: u32 = args.required(0, "shellId").map_err(invalid)?;
+    let data: String = args.required(1, "data").map_err(invalid)?;
+    let tx = on_vm(ctx.vm, move |s| s.shells.input(id)).await?;
+    tx.send(Bytes::from(data))
+        .await
+        .map_err(|_| err(VmError::Exited(format!("shell {id}"))))?;
+    ok_null()
+}
+
+/// `resizeShell(shellId, cols, rows)`: only the shell's owner; logged as
+/// `shellResized` before the PTY changes, so output after it is at the new size.
+pub async fn resize_shell(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("resizeShell", 3).map_err(invalid)?;
+    let id: u32 = args.required(0, "shellId").map_err(invalid)?;
+    let cols: u16 = args.required(1, "cols").map_err(invalid)?;
+    let rows: u16 = args.required(2, "rows").map_err(invalid)?;
+    let by = ctx.conn_id;
+    on_vm(ctx.vm, move |s| s.shells.check_resize(id, cols, rows, by)).await?;
+    log_json(
+        ctx.vm,
+        "shellResized",
+        json!({"shellId": id, "cols": cols, "rows": rows}),
+    )
+    .await?;
+    on_vm(ctx.vm, move |s| s.shells.resize(id, cols, rows, by)).await?;
+    ok_null()
+}
+
+/// `closeShell(shellId)`: hangs up; answers once `shellExit` is logged (or
+/// after a few seconds).
+pub async fn close_shell(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("closeShell", 1).map_err(invalid)?;
+    let id: u32 = args.required(0, "shellId").map_err(invalid)?;
+    let mut exit = on_vm(ctx.vm, move |s| s.shells.close(id)).await?;
+    let _ = tokio::time::timeout(CLOSE_WAIT, exit.wait_for(Option::is_some)).await;
+    ok_null()
+}
+
+pub async fn list_shells(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("listShells", 0).map_err(invalid)?;
+    let list = ctx.vm.with(|s| s.shells.list()).await.map_err(err)?;
+    to_json(&list)
+}
+
+/// `getShellSnapshot(shellId)` → `{shellId, seq, cols, rows, data}`: `data`
+/// (base64) draws the screen as of `seq`; apply `shellData` after `seq`.
+pub async fn shell_snapshot(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("getShellSnapshot", 1).map_err(invalid)?;
+    let id: u32 = args.required(0, "shellId").map_err(invalid)?;
+    let model = on_vm(ctx.vm, move |s| s.shells.model(id)).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    model.send(tx).await.map_err(|_| err(VmError::Closed))?;
+    let snapshot = rx.await.map_err(|_| err(VmError::Closed))?.map_err(err)?;
+    to_json(&json!({
+        "shellId": id,
+        "seq": snapshot.seq,
+        "cols": snapshot.cols,
+        "rows": snapshot.rows,
+        "data": base64::engine::general_purpose::STANDARD.encode(&snapshot.data),
+    }))
+}

@@ -1,0 +1,566 @@
+//! Shared shells: a program on a real PTY (portable-pty) in the VM's
+//! workspace. Its output goes to the log as `shellData`; keystrokes go to it
+//! through a writer thread; a terminal model fed from the log answers late
+//! joiners with a snapshot of the screen as of a seq.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ensemble_protocol::frame::{BinaryHeader, BinaryKind};
+use nix::sys::signal::Signal;
+use portable_pty::{CommandBuilder, MasterPty, PtySize};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{Frame, Log, LoggedEvent, NewEvent};
+use crate::output::{Merger, MAX_CHUNK, READ_QUEUE};
+use crate::process::{signal_group, ExitInfo};
+use crate::terminal::TerminalModel;
+use crate::vm::VmError;
+use crate::workspace::Environment;
+
+/// Largest terminal accepted, in columns and rows.
+pub const MAX_COLS: u16 = 1000;
+pub const MAX_ROWS: u16 = 500;
+
+/// Lines of scrollback the model keeps above the screen.
+const MODEL_SCROLLBACK: usize = 2000;
+
+/// Lines of scrollback a snapshot carries.
+const SNAPSHOT_SCROLLBACK: usize = 1000;
+
+/// Keystroke writes waiting for the PTY.
+const INPUT_QUEUE: usize = 256;
+
+/// After the program exits, how long the PTY may take to drain before
+/// `shellExit` is logged anyway.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+/// After SIGHUP on close, how long the shell's session has before SIGKILL.
+const HANGUP_GRACE: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShellInfo {
+    pub shell_id: u32,
+    pub pid: u32,
+    pub command: String,
+    pub args: Vec<String>,
+    pub cwd: String,
+    pub cols: u16,
+    pub rows: u16,
+    pub running: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+}
+
+/// A late joiner's view: the bytes that draw the screen as of `seq`.
+pub struct Snapshot {
+    pub seq: u64,
+    pub rows: u16,
+    pub cols: u16,
+    pub data: Vec<u8>,
+}
+
+struct Entry {
+    info: ShellInfo,
+    /// Kept to resize; dropping it hangs up the PTY.
+    master: Box<dyn MasterPty + Send>,
+    input: mpsc::Sender<Bytes>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    model: mpsc::Sender<oneshot::Sender<Result<Snapshot, VmError>>>,
+    /// The connection allowed to resize (until control exists).
+    owner: u64,
+}
+
+/// The shells of one VM; owned by the VM actor.
+pub struct Shells {
+    log: Log,
+    /// Fired when the VM closes: output pumps stop even if the PTY stays open.
+    cancel: CancellationToken,
+    entries: HashMap<u32, Entry>,
+    next_id: u32,
+}
+
+pub struct ShellOptions {
+    pub command: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: Environment,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// A shell spawned but not yet streaming: [`ShellStart::start`] runs once
+/// `shellOpened` is logged, so that its output follows it in the log.
+pub struct ShellStart {
+    shell_id: u32,
+    reader: Box<dyn Read + Send>,
+    writer: Box<dyn Write + Send>,
+    input_rx: mpsc::Receiver<Bytes>,
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+    exit_tx: watch::Sender<Option<ExitInfo>>,
+    model_rx: mpsc::Receiver<oneshot::Sender<Result<Snapshot, VmError>>>,
+    log: Log,
+    cancel: CancellationToken,
+    rows: u16,
+    cols: u16,
+}
+
+pub fn check_size(cols: u16, rows: u16) -> Result<(), VmError> {
+    if cols == 0 || rows == 0 || cols > MAX_COLS || rows > MAX_ROWS {
+        return Err(VmError::InvalidArgs(format!(
+            "terminal size {cols}x{rows} is outside 1x1 to {MAX_COLS}x{MAX_ROWS}"
+        )));
+    }
+    Ok(())
+}
+
+impl Shells {
+    /// `first_id` continues the ids of shells in the log, so an id is never
+    /// reused across restarts.
+    pub fn new(log: Log, first_id: u32, cancel: CancellationToken) -> Shells {
+        Shells {
+            log,
+            cancel,
+            entries: HashMap::new(),
+            next_id: first_id.max(1),
+        }
+    }
+
+    pub fn open(
+        &mut self,
+        opts: ShellOptions,
+        owner: u64,
+    ) -> Result<(ShellInfo, ShellStart), VmError> {
+        check_size(opts.cols, opts.rows)?;
+        let pty = portable_pty::native_pty_system()
+            .openpty(PtySize {
+                rows: opts.rows,
+                cols: opts.cols,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .map_err(|e| VmError::Pty(format!("cannot open a PTY: {e}")))?;
+        let mut cmd = CommandBuilder::new(&opts.command);
+        cmd.args(&opts.args);
+        cmd.cwd(&opts.cwd);
+        cmd.env_clear();
+        for (k, v) in opts.env.vars() {
+            cmd.env(k, v);
+        }
+        let child = pty
+            .slave
+            .spawn_command(cmd)
+            .map_err(|e| VmError::SpawnFailed {
+                command: opts.command.clone(),
+                reason: e.to_string(),
+            })?;
+        // Only the child holds the slave now: the master reads EOF once it
+        // and everything it started are gone.
+        drop(pty.slave);
+        let pid = child.process_id().unwrap_or(0);
+        let reader = pty
+            .master
+            .try_clone_reader()
+            .map_err(|e| VmError::Pty(e.to_string()))?;
+        let writer = pty
+            .master
+            .take_writer()
+            .map_err(|e| VmError::Pty(e.to_string()))?;
+        let shell_id = self.next_id;
+        self.next_id += 1;
+        let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (model_tx, model_rx) = mpsc::channel(16);
+        let info = ShellInfo {
+            shell_id,
+            pid,
+            command: opts.command,
+            args: opts.args,
+            cwd: opts.cwd.display().to_string(),
+            cols: opts.cols,
+            rows: opts.rows,
+            running: true,
+            exit: None,
+        };
+        self.entries.insert(
+            shell_id,
+            Entry {
+                info: info.clone(),
+                master: pty.master,
+                input: input_tx,
+                exit: exit_rx,
+                model: model_tx,
+                owner,
+            },
+        );
+        let start = ShellStart {
+            shell_id,
+            reader,
+            writer,
+            input_rx,
+            child,
+            exit_tx,
+            model_rx,
+            log: self.log.clone(),
+            cancel: self.cancel.clone(),
+            rows: opts.rows,
+            cols: opts.cols,
+        };
+        Ok((info, start))
+    }
+
+    fn entry(&mut self, shell_id: u32) -> Result<&mut Entry, VmError> {
+        let entry = self
+            .entries
+            .get_mut(&shell_id)
+            .ok_or(VmError::NoSuchShell(shell_id))?;
+        if entry.info.running {
+            if let Some(exit) = *entry.exit.borrow() {
+                entry.info.running = false;
+                entry.info.exit = Some(exit);
+            }
+        }
+        Ok(entry)
+    }
+
+    pub fn info(&mut self, shell_id: u32) -> Result<ShellInfo, VmError> {
+        Ok(self.entry(shell_id)?.info.clone())
+    }
+
+    pub fn list(&mut self) -> Vec<ShellInfo> {
+        let ids: Vec<u32> = self.entries.keys().copied().collect();
+        let mut list: Vec<ShellInfo> = ids
+            .into_iter()
+            .filter_map(|id| self.info(id).ok())
+            .collect();
+        list.sort_by_key(|s| s.shell_id);
+        list
+    }
+
+    /// Where keystrokes for the shell go.
+    pub fn input(&mut self, shell_id: u32) -> Result<mpsc::Sender<Bytes>, VmError> {
+        let entry = self.entry(shell_id)?;
+        if !entry.info.running {
+            return Err(VmError::Exited(format!("shell {shell_id}")));
+        }
+        Ok(entry.input.clone())
+    }
+
+    /// Whether `by` may resize the shell to `cols`x`rows`: only its owner
+    /// sizes the PTY, other viewers keep their own size.
+    pub fn check_resize(
+        &mut self,
+        shell_id: u32,
+        cols: u16,
+        rows: u16,
+        by: u64,
+    ) -> Result<(), VmError> {
+        check_size(cols, rows)?;
+        let entry = self.entry(shell_id)?;
+        if entry.owner != by {
+            return Err(VmError::Forbidden(format!(
+                "only the connection that opened shell {shell_id} sizes it; other viewers keep their own size"
+            )));
+        }
+        if !entry.info.running {
+            return Err(VmError::Exited(format!("shell {shell_id}")));
+        }
+        Ok(())
+    }
+
+    /// Resizes the PTY, after [`Shells::check_resize`].
+    pub fn resize(&mut self, shell_id: u32, cols: u16, rows: u16, by: u64) -> Result<(), VmError> {
+        self.check_resize(shell_id, cols, rows, by)?;
+        let entry = self.entry(shell_id)?;
+        entry
+            .master
+            .resize(PtySize {
+                rows,
+                cols,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .map_err(|e| VmError::Pty(format!("resize failed: {e}")))?;
+        entry.info.cols = cols;
+        entry.info.rows = rows;
+        Ok(())
+    }
+
+    /// Hangs up the shell's session; `shellExit` follows when it is gone.
+    pub fn close(&mut self, shell_id: u32) -> Result<watch::Receiver<Option<ExitInfo>>, VmError> {
+        let entry = self.entry(shell_id)?;
+        if !entry.info.running {
+            return Err(VmError::Exited(format!("shell {shell_id}")));
+        }
+        hang_up(entry.info.pid);
+        Ok(entry.exit.clone())
+    }
+
+    pub fn model(
+        &mut self,
+        shell_id: u32,
+    ) -> Result<mpsc::Sender<oneshot::Sender<Result<Snapshot, VmError>>>, VmError> {
+        Ok(self.entry(shell_id)?.model.clone())
+    }
+
+    /// Hangs up every running shell; used when the VM closes.
+    pub fn close_all(&mut self) -> Vec<watch::Receiver<Option<ExitInfo>>> {
+        let ids: Vec<u32> = self.entries.keys().copied().collect();
+        ids.into_iter()
+            .filter_map(|id| self.close(id).ok())
+            .collect()
+    }
+}
+
+/// SIGHUP to the shell's session (a PTY shell leads its own), SIGKILL to
+/// whatever is left after a grace period, including jobs that moved to
+/// other process groups of the session.
+fn hang_up(pid: u32) {
+    if pid == 0 {
+        return;
+    }
+    signal_group(pid, Signal::SIGHUP);
+    std::thread::spawn(move || {
+        std::thread::sleep(HANGUP_GRACE);
+        crate::process::signal_session(pid, Signal::SIGKILL);
+    });
+}
+
+impl ShellStart {
+    /// `opened_seq` is the seq of `shellOpened`: the model starts there.
+    pub fn start(self, opened_seq: u64) {
+        let ShellStart {
+            shell_id,
+            mut reader,
+            mut writer,
+            mut input_rx,
+            mut child,
+            exit_tx,
+            model_rx,
+            log,
+            cancel,
+            rows,
+            cols,
+        } = self;
+        let (read_tx, read_rx) = mpsc::channel::<Bytes>(READ_QUEUE);
+        // PTY reads block: a thread each for reading and writing.
+        let spawned = std::thread::Builder::new()
+            .name(format!("shell-{shell_id}-read"))
+            .spawn(move || {
+                let mut buf = vec![0u8; MAX_CHUNK];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if read_tx
+                                .blocking_send(Bytes::copy_from_slice(&buf[..n]))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(shell_id, error = %e, "cannot start the shell reader");
+        }
+        let _ = std::thread::Builder::new()
+            .name(format!("shell-{shell_id}-write"))
+            .spawn(move || {
+                while let Some(bytes) = input_rx.blocking_recv() {
+                    if writer
+                        .write_all(&bytes)
+                        .and_then(|_| writer.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        let pump_log = log.clone();
+        let pump = tokio::spawn(async move {
+            let mut merger = Merger::new(read_rx, cancel);
+            while let Some(chunk) = merger.next().await {
+                // Waiting for durability batches: what piles up meanwhile
+                // becomes the next chunk.
+                if let Err(e) = pump_log
+                    .append(vec![NewEvent::Bytes {
+                        kind: BinaryKind::ShellData,
+                        id: shell_id,
+                        payload: chunk,
+                    }])
+                    .await
+                {
+                    tracing::error!(shell_id, error = %e, "shell output not logged");
+                }
+            }
+        });
+        let (waited_tx, waited_rx) = oneshot::channel();
+        let _ = std::thread::Builder::new()
+            .name(format!("shell-{shell_id}-wait"))
+            .spawn(move || {
+                let status = child.wait();
+                let _ = waited_tx.send(status);
+            });
+        let exit_log = log.clone();
+        tokio::spawn(async move {
+            let exit = match waited_rx.await {
+                Ok(Ok(status)) => exit_info(&status),
+                _ => ExitInfo {
+                    exit_code: None,
+                    signal: None,
+                },
+            };
+            let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, pump).await;
+            let data = serde_json::json!({
+                "shellId": shell_id, "exitCode": exit.exit_code, "signal": exit.signal
+            });
+            if let Err(e) = exit_log
+                .append(vec![NewEvent::Json {
+                    name: "shellExit".to_owned(),
+                    data: data.to_string(),
+                }])
+                .await
+            {
+                tracing::error!(shell_id, error = %e, "shellExit not logged");
+            }
+            let _ = exit_tx.send(Some(exit));
+        });
+        tokio::spawn(run_model(log, shell_id, opened_seq, rows, cols, model_rx));
+    }
+}
+
+fn exit_info(status: &portable_pty::ExitStatus) -> ExitInfo {
+    match status.signal() {
+        Some(name) => ExitInfo {
+            exit_code: None,
+            signal: signal_number(name),
+        },
+        None => ExitInfo {
+            exit_code: i32::try_from(status.exit_code()).ok(),
+            signal: None,
+        },
+    }
+}
+
+/// portable-pty names the signal ("Hangup", "SIGKILL", ...); map the usual
+/// ones back to their numbers.
+fn signal_number(name: &str) -> Option<i32> {
+    let name = name.trim_start_matches("SIG").to_ascii_lowercase();
+    let signal = match name.as_str() {
+        "hup" | "hangup" => Signal::SIGHUP,
+        "int" | "interrupt" => Signal::SIGINT,
+        "kill" | "killed" => Signal::SIGKILL,
+        "term" | "terminated" => Signal::SIGTERM,
+        "quit" => Signal::SIGQUIT,
+        "segv" | "segmentation fault" => Signal::SIGSEGV,
+        "abrt" | "aborted" => Signal::SIGABRT,
+        "pipe" | "broken pipe" => Signal::SIGPIPE,
+        _ => return None,
+    };
+    Some(signal as i32)
+}
+
+/// Feeds the shell's terminal model from the log, in seq order, and answers
+/// snapshot requests once it has applied everything up to the head at the
+/// time of the request.
+async fn run_model(
+    log: Log,
+    shell_id: u32,
+    opened_seq: u64,
+    rows: u16,
+    cols: u16,
+    mut requests: mpsc::Receiver<oneshot::Sender<Result<Snapshot, VmError>>>,
+) {
+    let mut live = log.subscribe();
+    let mut model = TerminalModel::new(rows, cols, MODEL_SCROLLBACK);
+    let mut cursor = opened_seq;
+    loop {
+        tokio::select! {
+            request = requests.recv() => {
+                let Some(reply) = request else { return };
+                let upto = log.head();
+                let result = catch_up(&log, &mut model, shell_id, &mut cursor, upto)
+                    .await
+                    .map(|()| {
+                        let (rows, cols) = model.size();
+                        Snapshot { seq: cursor, rows, cols, data: model.snapshot(SNAPSHOT_SCROLLBACK) }
+                    });
+                let _ = reply.send(result);
+            }
+            event = live.recv() => match event {
+                Ok(event) if event.seq <= cursor => {}
+                Ok(event) if event.seq == cursor + 1 => {
+                    apply(&mut model, shell_id, &event);
+                    cursor = event.seq;
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let head = log.head();
+                    if let Err(e) = catch_up(&log, &mut model, shell_id, &mut cursor, head).await {
+                        tracing::error!(shell_id, error = %e, "terminal model cannot read the log");
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+async fn catch_up(
+    log: &Log,
+    model: &mut TerminalModel,
+    shell_id: u32,
+    cursor: &mut u64,
+    upto: u64,
+) -> Result<(), VmError> {
+    const PAGE: u32 = 1024;
+    let names = Some(vec!["shellData".to_owned(), "shellResized".to_owned()]);
+    while *cursor < upto {
+        let page = log
+            .page(*cursor, upto, PAGE, names.clone())
+            .await
+            .map_err(|e| VmError::Internal(e.to_string()))?;
+        for event in &page {
+            apply(model, shell_id, event);
+        }
+        *cursor = if page.len() < PAGE as usize {
+            upto
+        } else {
+            page.last().map_or(upto, |e| e.seq)
+        };
+    }
+    Ok(())
+}
+
+fn apply(model: &mut TerminalModel, shell_id: u32, event: &LoggedEvent) {
+    match (&event.frame, event.name.as_str()) {
+        (Frame::Binary(bytes), "shellData") => {
+            if let Ok((header, payload)) = BinaryHeader::decode(bytes) {
+                if header.id == shell_id {
+                    model.feed(payload);
+                }
+            }
+        }
+        (Frame::Text(text), "shellResized") => {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(text) else {
+                return;
+            };
+            let data = &v["data"];
+            if data["shellId"].as_u64() == Some(u64::from(shell_id)) {
+                let cols = data["cols"].as_u64().and_then(|c| u16::try_from(c).ok());
+                let rows = data["rows"].as_u64().and_then(|r| u16::try_from(r).ok());
+                if let (Some(cols), Some(rows)) = (cols, rows) {
+                    model.resize(rows, cols);
+                }
+            }
+        }
+        _ => {}
+    }
+}

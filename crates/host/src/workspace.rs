@@ -1,0 +1,132 @@
+//! A VM's workspace: the directory its processes and shells run in, the
+//! working directories allowed inside it, and the clean environment they get.
+//! The host's own environment never reaches them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::vm::VmError;
+
+/// Most variables a caller may add.
+const MAX_ENV_VARS: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    root: PathBuf,
+}
+
+impl Workspace {
+    /// Creates the directory if missing.
+    pub fn open(root: PathBuf) -> std::io::Result<Workspace> {
+        std::fs::create_dir_all(&root)?;
+        Ok(Workspace {
+            root: root.canonicalize()?,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Resolves a working directory: relative paths are taken from the
+    /// workspace root; the result must exist, be a directory and lie inside
+    /// the workspace (after following symlinks).
+    pub fn resolve_cwd(&self, cwd: Option<&str>) -> Result<PathBuf, VmError> {
+        let Some(cwd) = cwd else {
+            return Ok(self.root.clone());
+        };
+        let joined = self.root.join(cwd);
+        let real = joined.canonicalize().map_err(|e| {
+            VmError::InvalidArgs(format!("cwd {cwd:?} does not exist in the workspace ({e})"))
+        })?;
+        if !real.starts_with(&self.root) {
+            return Err(VmError::InvalidArgs(format!(
+                "cwd {cwd:?} is outside the VM's workspace"
+            )));
+        }
+        if !real.is_dir() {
+            return Err(VmError::InvalidArgs(format!(
+                "cwd {cwd:?} is not a directory"
+            )));
+        }
+        Ok(real)
+    }
+
+    /// The environment of a process or shell: a clean base plus `extra`.
+    pub fn environment(&self, extra: &BTreeMap<String, String>) -> Result<Environment, VmError> {
+        if extra.len() > MAX_ENV_VARS {
+            return Err(VmError::InvalidArgs(format!(
+                "env has more than {MAX_ENV_VARS} variables"
+            )));
+        }
+        let mut vars = BTreeMap::new();
+        vars.insert(
+            "PATH".to_owned(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        );
+        vars.insert("HOME".to_owned(), self.root.display().to_string());
+        vars.insert("TERM".to_owned(), "xterm-256color".to_owned());
+        vars.insert("LANG".to_owned(), "C.UTF-8".to_owned());
+        vars.insert("SHELL".to_owned(), "/bin/bash".to_owned());
+        for (k, v) in extra {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(VmError::InvalidArgs(format!(
+                    "env name {k:?} is not a valid variable name"
+                )));
+            }
+            if v.contains('\0') {
+                // The value may be a secret: name the variable only.
+                return Err(VmError::InvalidArgs(format!(
+                    "env value of {k} contains a NUL byte"
+                )));
+            }
+            vars.insert(k.clone(), v.clone());
+        }
+        Ok(Environment { vars })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Environment {
+    vars: BTreeMap<String, String>,
+}
+
+impl Environment {
+    pub fn vars(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.vars.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cwd_must_stay_inside_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path().join("ws")).unwrap();
+        std::fs::create_dir(ws.root().join("sub")).unwrap();
+        std::fs::write(ws.root().join("file"), b"x").unwrap();
+        std::os::unix::fs::symlink("/tmp", ws.root().join("escape")).unwrap();
+        assert_eq!(ws.resolve_cwd(None).unwrap(), ws.root());
+        assert_eq!(ws.resolve_cwd(Some("sub")).unwrap(), ws.root().join("sub"));
+        for bad in ["..", "/etc", "missing", "file", "escape", "sub/../.."] {
+            assert!(ws.resolve_cwd(Some(bad)).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn the_environment_is_clean_plus_what_is_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path().to_owned()).unwrap();
+        let extra = BTreeMap::from([("API_KEY".to_owned(), "s3cret".to_owned())]);
+        let env = ws.environment(&extra).unwrap();
+        let names: Vec<&String> = env.vars().map(|(k, _)| k).collect();
+        assert_eq!(names, ["API_KEY", "HOME", "LANG", "PATH", "SHELL", "TERM"]);
+        let bad = BTreeMap::from([("A=B".to_owned(), "x".to_owned())]);
+        assert!(ws.environment(&bad).is_err());
+        let secret = BTreeMap::from([("K".to_owned(), "se\0cret".to_owned())]);
+        let err = ws.environment(&secret).unwrap_err().to_string();
+        assert!(!err.contains("cret"), "secret leaked into {err}");
+    }
+}

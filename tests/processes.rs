@@ -1,0 +1,309 @@
+//! Processes inside a VM: real child processes, real WebSocket clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ensemble_client::Event;
+use serde_json::{json, Value};
+
+fn code(e: ensemble_client::ClientError) -> String {
+    e.body()
+        .map(|b| b.code.as_str().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+fn json_of(e: &Event) -> Value {
+    match e {
+        Event::Json(f) => f.data.clone(),
+        Event::Bytes { .. } => Value::Null,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_stdin_wait_and_events_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let vm = open(&host, json!(["proc"]), Some(0)).await;
+    let watcher = open(&host, json!(["proc"]), Some(0)).await;
+    let mut events = watcher.on("*");
+    let pid = vm.call("spawn", json!(["cat", []])).await.unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    vm.call("writeProcessStdin", json!([pid, "hello\n"]))
+        .await
+        .unwrap();
+    vm.call("closeProcessStdin", json!([pid])).await.unwrap();
+    let exit = vm.call("waitProcess", json!([pid])).await.unwrap();
+    assert_eq!(exit, json!({"exitCode": 0, "signal": null}));
+    let got = collect(&mut events, 3, Duration::from_secs(10)).await;
+    assert_eq!(got[0].name(), "processStarted");
+    assert_eq!(json_of(&got[0])["pid"], pid);
+    match &got[1] {
+        Event::Bytes { header, payload } => {
+            assert_eq!(header.kind, ensemble_protocol::BinaryKind::ProcessStdout);
+            assert_eq!(u64::from(header.id), pid);
+            assert_eq!(&payload[..], b"hello\n");
+        }
+        other => panic!("expected output, got {other:?}"),
+    }
+    assert_eq!(got[2].name(), "processExit");
+    assert_eq!(
+        json_of(&got[2]),
+        json!({"pid": pid, "exitCode": 0, "signal": null})
+    );
+    let info = vm.call("getProcess", json!([pid])).await.unwrap();
+    assert_eq!(info["running"], false);
+    assert_eq!(info["command"], "cat");
+    let list = vm.call("listProcesses", json!([])).await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_returns_output_exit_code_and_honours_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let vm = open(&host, json!(["exec"]), None).await;
+    let r = vm
+        .call(
+            "exec",
+            json!(["sh", {"args": ["-c", "echo out; echo err >&2; exit 3"]}]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["stdout"], "out\n");
+    assert_eq!(r["stderr"], "err\n");
+    assert_eq!(r["exitCode"], 3);
+    assert_eq!(r["timedOut"], false);
+    let r = vm
+        .call("exec", json!(["sleep", {"args": ["30"], "timeoutMs": 200}]))
+        .await
+        .unwrap();
+    assert_eq!(r["timedOut"], true);
+    assert_eq!(r["signal"], 9);
+
+    // A clean environment: the host's own variables never reach the VM.
+    let r = vm
+        .call("exec", json!(["env", {"env": {"API_KEY": "from-caller"}}]))
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = r["stdout"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split('=').next())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["API_KEY", "HOME", "LANG", "PATH", "SHELL", "TERM"]);
+    let r = vm.call("exec", json!(["pwd"])).await.unwrap();
+    assert!(r["stdout"]
+        .as_str()
+        .unwrap()
+        .trim_end()
+        .ends_with("/workspace"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_reach_the_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let vm = open(&host, json!(["sig"]), None).await;
+    for (action, signal) in [("stopProcess", 15), ("killProcess", 9)] {
+        // The shell's child is in the same group and must go too.
+        let pid = vm
+            .call("spawn", json!(["sh", ["-c", "sleep 300 & wait"]]))
+            .await
+            .unwrap()["pid"]
+            .as_u64()
+            .unwrap();
+        vm.call(action, json!([pid])).await.unwrap();
+        let exit = vm.call("waitProcess", json!([pid])).await.unwrap();
+        assert_eq!(exit["signal"], signal, "{action}");
+        let err = vm.call(action, json!([pid])).await.unwrap_err();
+        assert_eq!(code(err), "exited");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_process_input_gets_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let vm = open(&host, json!(["badproc"]), None).await;
+    let cases = [
+        ("getProcess", json!([424242]), "not_found"),
+        ("writeProcessStdin", json!([424242, "x"]), "not_found"),
+        ("waitProcess", json!([424242]), "not_found"),
+        ("killProcess", json!([424242]), "not_found"),
+        (
+            "spawn",
+            json!(["definitely-not-a-command", []]),
+            "spawn_failed",
+        ),
+        ("exec", json!(["definitely-not-a-command"]), "spawn_failed"),
+        ("spawn", json!(["ls", [], {"cwd": "/etc"}]), "invalid_args"),
+        ("spawn", json!(["ls", [], {"cwd": "../.."}]), "invalid_args"),
+        (
+            "spawn",
+            json!(["ls", [], {"cwd": "missing"}]),
+            "invalid_args",
+        ),
+        ("spawn", json!(["ls", "not-an-array"]), "invalid_args"),
+        ("spawn", json!([""]), "invalid_args"),
+        ("exec", json!(["ls", {"env": {"A=B": "x"}}]), "invalid_args"),
+        ("writeProcessStdin", json!(["pid", "x"]), "invalid_args"),
+    ];
+    for (action, args, expected) in cases {
+        let err = vm.call(action, args.clone()).await.unwrap_err();
+        assert_eq!(code(err), expected, "{action} {args}");
+    }
+    let pid = vm.call("spawn", json!(["true"])).await.unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    vm.call("waitProcess", json!([pid])).await.unwrap();
+    let err = vm
+        .call("writeProcessStdin", json!([pid, "late"]))
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), "exited");
+    // The VM still works.
+    let r = vm
+        .call("exec", json!(["echo", {"args": ["fine"]}]))
+        .await
+        .unwrap();
+    assert_eq!(r["stdout"], "fine\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_output_arrives_whole_in_bounded_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let vm = open(&host, json!(["flood"]), Some(0)).await;
+    let mut rx = vm.on("*");
+    const TOTAL: usize = 20 << 20;
+    // Many small writes (the shell loop) then one big stream, plus bytes
+    // that are not UTF-8.
+    let script = format!("for i in $(seq 1 2000); do echo line$i; done; printf '\\377\\376'; head -c {TOTAL} /dev/zero");
+    let pid = vm
+        .call("spawn", json!(["sh", ["-c", script]]))
+        .await
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let mut out = Vec::new();
+    let mut chunks = 0;
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("output in time")
+            .expect("open");
+        match e {
+            Event::Bytes { payload, .. } => {
+                assert!(payload.len() <= 64 << 10);
+                chunks += 1;
+                out.extend_from_slice(&payload);
+            }
+            Event::Json(f) if f.name == "processExit" => break,
+            Event::Json(_) => {}
+        }
+    }
+    let lines: String = (1..=2000).map(|i| format!("line{i}\n")).collect();
+    let mut expected = lines.into_bytes();
+    expected.extend_from_slice(&[0xff, 0xfe]);
+    expected.resize(expected.len() + TOTAL, 0);
+    assert_eq!(out.len(), expected.len());
+    assert!(out == expected, "output differs");
+    assert!(
+        chunks < 2000,
+        "{chunks} chunks: small writes were not merged"
+    );
+    let _ = pid;
+}
+
+/// Pids of live processes whose command line contains `marker`.
+fn running_with(marker: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie_or_alive = !stat.is_empty();
+        if zombie_or_alive
+            && String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .contains(marker)
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_host_leaves_no_process_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = HostProcess::start(dir.path());
+    let vm = open(&host, json!(["leftovers"]), None).await;
+    vm.call("spawn", json!(["sleep", ["987651"]]))
+        .await
+        .unwrap();
+    // A process whose child moves to a group of its own.
+    vm.call(
+        "spawn",
+        json!(["sh", ["-c", "setsid sleep 987652 & sleep 987653"]]),
+    )
+    .await
+    .unwrap();
+    let shell = vm
+        .call(
+            "openShell",
+            json!([{"command": "/bin/bash", "args": ["--norc"]}]),
+        )
+        .await
+        .unwrap()["shellId"]
+        .as_u64()
+        .unwrap();
+    // A background job of the shell, in its own process group.
+    vm.call("writeShell", json!([shell, "sleep 987654 &\n"]))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running_with("98765").len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes did not start: {:?}",
+            running_with("98765")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(vm);
+    host.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // 987652 escaped with setsid: a new session is beyond what the VM owns.
+    let ours = || {
+        ["987651", "987653", "987654"]
+            .iter()
+            .flat_map(|m| running_with(m))
+            .collect::<Vec<_>>()
+    };
+    while !ours().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {:?}",
+            ours()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for pid in running_with("987652") {
+        let _ = std::process::Command::new("kill")
+            .arg("-9")
+            .arg(pid.to_string())
+            .status();
+    }
+}
