@@ -307,3 +307,101 @@ async fn stopping_the_host_leaves_no_process_behind() {
             .status();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_beyond_the_budget_is_pruned_and_the_screen_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start_with(
+        dir.path(),
+        HostOptions {
+            extra: vec!["--output-budget-mib".into(), "1".into()],
+            ..HostOptions::default()
+        },
+    );
+    let vm = open(&host, json!(["budget"]), None).await;
+    let shell = vm
+        .call("openShell", json!([{"command": "sh", "args": ["-c", "seq 1 100000; sleep 60"], "cols": 40, "rows": 10}]))
+        .await
+        .unwrap()["shellId"]
+        .as_u64()
+        .unwrap();
+    let r = vm
+        .call(
+            "exec",
+            json!(["head", {"args": ["-c", "6000000", "/dev/zero"]}]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["exitCode"], 0);
+    assert_eq!(
+        r["truncated"], true,
+        "exec answers at most 1 MiB per stream"
+    );
+    assert_eq!(r["stdout"].as_str().unwrap().len(), 1 << 20);
+
+    // Every JSON event is kept; output comes back within the budget (the
+    // last prune may run just after the flood), newest kept.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (output_bytes, output_from, names) = scan_log(&vm).await;
+        for name in ["shellOpened", "processStarted", "processExit"] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} was pruned: {names:?}"
+            );
+        }
+        if output_from > 1 && output_bytes <= (1 << 20) + (64 << 10) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{output_bytes} bytes of output kept, outputFrom {output_from}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The shell's early output is gone from the log; its screen is not.
+    let snap = vm.call("getShellSnapshot", json!([shell])).await.unwrap();
+    use base64::Engine;
+    let screen = base64::engine::general_purpose::STANDARD
+        .decode(snap["data"].as_str().unwrap())
+        .unwrap();
+    assert!(String::from_utf8_lossy(&screen).contains("100000"));
+    let size = std::fs::metadata(dir.path().join("vms/1/log.db"))
+        .unwrap()
+        .len();
+    assert!(size < 8 << 20, "log.db is {size} bytes");
+}
+
+/// Reads the whole log: (output bytes kept, outputFrom, names of the other events).
+async fn scan_log(vm: &ensemble_client::VmClient) -> (usize, u64, Vec<String>) {
+    use base64::Engine;
+    let mut since = 0;
+    let (mut output_bytes, mut names, mut last_seq, mut output_from) = (0, Vec::new(), 0, 0);
+    loop {
+        let page = vm
+            .call("getEvents", json!([{"since": since, "limit": 1000}]))
+            .await
+            .unwrap();
+        let page_from = page["outputFrom"].as_u64().unwrap();
+        output_from = output_from.max(page_from);
+        for e in page["events"].as_array().unwrap() {
+            let seq = e["seq"].as_u64().unwrap();
+            assert!(seq > last_seq);
+            last_seq = seq;
+            match e["name"].as_str().unwrap() {
+                "shellData" | "processOutput" => {
+                    assert!(seq >= page_from, "output before outputFrom was kept");
+                    output_bytes += base64::engine::general_purpose::STANDARD
+                        .decode(e["data"]["data"].as_str().unwrap())
+                        .unwrap()
+                        .len();
+                }
+                other => names.push(other.to_owned()),
+            }
+        }
+        since = page["next"].as_u64().unwrap();
+        if !page["more"].as_bool().unwrap() {
+            return (output_bytes, output_from, names);
+        }
+    }
+}

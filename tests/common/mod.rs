@@ -53,7 +53,11 @@ impl HostProcess {
             .arg(opts.bind)
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "warn")
+            // ENSEMBLE_TEST_LOG=debug shows the host's log while debugging a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("ENSEMBLE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         if opts.test_actions {

@@ -46,6 +46,10 @@ struct ServeArgs {
     /// (it can reconnect and resume).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     stall_timeout: u64,
+    /// Shell and process output each VM's log keeps, in MiB; older output is
+    /// pruned (everything else is kept, and late joiners still get the screen).
+    #[arg(long, default_value_t = ensemble_host::DEFAULT_OUTPUT_BUDGET >> 20, value_name = "MIB")]
+    output_budget_mib: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,6 +77,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.test_actions = args.test_actions;
     config.hook_command = args.hook_command;
     config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
+    config.output_budget = args.output_budget_mib.max(1) << 20;
     let host = Host::start(config)
         .await
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;

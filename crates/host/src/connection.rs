@@ -258,6 +258,7 @@ async fn handle(
                         vm: vm.info().clone(),
                         head: vm.log().head(),
                         first: vm.log().first(),
+                        output_from: vm.log().output_from(),
                         limits: Limits::default(),
                     };
                     state.vm = Some(vm);
@@ -546,15 +547,8 @@ async fn catch_up_page(w: &mut Writer, f: &mut Feed) -> Result<(), WriteError> {
     let head = f.log.head();
     if f.cursor < head {
         let page = f.log.page(f.cursor, head, CATCH_UP_PAGE, None).await?;
+        // Seqs of pruned output (before `outputFrom`) are skipped here.
         for event in &page {
-            if event.seq != f.cursor + 1 {
-                // History before `first` was pruned; nothing else skips.
-                tracing::warn!(
-                    expected = f.cursor + 1,
-                    got = event.seq,
-                    "log gap while catching up"
-                );
-            }
             f.cursor = event.seq;
             if f.wants(event) {
                 w.event(event).await?;

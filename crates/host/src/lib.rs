@@ -45,6 +45,9 @@ use crate::hook::Hooks;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 
+/// Default output kept per VM.
+pub const DEFAULT_OUTPUT_BUDGET: u64 = 256 << 20; // 256 MiB
+
 /// How a host is set up.
 pub struct HostConfig {
     pub data_dir: PathBuf,
@@ -56,6 +59,9 @@ pub struct HostConfig {
     pub hooks: Vec<Hook>,
     /// A client that accepts no bytes for this long is disconnected.
     pub stall_timeout: Duration,
+    /// Bytes of shell and process output each VM's log keeps; older output
+    /// is pruned (late joiners still get the screen from the snapshot).
+    pub output_budget: u64,
 }
 
 impl HostConfig {
@@ -66,6 +72,7 @@ impl HostConfig {
             hook_command: None,
             hooks: Vec::new(),
             stall_timeout: Duration::from_secs(30),
+            output_budget: DEFAULT_OUTPUT_BUDGET,
         }
     }
 }
@@ -112,7 +119,7 @@ impl Host {
         }
         let hooks = Hooks::new(hooks, shutdown.child_token());
         let wake_all = !hooks.is_empty();
-        let registry = Registry::start(store, hooks);
+        let registry = Registry::start(store, hooks, config.output_budget);
         if wake_all {
             for (_, key) in known {
                 registry.open(key).await?;

@@ -4,9 +4,9 @@
 //! broadcast that follows is a wake-up with the frames attached; a reader that
 //! falls behind it reads the same frames back from the database.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -110,20 +110,64 @@ struct Inner {
     events_tx: broadcast::Sender<Arc<LoggedEvent>>,
     head: Arc<AtomicU64>,
     first: u64,
+    output_from: Arc<AtomicU64>,
+    pins: Pins,
+    held_back: Arc<AtomicBool>,
     readers: ReaderPool,
 }
 
+/// Readers that must not lose output they have not read yet (terminal
+/// models): pruning stays below the lowest pinned seq.
+type Pins = Arc<Mutex<BTreeMap<u64, u64>>>;
+
+/// Holds back pruning of output after its seq; released when dropped.
+pub struct Pin {
+    pins: Pins,
+    id: u64,
+    /// Set by the writer when a pin stopped it short of the budget.
+    held_back: Arc<AtomicBool>,
+    /// To ask the writer to try again once the pin moved.
+    nudge: mpsc::Sender<Append>,
+}
+
+impl Pin {
+    /// Everything up to `seq` has been read: it may be pruned now.
+    pub fn advance(&self, seq: u64) {
+        if let Ok(mut pins) = self.pins.lock() {
+            pins.insert(self.id, seq);
+        }
+        if self.held_back.swap(false, Ordering::AcqRel) {
+            // An empty append: the writer commits nothing and prunes again.
+            let _ = self.nudge.try_send(Append {
+                events: Vec::new(),
+                reply: None,
+            });
+        }
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if let Ok(mut pins) = self.pins.lock() {
+            pins.remove(&self.id);
+        }
+    }
+}
+
 /// Opens (creating if needed) the log at `path` and starts its writer thread.
-/// The returned receiver resolves when the writer thread has committed its
-/// last batch and exited, which happens once every [`Log`] clone is dropped.
-pub fn open(path: &Path) -> Result<(Log, oneshot::Receiver<()>), LogError> {
+/// Byte-stream output (binary events) beyond `output_budget` bytes is pruned
+/// oldest first; every other event is kept. The returned receiver resolves
+/// when the writer thread has committed its last batch and exited, which
+/// happens once every [`Log`] clone is dropped.
+pub fn open(path: &Path, output_budget: u64) -> Result<(Log, oneshot::Receiver<()>), LogError> {
     let open_err = |source| LogError::Open {
         path: path.to_owned(),
         source,
     };
     let conn = Connection::open(path).map_err(open_err)?;
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL;
+        "PRAGMA auto_vacuum=INCREMENTAL;
+         PRAGMA journal_mode=WAL;
          PRAGMA synchronous=NORMAL;
          PRAGMA busy_timeout=5000;
          CREATE TABLE IF NOT EXISTS events(
@@ -136,9 +180,13 @@ pub fn open(path: &Path) -> Result<(Log, oneshot::Receiver<()>), LogError> {
              body BLOB NOT NULL);
          CREATE INDEX IF NOT EXISTS events_by_session
              ON events(session_id, session_seq) WHERE session_id IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS events_output ON events(seq) WHERE kind != 0;
          CREATE TABLE IF NOT EXISTS hook_positions(
              hook TEXT PRIMARY KEY,
-             seq INTEGER NOT NULL);",
+             seq INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS meta(
+             k TEXT PRIMARY KEY,
+             v INTEGER NOT NULL);",
     )
     .map_err(open_err)?;
     let (head, first): (u64, u64) = conn
@@ -148,6 +196,17 @@ pub fn open(path: &Path) -> Result<(Log, oneshot::Receiver<()>), LogError> {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(open_err)?;
+    let (output_bytes, output_from): (u64, u64) = conn
+        .query_row(
+            "SELECT (SELECT COALESCE(SUM(length(body)), 0) FROM events WHERE kind != 0),
+                    (SELECT COALESCE(MAX(v), 1) FROM meta WHERE k = 'output_from')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(open_err)?;
+    let output_from = Arc::new(AtomicU64::new(output_from));
+    let pins: Pins = Arc::default();
+    let held_back = Arc::new(AtomicBool::new(false));
     let mut session_seqs = HashMap::new();
     {
         let mut stmt = conn
@@ -175,6 +234,11 @@ pub fn open(path: &Path) -> Result<(Log, oneshot::Receiver<()>), LogError> {
         session_seqs,
         head: head.clone(),
         events_tx: events_tx.clone(),
+        output_bytes,
+        output_budget,
+        output_from: output_from.clone(),
+        pins: pins.clone(),
+        held_back: held_back.clone(),
     };
     std::thread::Builder::new()
         .name("ensemble-log".into())
@@ -189,6 +253,9 @@ pub fn open(path: &Path) -> Result<(Log, oneshot::Receiver<()>), LogError> {
             events_tx,
             head,
             first,
+            output_from,
+            pins,
+            held_back,
             readers: ReaderPool {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
@@ -234,6 +301,28 @@ impl Log {
     /// The oldest seq the log holds: history begins there.
     pub fn first(&self) -> u64 {
         self.inner.first
+    }
+
+    /// Output events (shell and process bytes) before this seq may have been
+    /// pruned to keep the log within its output budget; all others remain.
+    pub fn output_from(&self) -> u64 {
+        self.inner.output_from.load(Ordering::Acquire)
+    }
+
+    /// Keeps output after `seq` from being pruned until the pin advances or
+    /// is dropped.
+    pub fn pin(&self, seq: u64) -> Pin {
+        static NEXT_PIN: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_PIN.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut pins) = self.inner.pins.lock() {
+            pins.insert(id, seq);
+        }
+        Pin {
+            pins: self.inner.pins.clone(),
+            id,
+            held_back: self.inner.held_back.clone(),
+            nudge: self.inner.append_tx.clone(),
+        }
     }
 
     /// Live events from now on. Subscribe before reading the head so that
@@ -453,6 +542,12 @@ struct Writer {
     session_seqs: HashMap<String, u64>,
     head: Arc<AtomicU64>,
     events_tx: broadcast::Sender<Arc<LoggedEvent>>,
+    /// Bytes of binary events in the log, against `output_budget`.
+    output_bytes: u64,
+    output_budget: u64,
+    output_from: Arc<AtomicU64>,
+    pins: Pins,
+    held_back: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -504,7 +599,11 @@ impl Writer {
                         let (name, session, kind, frame) =
                             encode(&mut self.session_seqs, seq, ts, event);
                         let body: &[u8] = match &frame {
-                            Frame::Text(b) | Frame::Binary(b) => b,
+                            Frame::Text(b) => b,
+                            Frame::Binary(b) => {
+                                self.output_bytes += b.len() as u64;
+                                b
+                            }
                         };
                         insert.execute(params![
                             seq as i64,
@@ -539,6 +638,11 @@ impl Writer {
                         let _ = reply.send(Ok(last));
                     }
                 }
+                if self.output_bytes > self.output_budget {
+                    if let Err(e) = self.prune() {
+                        tracing::error!(error = %e, "pruning old output failed; the log grows past its budget");
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "event log commit failed; the batch is refused");
@@ -556,6 +660,60 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+impl Writer {
+    /// Deletes the oldest output events until output is back under 90% of
+    /// the budget (the slack keeps pruning from running on every commit).
+    fn prune(&mut self) -> Result<(), rusqlite::Error> {
+        let target = self.output_budget / 10 * 9;
+        let excess = self.output_bytes.saturating_sub(target);
+        // A pinned reader (a terminal model behind the head) keeps its output.
+        let floor = self
+            .pins
+            .lock()
+            .ok()
+            .and_then(|pins| pins.values().min().copied())
+            .unwrap_or(u64::MAX);
+        let tx = self.conn.transaction()?;
+        let (cutoff, freed) = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, length(body) FROM events WHERE kind != 0 ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([])?;
+            let (mut cutoff, mut freed) = (0u64, 0u64);
+            while freed < excess {
+                let Some(row) = rows.next()? else { break };
+                let seq: u64 = row.get(0)?;
+                if seq > floor {
+                    self.held_back.store(true, Ordering::Release);
+                    break;
+                }
+                cutoff = seq;
+                freed += row.get::<_, u64>(1)?;
+            }
+            (cutoff, freed)
+        };
+        if cutoff == 0 {
+            return Ok(());
+        }
+        tx.execute(
+            "DELETE FROM events WHERE kind != 0 AND seq <= ?1",
+            [cutoff as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO meta(k, v) VALUES ('output_from', ?1)
+             ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+            [(cutoff + 1) as i64],
+        )?;
+        tx.commit()?;
+        self.output_bytes -= freed.min(self.output_bytes);
+        self.output_from.store(cutoff + 1, Ordering::Release);
+        // Give the freed pages back to the file system.
+        self.conn.execute_batch("PRAGMA incremental_vacuum;")?;
+        tracing::debug!(cutoff, freed, "pruned old output");
+        Ok(())
     }
 }
 

@@ -31,8 +31,9 @@ const STDIN_QUEUE: usize = 64;
 /// its later output is still logged).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
-/// Most output `exec` returns per stream; the log keeps all of it.
-pub const EXEC_CAPTURE_LIMIT: usize = 16 << 20; // 16 MiB
+/// Most output `exec` returns per stream; the log keeps all of it. JSON
+/// escaping can grow it sixfold, and the answer is one WebSocket message.
+pub const EXEC_CAPTURE_LIMIT: usize = 1 << 20; // 1 MiB
 
 /// Exited processes kept for `listProcesses` / `getProcess` / `waitProcess`.
 const KEEP_EXITED: usize = 256;

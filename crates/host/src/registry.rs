@@ -37,9 +37,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn start(store: Store, hooks: Hooks) -> Registry {
+    /// `output_budget`: bytes of shell and process output each VM's log keeps.
+    pub fn start(store: Store, hooks: Hooks, output_budget: u64) -> Registry {
         let (tx, rx) = mpsc::channel(REGISTRY_QUEUE);
-        tokio::spawn(run(Arc::new(Mutex::new(store)), hooks, rx));
+        tokio::spawn(run(Arc::new(Mutex::new(store)), hooks, output_budget, rx));
         Registry { tx }
     }
 
@@ -62,7 +63,12 @@ impl Registry {
     }
 }
 
-async fn run(store: Arc<Mutex<Store>>, hooks: Hooks, mut rx: mpsc::Receiver<Msg>) {
+async fn run(
+    store: Arc<Mutex<Store>>,
+    hooks: Hooks,
+    output_budget: u64,
+    mut rx: mpsc::Receiver<Msg>,
+) {
     let mut vms: HashMap<Key, Vm> = HashMap::new();
     // Resolve when each VM's processes are gone, then when its log is committed.
     let mut actors: Vec<oneshot::Receiver<()>> = Vec::new();
@@ -77,7 +83,7 @@ async fn run(store: Arc<Mutex<Store>>, hooks: Hooks, mut rx: mpsc::Receiver<Msg>
                 let store = store.clone();
                 let opened = tokio::task::spawn_blocking({
                     let key = key.clone();
-                    move || open_vm(&store, key)
+                    move || open_vm(&store, key, output_budget)
                 })
                 .await
                 .map_err(|_| HostError::ShuttingDown)
@@ -140,7 +146,7 @@ struct Opened {
 }
 
 /// The blocking part of opening a VM: registry row, directories, log.
-fn open_vm(store: &Mutex<Store>, key: Key) -> Result<Opened, HostError> {
+fn open_vm(store: &Mutex<Store>, key: Key, output_budget: u64) -> Result<Opened, HostError> {
     let (id, dir) = {
         let store = store.lock().map_err(|_| HostError::ShuttingDown)?;
         let id = store.vm_for_key(&key)?;
@@ -152,7 +158,7 @@ fn open_vm(store: &Mutex<Store>, key: Key) -> Result<Opened, HostError> {
             source,
         })
     })?;
-    let (log, writer_done) = log::open(&dir.join("log.db"))?;
+    let (log, writer_done) = log::open(&dir.join("log.db"), output_budget)?;
     tracing::info!(vm = id, %key, head = log.head(), "VM opened");
     Ok(Opened {
         id,

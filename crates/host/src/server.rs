@@ -17,9 +17,11 @@ use crate::connection::{self, Shared};
 /// writes whatever is there.
 const WRITE_BUFFER: usize = 64 << 10; // 64 KiB
 
-/// Bytes a connection may hold unwritten before sends wait: with the kernel's
-/// socket buffer this bounds a stalled client's memory.
-const MAX_WRITE_BUFFER: usize = 4 << 20; // 4 MiB
+/// Hard cap on a connection's unwritten bytes. Sends wait once
+/// `WRITE_BUFFER` is full, so in practice a connection holds that plus one
+/// message; the cap must exceed the largest message (a `getEvents` page,
+/// an `exec` answer), or sending it would fail the connection.
+const MAX_WRITE_BUFFER: usize = 32 << 20; // 32 MiB
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::log::{Frame, Log, LoggedEvent, NewEvent};
+use crate::log::{Frame, Log, LoggedEvent, NewEvent, Pin};
 use crate::output::{Merger, MAX_CHUNK, READ_QUEUE};
 use crate::process::{signal_group, ExitInfo};
 use crate::terminal::TerminalModel;
@@ -348,6 +349,10 @@ impl ShellStart {
             rows,
             cols,
         } = self;
+        // Subscribed and pinned before any output is logged: the model reads
+        // every byte, live or (when it lags) from the log, never pruned away.
+        let live = log.subscribe();
+        let pin = log.pin(opened_seq);
         let (read_tx, read_rx) = mpsc::channel::<Bytes>(READ_QUEUE);
         // PTY reads block: a thread each for reading and writing.
         let spawned = std::thread::Builder::new()
@@ -433,7 +438,8 @@ impl ShellStart {
             }
             let _ = exit_tx.send(Some(exit));
         });
-        tokio::spawn(run_model(log, shell_id, opened_seq, rows, cols, model_rx));
+        let feed = ModelFeed { log, live, pin };
+        tokio::spawn(run_model(feed, shell_id, opened_seq, rows, cols, model_rx));
     }
 }
 
@@ -471,15 +477,23 @@ fn signal_number(name: &str) -> Option<i32> {
 /// Feeds the shell's terminal model from the log, in seq order, and answers
 /// snapshot requests once it has applied everything up to the head at the
 /// time of the request.
-async fn run_model(
+/// A terminal model's source: live events, the log when it lags, and the
+/// pin that keeps its unread output from being pruned.
+struct ModelFeed {
     log: Log,
+    live: broadcast::Receiver<Arc<LoggedEvent>>,
+    pin: Pin,
+}
+
+async fn run_model(
+    feed: ModelFeed,
     shell_id: u32,
     opened_seq: u64,
     rows: u16,
     cols: u16,
     mut requests: mpsc::Receiver<oneshot::Sender<Result<Snapshot, VmError>>>,
 ) {
-    let mut live = log.subscribe();
+    let ModelFeed { log, mut live, pin } = feed;
     let mut model = TerminalModel::new(rows, cols, MODEL_SCROLLBACK);
     let mut cursor = opened_seq;
     loop {
@@ -500,12 +514,14 @@ async fn run_model(
                 Ok(event) if event.seq == cursor + 1 => {
                     apply(&mut model, shell_id, &event);
                     cursor = event.seq;
+                    pin.advance(cursor);
                 }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     let head = log.head();
                     if let Err(e) = catch_up(&log, &mut model, shell_id, &mut cursor, head).await {
                         tracing::error!(shell_id, error = %e, "terminal model cannot read the log");
                     }
+                    pin.advance(cursor);
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },

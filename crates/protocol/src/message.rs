@@ -53,6 +53,9 @@ pub enum ServerMessage {
         head: u64,
         /// The oldest seq still in the log (history begins there).
         first: u64,
+        /// Output events (shellData, processOutput) before this seq may have
+        /// been pruned to keep the log within its budget; other events remain.
+        output_from: u64,
         limits: Limits,
     },
     /// All events up to `seq` have been delivered; what follows is live.

@@ -17,6 +17,10 @@ use crate::vm::Vm;
 /// Most events one `emit` call may produce.
 pub const MAX_EMIT_COUNT: u32 = 10_000;
 
+/// A `getEvents` page stops growing past this many bytes (and says `more`),
+/// so that one answer stays well within a connection's write buffer.
+pub const MAX_RESULT_BYTES: usize = 4 << 20; // 4 MiB
+
 /// Most names a `names` filter may list.
 pub const MAX_FILTER_NAMES: usize = 64;
 
@@ -111,25 +115,35 @@ async fn get_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
             format!("since {since} is beyond the head of the log ({head})"),
         ));
     }
+    // Read before the page: pruning commits, then raises `outputFrom`, so
+    // no output event in the page is older than this value.
+    let output_from = log.output_from();
     let page = log
         .page(since, head, limit, opts.names)
         .await
         .map_err(internal)?;
-    let more = page.len() == limit as usize && page.last().is_some_and(|e| e.seq < head);
-    let next = if more {
-        page.last().map_or(head, |e| e.seq)
-    } else {
-        head
-    };
     let mut out = String::from(r#"{"events":["#);
+    let mut taken = 0;
     for (i, event) in page.iter().enumerate() {
+        if out.len() > MAX_RESULT_BYTES {
+            break;
+        }
         if i > 0 {
             out.push(',');
         }
         out.push_str(&event.json().map_err(internal)?);
+        taken += 1;
     }
+    let cut = taken < page.len();
+    let more =
+        (cut || page.len() == limit as usize) && page[..taken].last().is_some_and(|e| e.seq < head);
+    let next = if more {
+        page[..taken].last().map_or(head, |e| e.seq)
+    } else {
+        head
+    };
     out.push_str(&format!(
-        r#"],"more":{more},"next":{next},"head":{head},"first":{}}}"#,
+        r#"],"more":{more},"next":{next},"head":{head},"first":{},"outputFrom":{output_from}}}"#,
         log.first()
     ));
     Ok(out)
