@@ -289,3 +289,64 @@ async fn a_64_mib_flood_reaches_ten_clients_while_one_stalls() {
         "all ten clients got identical bytes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_shell_input_gets_typed_errors_or_exit_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let vm = open(&host, json!(["badshell"]), Some(0)).await;
+    let mut rx = vm.on("shellExit");
+    let cases = [
+        (
+            json!([{"command": "definitely-not-a-program"}]),
+            "spawn_failed",
+        ),
+        (json!([{"cwd": "/etc"}]), "invalid_args"),
+        (json!([{"cwd": "nope"}]), "invalid_args"),
+        (json!([{"cols": 0}]), "invalid_args"),
+        (json!([{"rows": 100000}]), "invalid_args"),
+        (json!([{"command": ""}]), "invalid_args"),
+        (json!([{"bogus": 1}]), "invalid_args"),
+    ];
+    for (args, expected) in cases {
+        let err = vm.call("openShell", args.clone()).await.unwrap_err();
+        assert_eq!(code(err), expected, "{args}");
+    }
+    for (action, args) in [
+        ("writeShell", json!([77, "x"])),
+        ("resizeShell", json!([77, 80, 24])),
+        ("closeShell", json!([77])),
+        ("getShellSnapshot", json!([77])),
+    ] {
+        let err = vm.call(action, args).await.unwrap_err();
+        assert_eq!(code(err), "not_found", "{action}");
+    }
+    // A program that exits at once: a proper exit event, and the VM goes on.
+    let id = vm
+        .call(
+            "openShell",
+            json!([{"command": "sh", "args": ["-c", "exit 3"]}]),
+        )
+        .await
+        .unwrap()["shellId"]
+        .as_u64()
+        .unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("shellExit in time")
+        .unwrap();
+    match exit {
+        Event::Json(f) => {
+            assert_eq!(f.data["shellId"], id);
+            assert_eq!(f.data["exitCode"], 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    let snap = vm.call("getShellSnapshot", json!([id])).await.unwrap();
+    assert_eq!(snap["shellId"], id);
+    let r = vm
+        .call("exec", json!(["echo", {"args": ["alive"]}]))
+        .await
+        .unwrap();
+    assert_eq!(r["stdout"], "alive\n");
+}
