@@ -52,6 +52,34 @@ impl Workspace {
         Ok(real)
     }
 
+    /// Resolves a file an agent reads or writes: absolute, or relative to the
+    /// workspace root; after following symlinks it must lie inside the
+    /// workspace. A file to write may not exist yet, but its directory must.
+    pub fn resolve_file(&self, path: &str, for_write: bool) -> Result<PathBuf, VmError> {
+        let joined = self.root.join(path);
+        let outside = || VmError::Forbidden(format!("{path:?} is outside the VM's workspace"));
+        let real = match joined.canonicalize() {
+            Ok(real) => real,
+            // A dangling symlink would be followed by the write: refuse it.
+            Err(_) if for_write && joined.symlink_metadata().is_err() => {
+                let (Some(parent), Some(name)) = (joined.parent(), joined.file_name()) else {
+                    return Err(outside());
+                };
+                let parent = parent.canonicalize().map_err(|e| {
+                    VmError::InvalidArgs(format!("the directory of {path:?} does not exist ({e})"))
+                })?;
+                parent.join(name)
+            }
+            Err(e) => {
+                return Err(VmError::InvalidArgs(format!("cannot read {path:?}: {e}")));
+            }
+        };
+        if !real.starts_with(&self.root) {
+            return Err(outside());
+        }
+        Ok(real)
+    }
+
     /// The environment of a process or shell: a clean base plus `extra`.
     pub fn environment(&self, extra: &BTreeMap<String, String>) -> Result<Environment, VmError> {
         if extra.len() > MAX_ENV_VARS {
@@ -112,6 +140,31 @@ mod tests {
         assert_eq!(ws.resolve_cwd(Some("sub")).unwrap(), ws.root().join("sub"));
         for bad in ["..", "/etc", "missing", "file", "escape", "sub/../.."] {
             assert!(ws.resolve_cwd(Some(bad)).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn files_must_stay_inside_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = Workspace::open(dir.path().join("ws")).unwrap();
+        std::fs::write(ws.root().join("a.txt"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", ws.root().join("link")).unwrap();
+        std::os::unix::fs::symlink("/tmp/ensemble-nowhere", ws.root().join("dangling")).unwrap();
+        assert_eq!(ws.resolve_file("a.txt", false).unwrap(), ws.root().join("a.txt"));
+        let abs = ws.root().join("a.txt").display().to_string();
+        assert!(ws.resolve_file(&abs, false).is_ok());
+        assert_eq!(ws.resolve_file("new.txt", true).unwrap(), ws.root().join("new.txt"));
+        for (bad, write) in [
+            ("/etc/passwd", false),
+            ("/tmp/x", true),
+            ("../x", true),
+            ("link", false),
+            ("link", true),
+            ("missing/dir/x", true),
+            ("missing", false),
+            ("dangling", true),
+        ] {
+            assert!(ws.resolve_file(bad, write).is_err(), "{bad} accepted");
         }
     }
 
