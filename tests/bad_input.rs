@@ -176,7 +176,7 @@ async fn test_actions_are_disabled_by_default() {
     );
     let vm = open(&host, json!(["k"]), None).await;
     let err = vm.call("emit", json!([{"data": 1}])).await.unwrap_err();
-    assert_eq!(err.body().unwrap().code.as_str(), "disabled");
+    assert_eq!(error_code(err), "disabled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,12 +8,6 @@ use common::*;
 use ensemble_client::Event;
 use serde_json::{json, Value};
 
-fn code(e: ensemble_client::ClientError) -> String {
-    e.body()
-        .map(|b| b.code.as_str().to_owned())
-        .unwrap_or_else(|| e.to_string())
-}
-
 fn json_of(e: &Event) -> Value {
     match e {
         Event::Json(f) => f.data.clone(),
@@ -121,7 +115,7 @@ async fn signals_reach_the_process_group() {
         let exit = vm.call("waitProcess", json!([pid])).await.unwrap();
         assert_eq!(exit["signal"], signal, "{action}");
         let err = vm.call(action, json!([pid])).await.unwrap_err();
-        assert_eq!(code(err), "exited");
+        assert_eq!(error_code(err), "exited");
     }
 }
 
@@ -155,7 +149,7 @@ async fn bad_process_input_gets_typed_errors() {
     ];
     for (action, args, expected) in cases {
         let err = vm.call(action, args.clone()).await.unwrap_err();
-        assert_eq!(code(err), expected, "{action} {args}");
+        assert_eq!(error_code(err), expected, "{action} {args}");
     }
     let pid = vm.call("spawn", json!(["true"])).await.unwrap()["pid"]
         .as_u64()
@@ -165,7 +159,7 @@ async fn bad_process_input_gets_typed_errors() {
         .call("writeProcessStdin", json!([pid, "late"]))
         .await
         .unwrap_err();
-    assert_eq!(code(err), "exited");
+    assert_eq!(error_code(err), "exited");
     // The VM still works.
     let r = vm
         .call("exec", json!(["echo", {"args": ["fine"]}]))

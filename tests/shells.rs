@@ -11,12 +11,6 @@ use ensemble_client::{Event, VmClient};
 use serde_json::json;
 use tokio::sync::mpsc::Receiver;
 
-fn code(e: ensemble_client::ClientError) -> String {
-    e.body()
-        .map(|b| b.code.as_str().to_owned())
-        .unwrap_or_else(|| e.to_string())
-}
-
 /// Appends shellData bytes of `shell` to `out` until `done(out)` holds.
 async fn read_until(
     rx: &mut Receiver<Event>,
@@ -87,13 +81,13 @@ async fn two_clients_see_identical_bytes_and_only_the_owner_resizes() {
         .call("resizeShell", json!([shell, 120, 40]))
         .await
         .unwrap_err();
-    assert_eq!(code(err), "forbidden");
+    assert_eq!(error_code(err), "forbidden");
     for (cols, rows) in [(0, 10), (10, 0), (5000, 10), (10, 5000)] {
         let err = a
             .call("resizeShell", json!([shell, cols, rows]))
             .await
             .unwrap_err();
-        assert_eq!(code(err), "invalid_args");
+        assert_eq!(error_code(err), "invalid_args");
     }
     a.call("writeShell", json!([shell, "stty size\n"]))
         .await
@@ -136,9 +130,9 @@ async fn two_clients_see_identical_bytes_and_only_the_owner_resizes() {
         "both clients received identical shellData"
     );
     let err = a.call("writeShell", json!([shell, "x"])).await.unwrap_err();
-    assert_eq!(code(err), "exited");
+    assert_eq!(error_code(err), "exited");
     let err = a.call("writeShell", json!([999, "x"])).await.unwrap_err();
-    assert_eq!(code(err), "not_found");
+    assert_eq!(error_code(err), "not_found");
 }
 
 /// A full-screen program: scrollback first, then the alternate screen with
@@ -310,7 +304,7 @@ async fn bad_shell_input_gets_typed_errors_or_exit_events() {
     ];
     for (args, expected) in cases {
         let err = vm.call("openShell", args.clone()).await.unwrap_err();
-        assert_eq!(code(err), expected, "{args}");
+        assert_eq!(error_code(err), expected, "{args}");
     }
     for (action, args) in [
         ("writeShell", json!([77, "x"])),
@@ -319,7 +313,7 @@ async fn bad_shell_input_gets_typed_errors_or_exit_events() {
         ("getShellSnapshot", json!([77])),
     ] {
         let err = vm.call(action, args).await.unwrap_err();
-        assert_eq!(code(err), "not_found", "{action}");
+        assert_eq!(error_code(err), "not_found", "{action}");
     }
     // A program that exits at once: a proper exit event, and the VM goes on.
     let id = vm

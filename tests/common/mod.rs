@@ -157,6 +157,13 @@ pub async fn emit_numbered(vm: &VmClient, from: u64, count: u64) -> (u64, u64) {
     (first, last)
 }
 
+/// The wire code of a refused call (or the client error, for a failed one).
+pub fn error_code(e: ensemble_client::ClientError) -> String {
+    e.body()
+        .map(|b| b.code.as_str().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
 /// Receives until `n` events arrived or `timeout` passed.
 pub async fn collect(
     rx: &mut tokio::sync::mpsc::Receiver<ensemble_client::Event>,
