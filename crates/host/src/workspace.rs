@@ -150,10 +150,16 @@ mod tests {
         std::fs::write(ws.root().join("a.txt"), b"x").unwrap();
         std::os::unix::fs::symlink("/etc/hostname", ws.root().join("link")).unwrap();
         std::os::unix::fs::symlink("/tmp/ensemble-nowhere", ws.root().join("dangling")).unwrap();
-        assert_eq!(ws.resolve_file("a.txt", false).unwrap(), ws.root().join("a.txt"));
+        assert_eq!(
+            ws.resolve_file("a.txt", false).unwrap(),
+            ws.root().join("a.txt")
+        );
         let abs = ws.root().join("a.txt").display().to_string();
         assert!(ws.resolve_file(&abs, false).is_ok());
-        assert_eq!(ws.resolve_file("new.txt", true).unwrap(), ws.root().join("new.txt"));
+        assert_eq!(
+            ws.resolve_file("new.txt", true).unwrap(),
+            ws.root().join("new.txt")
+        );
         for (bad, write) in [
             ("/etc/passwd", false),
             ("/tmp/x", true),
