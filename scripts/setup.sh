@@ -5,7 +5,7 @@ set -euo pipefail
 
 # Debian packages: a C toolchain for SQLite (bundled), and tmux for the
 # benchmark's reference figures.
-packages=(build-essential pkg-config ca-certificates)
+packages=(build-essential pkg-config ca-certificates tmux)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

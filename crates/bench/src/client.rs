@@ -1,7 +1,8 @@
 //! Lean raw WebSocket clients of the bench: `hello`, `subscribe`, an
-//! order-checking event follower and a pipelined `emit` producer. They speak
-//! protocol 1 directly over tokio-tungstenite instead of using the Rust
-//! client crate, so that what the bench measures is the host, not a
+//! order-checking event follower, a pipelined `emit` producer, and the
+//! pieces the shell benches build on (actions, binary `shellData` frames).
+//! They speak protocol 1 directly over tokio-tungstenite instead of using
+//! the Rust client crate, so that what the bench measures is the host, not a
 //! client library's queues.
 
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -44,6 +45,13 @@ pub async fn hello(ws: &mut Ws, key: &str) -> Result<u64> {
         .ok_or_else(|| anyhow!("welcome without a head: {welcome}"))
 }
 
+/// `subscribe` at the head with an event filter: the shell benches take only
+/// the events they check, not the rest of the VM's log.
+pub async fn subscribe_to(ws: &mut Ws, events: &[&str]) -> Result<()> {
+    let msg = serde_json::json!({"type": "subscribe", "events": events});
+    send(ws, msg.to_string()).await
+}
+
 pub async fn subscribe(ws: &mut Ws, since: Option<u64>) -> Result<()> {
     let msg = match since {
         Some(since) => serde_json::json!({"type": "subscribe", "since": since}),
@@ -68,6 +76,131 @@ async fn send(ws: &mut Ws, text: String) -> Result<()> {
     ws.send(Message::Text(text.into()))
         .await
         .context("send to the host")
+}
+
+/// Sends `action` `name` with positional `args` (a JSON array) and flushes.
+pub async fn action(ws: &mut Ws, id: u64, name: &str, args: Value) -> Result<()> {
+    let msg = serde_json::json!({"type": "action", "id": id, "name": name, "args": args});
+    send(ws, msg.to_string()).await
+}
+
+/// Queues an action without flushing, so that several messages leave in
+/// one write (see [`flush`]).
+pub async fn feed_action(ws: &mut Ws, id: u64, name: &str, args: Value) -> Result<()> {
+    let msg = serde_json::json!({"type": "action", "id": id, "name": name, "args": args});
+    ws.feed(Message::Text(msg.to_string().into()))
+        .await
+        .context("send to the host")
+}
+
+/// Queues a `subscribe` at the head without flushing.
+pub async fn feed_subscribe(ws: &mut Ws) -> Result<()> {
+    ws.feed(Message::Text(r#"{"type":"subscribe"}"#.into()))
+        .await
+        .context("send to the host")
+}
+
+pub async fn flush(ws: &mut Ws) -> Result<()> {
+    ws.flush().await.context("send to the host")
+}
+
+/// Waits for the `result` of action `id` on a connection that receives
+/// nothing else (not subscribed) and returns its value.
+pub async fn result(ws: &mut Ws, id: u64) -> Result<Value> {
+    let v = next_control(ws).await?;
+    if v["type"] != "result" || v["id"].as_u64() != Some(id) {
+        bail!("expected the result of action {id}, got {v}");
+    }
+    Ok(v["value"].clone())
+}
+
+/// The `shellData` kind of a binary frame (protocol.md, "Binary frames").
+pub const SHELL_DATA: u8 = 1;
+
+/// Length of the binary frame header (the protocol's `BINARY_HEADER_LEN`).
+const BINARY_HEADER_LEN: usize = 21;
+
+/// One binary frame: the header fields the benches check, and the bytes.
+pub struct BinaryFrame {
+    pub kind: u8,
+    pub seq: u64,
+    pub id: u32,
+    /// The whole frame; the payload starts at [`BinaryFrame::payload`].
+    frame: Bytes,
+}
+
+impl BinaryFrame {
+    pub fn parse(frame: Bytes) -> Result<BinaryFrame> {
+        if frame.len() < BINARY_HEADER_LEN {
+            bail!(
+                "binary frame of {} bytes, shorter than its {BINARY_HEADER_LEN}-byte header",
+                frame.len()
+            );
+        }
+        let be64 = |at: usize| {
+            frame[at..at + 8]
+                .iter()
+                .fold(0u64, |n, b| (n << 8) | u64::from(*b))
+        };
+        let id = frame[17..21]
+            .iter()
+            .fold(0u32, |n, b| (n << 8) | u32::from(*b));
+        Ok(BinaryFrame {
+            kind: frame[0],
+            seq: be64(1),
+            id,
+            frame,
+        })
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[BINARY_HEADER_LEN..]
+    }
+}
+
+/// A message from the host to a connection that follows a shell.
+pub enum Incoming {
+    Binary(BinaryFrame),
+    /// Any text message, parsed: event, `result`, `caughtUp`, ...; `error`
+    /// is turned into a failure instead.
+    Text(Value),
+}
+
+/// The next message, binary or text; fails on an `error`, a close, or
+/// [`STALL`] without anything.
+pub async fn recv(ws: &mut Ws) -> Result<Incoming> {
+    match recv_within(ws, STALL).await? {
+        Some(msg) => Ok(msg),
+        None => bail!("nothing from the host within {STALL:?}"),
+    }
+}
+
+/// Like [`recv`], but `None` after `within` without a message.
+pub async fn recv_within(ws: &mut Ws, within: Duration) -> Result<Option<Incoming>> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let Ok(msg) = tokio::time::timeout_at(deadline, ws.next()).await else {
+            return Ok(None);
+        };
+        let msg = msg
+            .ok_or_else(|| anyhow!("the host closed the connection"))?
+            .context("read from the host")?;
+        match msg {
+            Message::Binary(frame) => {
+                return Ok(Some(Incoming::Binary(BinaryFrame::parse(frame)?)))
+            }
+            Message::Text(text) => {
+                let v: Value = serde_json::from_str(&text)
+                    .with_context(|| format!("host sent text that is not JSON: {text}"))?;
+                if v["type"] == "error" {
+                    bail!("host error: {v}");
+                }
+                return Ok(Some(Incoming::Text(v)));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Message::Close(c) => bail!("the host closed the connection: {c:?}"),
+        }
+    }
 }
 
 /// The next text message, as JSON; an event or an error here is a failure.

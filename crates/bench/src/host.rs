@@ -1,12 +1,14 @@
 //! The host under test: starts the release `ensemble` binary on
 //! 127.0.0.1:0 with a temporary data directory and `--test-actions`, finds
 //! its address from the first stdout line, reads its memory and CPU time
-//! from /proc, and stops it.
+//! from /proc (once, or sampled through a run), and stops it.
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -28,6 +30,8 @@ pub struct Memory {
     pub rss_kib: u64,
     /// Peak resident so far.
     pub hwm_kib: u64,
+    /// Threads of the process now.
+    pub threads: u64,
 }
 
 impl HostProcess {
@@ -96,25 +100,46 @@ impl HostProcess {
     }
 
     pub fn memory(&self) -> Result<Memory> {
-        let path = format!("/proc/{}/status", self.pid());
-        let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-        let field = |name: &str| -> Result<u64> {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-                .with_context(|| format!("no {name} in {path}"))
-        };
-        Ok(Memory {
-            rss_kib: field("VmRSS:")?,
-            hwm_kib: field("VmHWM:")?,
-        })
+        memory_of(self.pid())
+    }
+
+    /// Bytes under the data directory: the logs, as the host keeps them.
+    pub fn data_bytes(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+                    _ => 0,
+                })
+                .sum()
+        }
+        walk(self._data_dir.path())
     }
 
     /// CPU seconds (user + system) the host has used so far.
     pub fn cpu_secs(&self) -> f64 {
         cpu_secs(&format!("/proc/{}/stat", self.pid()))
+    }
+
+    /// Waits until the host uses under 5% of a core over 200 ms (work a
+    /// run left behind, such as a terminal model still parsing, must not
+    /// land in the next run) or `limit` passes; returns how long it took.
+    pub async fn settle(&self, limit: Duration) -> Duration {
+        const EVERY: Duration = Duration::from_millis(200);
+        let t0 = Instant::now();
+        loop {
+            let cpu0 = self.cpu_secs();
+            tokio::time::sleep(EVERY).await;
+            // /proc ticks are 10 ms: at most one tick in 200 ms is "idle".
+            if self.cpu_secs() - cpu0 <= 0.01 || t0.elapsed() >= limit {
+                return t0.elapsed().saturating_sub(EVERY);
+            }
+        }
     }
 
     /// SIGTERM, then SIGKILL if the host has not exited within 10 s.
@@ -141,6 +166,77 @@ impl Drop for HostProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Memory of process `pid`, from /proc/PID/status.
+pub fn memory_of(pid: u32) -> Result<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    let field = |name: &str| -> Result<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("no {name} in {path}"))
+    };
+    Ok(Memory {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+        threads: field("Threads:")?,
+    })
+}
+
+/// VmRSS of a process sampled every [`RssSampler::EVERY`] on a thread of
+/// its own, so that the peak of a run is seen, not only its end. A thread
+/// rather than a task: the async workers are busy being the clients.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Memory>>,
+}
+
+/// What a sampler saw.
+#[derive(Debug, Clone, Copy)]
+pub struct RssStats {
+    pub peak_kib: u64,
+    pub mean_kib: u64,
+    pub peak_threads: u64,
+}
+
+impl RssSampler {
+    pub const EVERY: Duration = Duration::from_millis(20);
+
+    pub fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(m) = memory_of(pid) {
+                    samples.push(m);
+                }
+                std::thread::sleep(Self::EVERY);
+            }
+            samples
+        });
+        RssSampler { stop, thread }
+    }
+
+    pub fn finish(self) -> Result<RssStats> {
+        self.stop.store(true, Ordering::Relaxed);
+        let samples = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the memory sampler panicked"))?;
+        if samples.is_empty() {
+            bail!("no memory sample of the host");
+        }
+        Ok(RssStats {
+            peak_kib: samples.iter().map(|m| m.rss_kib).max().unwrap_or(0),
+            mean_kib: samples.iter().map(|m| m.rss_kib).sum::<u64>() / samples.len() as u64,
+            peak_threads: samples.iter().map(|m| m.threads).max().unwrap_or(0),
+        })
     }
 }
 

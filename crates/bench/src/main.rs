@@ -1,15 +1,17 @@
-//! `ensemble-bench`: the performance figures of issue "Host core", measured
-//! against the real release host binary over loopback. This file owns the
-//! command line, the order of the phases (fan-out to 1/10/50 clients,
-//! catch-up of a 1,000,000-event log, host memory, loopback TCP reference)
-//! and the final table; `host` runs the host process, `client` speaks the
-//! protocol, `reference` runs the TCP anchor. docs/benchmarks.md records the
-//! figures.
+//! `ensemble-bench`: the performance figures of issues "Host core" and
+//! "Processes and shared PTY shells", measured against the real release host
+//! binary over loopback. This file owns the command line, the sections and
+//! their order (fan-out to 1/10/50 clients, catch-up of a 1,000,000-event
+//! log, host memory; shell throughput, keystroke echo, late join; then the
+//! references) and the final table; `host` runs the host process, `client`
+//! speaks the protocol, `shell` measures shells, `reference` runs the anchor
+//! script. docs/benchmarks.md records the figures.
 #![forbid(unsafe_code)]
 
 mod client;
 mod host;
 mod reference;
+mod shell;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,7 +20,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::client::Ws;
 use crate::host::{HostProcess, Memory};
-use crate::reference::TcpReference;
+use crate::reference::{TcpReference, TerminalReference};
+use crate::shell::ShellFigures;
 
 /// The small JSON event every producer emits; its frame is about 90 bytes.
 const EVENT_DATA: &str = r#"{"x":"0123456789"}"#;
@@ -35,13 +38,27 @@ const TARGET_DELIVERIES_50: f64 = 1_000_000.0;
 /// Target of issue "Host core": seconds to catch up on 1,000,000 events.
 const TARGET_CATCH_UP_SECS: f64 = 2.0;
 
+/// The sections, in the order they run; `--only` picks some.
+const SECTIONS: [&str; 6] = ["fanout", "catchup", "tcp", "shell", "echo", "latejoin"];
+
 const HELP: &str = "\
-ensemble-bench: fan-out, catch-up and memory figures of the Ensemble host
+ensemble-bench: performance figures of the Ensemble host (fan-out, catch-up,
+memory; shell throughput, keystroke echo, late join) with references
 
 Starts target/release/ensemble (next to this binary) on 127.0.0.1:0 with a
 temporary data directory and --test-actions, measures it, and prints a table.
 
+Sections (all by default):
+  fanout     events to 1/10/50 subscribers, host memory with 50
+  catchup    a fresh subscriber reading a 1,000,000-event log
+  tcp        reference: loopback TCP (anchors.py --quick --only tcp)
+  shell      cat of a 256 MiB file in a shared shell to 1 and 20 clients, every
+             byte checked; host memory; reference: raw PTY and tmux (anchors.py pty,tmux)
+  echo       keystroke echo to 20 observers, p50/p99; reference: anchors.py lat
+  latejoin   a fresh connection's snapshot after 1 GiB of shell output
+
 Options:
+  --only LIST         comma-separated sections to run (default: all)
   --host PATH         the ensemble binary to measure (default: next to this one)
   --emit-count N      events per emit call in the fan-out runs (1..10000, default 10000);
                       above 1000, a 50-client run with calls of 1000 is added
@@ -49,8 +66,13 @@ Options:
   --runs N            runs of each fan-out and catch-up; the table shows medians (default 3)
   --events N          events per fan-out run with 10 and 50 clients (default 200000)
   --catch-up N        events in the catch-up log (default 1000000)
-  --anchors PATH      the loopback TCP anchor script (default /work/shared/bench/anchors.py)
-  --no-reference      skip the loopback TCP reference
+  --shell-lines N     lines of the cat file (default 2657777: 256 MiB, anchors.py's size)
+  --keystrokes N      timed keystrokes per echo run (default 2000)
+  --late-join-bytes N random bytes base64-encoded through the late-join shell
+                      (default 805306368: 1 GiB of output)
+  --anchors PATH      the reference script (default /work/shared/bench/anchors.py)
+  --quick-reference   run the terminal references (pty, tmux, lat) with --quick
+  --no-reference      skip every reference
   -h, --help          this text
 ";
 
@@ -62,6 +84,17 @@ struct Options {
     events: u64,
     catch_up_events: u64,
     anchors: Option<PathBuf>,
+    quick_reference: bool,
+    sections: Vec<String>,
+    shell_lines: u64,
+    keystrokes: usize,
+    late_join_bytes: u64,
+}
+
+impl Options {
+    fn runs(&self, section: &str) -> bool {
+        self.sections.iter().any(|s| s == section)
+    }
 }
 
 fn parse_args() -> Result<Options> {
@@ -75,6 +108,11 @@ fn parse_args() -> Result<Options> {
         events: 200_000,
         catch_up_events: 1_000_000,
         anchors: Some(PathBuf::from(reference::DEFAULT_ANCHORS)),
+        quick_reference: false,
+        sections: SECTIONS.iter().map(|s| s.to_string()).collect(),
+        shell_lines: shell::FILE_LINES,
+        keystrokes: 2000,
+        late_join_bytes: 805_306_368,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -88,6 +126,20 @@ fn parse_args() -> Result<Options> {
             "--catch-up" => opts.catch_up_events = value("--catch-up")?.parse()?,
             "--anchors" => opts.anchors = Some(PathBuf::from(value("--anchors")?)),
             "--no-reference" => opts.anchors = None,
+            "--quick-reference" => opts.quick_reference = true,
+            "--shell-lines" => opts.shell_lines = value("--shell-lines")?.parse()?,
+            "--keystrokes" => opts.keystrokes = value("--keystrokes")?.parse()?,
+            "--late-join-bytes" => opts.late_join_bytes = value("--late-join-bytes")?.parse()?,
+            "--only" => {
+                let list = value("--only")?;
+                opts.sections = Vec::new();
+                for s in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    if !SECTIONS.contains(&s) {
+                        bail!("unknown section {s:?}; sections: {}", SECTIONS.join(","));
+                    }
+                    opts.sections.push(s.to_owned());
+                }
+            }
             "-h" | "--help" => {
                 print!("{HELP}");
                 std::process::exit(0);
@@ -100,6 +152,9 @@ fn parse_args() -> Result<Options> {
     }
     if opts.inflight == 0 || opts.runs == 0 || opts.events == 0 || opts.catch_up_events == 0 {
         bail!("--inflight, --runs, --events and --catch-up must be at least 1");
+    }
+    if opts.shell_lines == 0 || opts.keystrokes == 0 || opts.late_join_bytes == 0 {
+        bail!("--shell-lines, --keystrokes and --late-join-bytes must be at least 1");
     }
     if !opts.host_bin.exists() {
         bail!(
@@ -120,39 +175,90 @@ fn main() -> Result<()> {
         machine_busy(Duration::from_secs(1))
     );
     println!("# host binary: {}", opts.host_bin.display());
-    println!(
-        "# emit calls of {} events, {} outstanding; event data {EVENT_DATA}",
-        opts.emit_count, opts.inflight
-    );
+    println!("# sections: {}", opts.sections.join(","));
+    if opts.runs("fanout") || opts.runs("catchup") {
+        println!(
+            "# emit calls of {} events, {} outstanding; event data {EVENT_DATA}",
+            opts.emit_count, opts.inflight
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
     let started = Instant::now();
-    let host_figures = runtime.block_on(measure_host(&opts))?;
-    drop(runtime);
-    // After the host has stopped, so that the two never share the CPUs.
-    let tcp = match &opts.anchors {
-        None => None,
-        Some(script) => {
-            println!("\n== reference: loopback TCP ({})", script.display());
-            match reference::measure(script) {
-                Ok(tcp) => {
-                    for line in &tcp.lines {
-                        println!("  {line}");
-                    }
-                    Some(tcp)
-                }
-                Err(e) => {
-                    println!("  reference skipped: {e:#}");
-                    None
-                }
-            }
-        }
+    let host_figures = if opts.runs("fanout") || opts.runs("catchup") {
+        Some(runtime.block_on(measure_host(&opts))?)
+    } else {
+        None
     };
-    print_table(&host_figures, tcp.as_ref());
+    let (tput, echo, late_join) = (opts.runs("shell"), opts.runs("echo"), opts.runs("latejoin"));
+    let shell_figures = if tput || echo || late_join {
+        Some(runtime.block_on(shell::measure(&opts, tput, echo, late_join))?)
+    } else {
+        None
+    };
+    drop(runtime);
+    // After every host has stopped, so that the two never share the CPUs.
+    let tcp = if opts.runs("tcp") {
+        match reference_of("loopback TCP", &opts, "tcp", true).map(|a| TcpReference::from(&a)) {
+            Some(Ok(tcp)) => Some(tcp),
+            Some(Err(e)) => {
+                println!("  reference unusable: {e:#}");
+                None
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+    let terminal_sections: Vec<&str> = [("pty", tput), ("tmux", tput), ("lat", echo)]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(s, _)| *s)
+        .collect();
+    let terminal = if terminal_sections.is_empty() {
+        None
+    } else {
+        reference_of(
+            "raw PTY and tmux",
+            &opts,
+            &terminal_sections.join(","),
+            opts.quick_reference,
+        )
+        .map(|a| TerminalReference::from(&a))
+    };
+    print_table(
+        host_figures.as_ref(),
+        shell_figures.as_ref(),
+        tcp.as_ref(),
+        terminal.as_ref(),
+    );
     println!("\n# total {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Runs the anchor script's `sections`; a missing or failing script skips
+/// the reference with a note instead of failing the bench.
+fn reference_of(
+    what: &str,
+    opts: &Options,
+    sections: &str,
+    quick: bool,
+) -> Option<reference::Anchors> {
+    let script = opts.anchors.as_ref()?;
+    println!(
+        "\n== reference: {what} (python3 {} --only {sections}{})",
+        script.display(),
+        if quick { " --quick" } else { "" }
+    );
+    match reference::run(script, sections, quick) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            println!("  reference skipped: {e:#}");
+            None
+        }
+    }
 }
 
 /// `nproc`, CPU model, kernel and load: what the figures depend on.
@@ -263,15 +369,16 @@ impl CatchUp {
     }
 }
 
+/// The host-core sections; empty or `None` for a section not run.
 struct HostFigures {
     fan_outs: Vec<FanOutRuns>,
-    catch_up: CatchUp,
+    catch_up: Option<CatchUp>,
     idle: Memory,
-    with_50: Memory,
-    after_catch_up: Memory,
+    with_50: Option<Memory>,
+    after_catch_up: Option<Memory>,
 }
 
-/// Every phase against one host process.
+/// The fan-out and catch-up sections against one host process.
 async fn measure_host(opts: &Options) -> Result<HostFigures> {
     let host = HostProcess::start(&opts.host_bin)?;
     println!("# host pid {} listening on {}", host.pid(), host.ws_url());
@@ -296,6 +403,9 @@ async fn measure_host(opts: &Options) -> Result<HostFigures> {
     // 50-client run with calls that fit shows what the live path alone does.
     if opts.emit_count > SMALL_EMIT_COUNT {
         configs.push(cfg(50, opts.events, SMALL_EMIT_COUNT));
+    }
+    if !opts.runs("fanout") {
+        configs.clear();
     }
     let mut fan_outs = Vec::new();
     let mut with_50 = None;
@@ -331,24 +441,29 @@ async fn measure_host(opts: &Options) -> Result<HostFigures> {
         fan_outs.push(FanOutRuns { config, runs });
     }
 
-    println!(
-        "\n== catch-up: {} events, {} run(s)",
-        opts.catch_up_events, opts.runs
-    );
-    let (catch_up, reader) = catch_up(&host, opts).await?;
-    let after_catch_up = host.memory()?;
-    println!(
-        "  host RSS after the catch-up: {} (peak {})",
-        kib(after_catch_up.rss_kib),
-        kib(after_catch_up.hwm_kib)
-    );
-    close_all(vec![reader]).await;
+    let (mut catch_up_figures, mut after_catch_up) = (None, None);
+    if opts.runs("catchup") {
+        println!(
+            "\n== catch-up: {} events, {} run(s)",
+            opts.catch_up_events, opts.runs
+        );
+        let (figures, reader) = catch_up(&host, opts).await?;
+        let mem = host.memory()?;
+        println!(
+            "  host RSS after the catch-up: {} (peak {})",
+            kib(mem.rss_kib),
+            kib(mem.hwm_kib)
+        );
+        close_all(vec![reader]).await;
+        catch_up_figures = Some(figures);
+        after_catch_up = Some(mem);
+    }
     host.stop()?;
     Ok(HostFigures {
         fan_outs,
-        catch_up,
+        catch_up: catch_up_figures,
         idle,
-        with_50: with_50.context("no 50-client run")?,
+        with_50,
         after_catch_up,
     })
 }
@@ -531,14 +646,107 @@ fn wire_bytes(payload: f64) -> f64 {
     }
 }
 
-fn print_table(h: &HostFigures, tcp: Option<&TcpReference>) {
-    // (figure, value, target, how far from the target: >= 1.00 meets it)
-    let mut rows: Vec<[String; 4]> = Vec::new();
-    let mut row = |name: String, value: String, target: Option<(String, f64)>| {
+/// The summary table: figure, value, reference, target, and the ratio that
+/// says how far the value is from the target (>= 1.00 meets it).
+struct Table {
+    rows: Vec<[String; 5]>,
+}
+
+impl Table {
+    fn row(
+        &mut self,
+        name: String,
+        value: String,
+        reference: Option<String>,
+        target: Option<(String, f64)>,
+    ) {
         let (target, ratio) =
             target.map_or(("-".into(), "-".into()), |(t, r)| (t, format!("{r:.2}")));
-        rows.push([name, value, target, ratio]);
-    };
+        self.rows.push([
+            name,
+            value,
+            reference.unwrap_or_else(|| "-".into()),
+            target,
+            ratio,
+        ]);
+    }
+
+    fn print(&self) {
+        let width = |i: usize, min: usize| {
+            self.rows
+                .iter()
+                .map(|r| r[i].chars().count())
+                .fold(min, usize::max)
+        };
+        let (w0, w1, w2, w3) = (width(0, 6), width(1, 5), width(2, 9), width(3, 6));
+        println!(
+            "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {:>6}",
+            "figure", "value", "reference", "target", "ratio"
+        );
+        println!("{}", "-".repeat(w0 + w1 + w2 + w3 + 6 + 8));
+        for [name, value, reference, target, ratio] in &self.rows {
+            println!("{name:<w0$}  {value:>w1$}  {reference:>w2$}  {target:>w3$}  {ratio:>6}");
+        }
+    }
+}
+
+fn print_table(
+    h: Option<&HostFigures>,
+    sh: Option<&ShellFigures>,
+    tcp: Option<&TcpReference>,
+    term: Option<&TerminalReference>,
+) {
+    let mut t = Table { rows: Vec::new() };
+    if let Some(h) = h {
+        host_rows(&mut t, h, tcp);
+    } else if let Some(tcp) = tcp {
+        tcp_rows(&mut t, tcp, None);
+    }
+    if let Some(sh) = sh {
+        shell::table_rows(&mut t, sh, term);
+    }
+    println!(
+        "\n== summary: medians of the runs (ratio: how far from the target, >= 1.00 meets it)"
+    );
+    t.print();
+    let met = |ok: bool| if ok { "met" } else { "MISSED" };
+    let mut targets: Vec<String> = Vec::new();
+    if let Some(h) = h {
+        host_notes(h, tcp);
+        let target_run = h.fan_outs.iter().find(|f| f.config.clients == 50);
+        if let Some(f) = target_run {
+            targets.push(format!(
+                "50-client fan-out {}",
+                met(f.median().deliveries_per_s >= TARGET_DELIVERIES_50)
+            ));
+        }
+        if let Some(c) = &h.catch_up {
+            targets.push(format!(
+                "catch-up {}",
+                met(c.median_secs() < TARGET_CATCH_UP_SECS)
+            ));
+        }
+    }
+    if let Some(sh) = sh {
+        shell_notes(sh, term);
+        for (name, ok) in shell::targets(sh, term) {
+            targets.push(match ok {
+                Some(ok) => format!("{name} {}", met(ok)),
+                None => format!("{name} not judged (no reference)"),
+            });
+        }
+    }
+    if let Some(tcp) = tcp {
+        println!("# reference machine: {}", tcp.machine);
+    } else if let Some(term) = term {
+        println!("# reference machine: {}", term.machine);
+    }
+    if !targets.is_empty() {
+        println!("# targets: {}", targets.join(", "));
+    }
+}
+
+fn host_rows(t: &mut Table, h: &HostFigures, tcp: Option<&TcpReference>) {
     // The configuration the target is judged on: 50 clients, emit calls as
     // given on the command line (the first 50-client configuration).
     let target_run = h.fan_outs.iter().find(|f| f.config.clients == 50);
@@ -551,107 +759,117 @@ fn print_table(h: &HostFigures, tcp: Option<&TcpReference>) {
             c.events / 1000,
             c.emit_count
         );
-        row(format!("{name}: events/s"), int(m.events_per_s), None);
+        t.row(format!("{name}: events/s"), int(m.events_per_s), None, None);
         let target = target_run.filter(|t| std::ptr::eq(*t, f)).map(|_| {
             (
                 format!(">= {}", int(TARGET_DELIVERIES_50)),
                 m.deliveries_per_s / TARGET_DELIVERIES_50,
             )
         });
-        row(
+        t.row(
             format!("{name}: deliveries/s"),
             int(m.deliveries_per_s),
+            None,
             target,
         );
     }
-    let c = &h.catch_up;
-    let catch_up_secs = c.median_secs();
-    row(
-        "logging, no subscriber: events/s".into(),
-        int(c.log_events_per_s),
-        None,
-    );
-    row(
-        format!("catch-up of {} events: s", int(c.events as f64)),
-        format!("{catch_up_secs:.3}"),
-        Some((
-            format!("< {TARGET_CATCH_UP_SECS:.1}"),
-            TARGET_CATCH_UP_SECS / catch_up_secs,
-        )),
-    );
-    row(
-        "catch-up: events/s".into(),
-        int(c.events as f64 / catch_up_secs),
-        None,
-    );
-    row("host RSS idle".into(), kib(h.idle.rss_kib), None);
-    row(
-        "host RSS, 50 clients subscribed".into(),
-        kib(h.with_50.rss_kib),
-        None,
-    );
-    row(
-        "host RSS after the catch-up".into(),
-        kib(h.after_catch_up.rss_kib),
-        None,
-    );
-    row(
-        "host peak RSS (VmHWM)".into(),
-        kib(h.after_catch_up.hwm_kib),
-        None,
-    );
+    if let Some(c) = &h.catch_up {
+        let catch_up_secs = c.median_secs();
+        t.row(
+            "logging, no subscriber: events/s".into(),
+            int(c.log_events_per_s),
+            None,
+            None,
+        );
+        t.row(
+            format!("catch-up of {} events: s", int(c.events as f64)),
+            format!("{catch_up_secs:.3}"),
+            None,
+            Some((
+                format!("< {TARGET_CATCH_UP_SECS:.1}"),
+                TARGET_CATCH_UP_SECS / catch_up_secs,
+            )),
+        );
+        t.row(
+            "catch-up: events/s".into(),
+            int(c.events as f64 / catch_up_secs),
+            None,
+            None,
+        );
+    }
+    t.row("host RSS idle".into(), kib(h.idle.rss_kib), None, None);
+    if let Some(m) = h.with_50 {
+        t.row(
+            "host RSS, 50 clients subscribed".into(),
+            kib(m.rss_kib),
+            None,
+            None,
+        );
+    }
+    if let Some(m) = h.after_catch_up {
+        t.row(
+            "host RSS after the catch-up".into(),
+            kib(m.rss_kib),
+            None,
+            None,
+        );
+        t.row("host peak RSS (VmHWM)".into(), kib(m.hwm_kib), None, None);
+    }
     for f in h.fan_outs.iter().filter(|f| f.config.clients == 50) {
         let m = f.median();
         let wire = wire_bytes(m.frame_bytes);
         let mb_s = m.deliveries_per_s * wire / 1e6;
-        row(
+        t.row(
             format!(
                 "fan-out 50, emit {:>5}: MB/s on the wire ({wire:.0} B/frame)",
                 f.config.emit_count
             ),
             format!("{mb_s:.1}"),
             None,
+            None,
         );
         if let Some(tcp) = tcp {
-            row(
+            t.row(
                 format!(
                     "fan-out 50, emit {:>5}: share of TCP fan-out ceiling",
                     f.config.emit_count
                 ),
                 format!("{:.1} %", 100.0 * mb_s / tcp.fanout20_aggregate_mb_s),
                 None,
+                None,
             );
         }
     }
-    if let (Some(tcp), Some(f50)) = (tcp, target_run) {
-        row(
-            "ref: loopback TCP, 1 stream: MB/s".into(),
-            format!("{:.0}", tcp.one_stream_mb_s),
-            None,
-        );
-        row(
-            "ref: loopback TCP fan-out 1->20: MB/s".into(),
-            format!("{:.0}", tcp.fanout20_aggregate_mb_s),
-            None,
-        );
-        row(
+    if let Some(tcp) = tcp {
+        tcp_rows(t, tcp, target_run.map(|f| f.median().frame_bytes));
+    }
+}
+
+fn tcp_rows(t: &mut Table, tcp: &TcpReference, frame_bytes: Option<f64>) {
+    t.row(
+        "ref: loopback TCP, 1 stream: MB/s".into(),
+        format!("{:.0}", tcp.one_stream_mb_s),
+        None,
+        None,
+    );
+    t.row(
+        "ref: loopback TCP fan-out 1->20: MB/s".into(),
+        format!("{:.0}", tcp.fanout20_aggregate_mb_s),
+        None,
+        None,
+    );
+    if let Some(frame) = frame_bytes {
+        t.row(
             "ref: same, as deliveries/s of these frames".into(),
-            int(tcp.fanout20_aggregate_mb_s * 1e6 / wire_bytes(f50.median().frame_bytes)),
+            int(tcp.fanout20_aggregate_mb_s * 1e6 / wire_bytes(frame)),
+            None,
             None,
         );
     }
-    println!(
-        "\n== summary: medians of the runs (ratio: how far from the target, >= 1.00 meets it)"
-    );
-    let w = rows.iter().map(|r| r[0].len()).max().unwrap_or(10);
-    println!(
-        "{:<w$}  {:>14}  {:>14}  {:>6}",
-        "figure", "value", "target", "ratio"
-    );
-    println!("{}", "-".repeat(w + 2 + 14 + 2 + 14 + 2 + 6));
-    for [name, value, target, ratio] in rows {
-        println!("{name:<w$}  {value:>14}  {target:>14}  {ratio:>6}");
-    }
+}
+
+/// The spread and CPU lines under the table, host-core sections.
+fn host_notes(h: &HostFigures, tcp: Option<&TcpReference>) {
     for f in &h.fan_outs {
         let (lo, hi) = f.range();
         let m = f.median();
@@ -666,32 +884,88 @@ fn print_table(h: &HostFigures, tcp: Option<&TcpReference>) {
             m.bench_cores
         );
     }
-    let secs = &h.catch_up.secs;
-    println!(
-        "# catch-up seconds over {} run(s): {}",
-        secs.len(),
-        secs.iter()
-            .map(|s| format!("{s:.3}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    println!(
-        "# catch-up median run: caughtUp at {:.3} s; host {:.2} cores, bench {:.2} cores",
-        h.catch_up.caught_up_secs, h.catch_up.host_cores, h.catch_up.bench_cores
-    );
+    if let Some(c) = &h.catch_up {
+        println!(
+            "# catch-up seconds over {} run(s): {}",
+            c.secs.len(),
+            c.secs
+                .iter()
+                .map(|s| format!("{s:.3}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        println!(
+            "# catch-up median run: caughtUp at {:.3} s; host {:.2} cores, bench {:.2} cores",
+            c.caught_up_secs, c.host_cores, c.bench_cores
+        );
+    }
     if let Some(tcp) = tcp {
-        println!("# reference machine: {}", tcp.machine);
         println!(
             "# TCP fan-out 1->20 per receiver: {:.0} MB/s",
             tcp.fanout20_per_receiver_mb_s
         );
     }
-    let met = |ok: bool| if ok { "met" } else { "MISSED" };
-    println!(
-        "# targets: 50-client fan-out {}, catch-up {}",
-        met(target_run.is_some_and(|f| f.median().deliveries_per_s >= TARGET_DELIVERIES_50)),
-        met(catch_up_secs < TARGET_CATCH_UP_SECS)
-    );
+}
+
+/// The spread and CPU lines under the table, shell sections.
+fn shell_notes(sh: &ShellFigures, term: Option<&TerminalReference>) {
+    if let Some(tp) = &sh.tput {
+        for c in &tp.configs {
+            let m = c.median();
+            println!(
+                "# shell cat {} cl: slowest-client MB/s over {} run(s): {}; median run: host {:.2} cores, bench {:.2} cores, {} frames/client of {:.0} B",
+                c.clients,
+                c.runs.len(),
+                c.runs
+                    .iter()
+                    .map(|r| format!("{:.1}", r.slowest_mb_s))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                m.host_cores,
+                m.bench_cores,
+                m.frames,
+                m.frame_bytes
+            );
+        }
+        println!(
+            "# shell cat: {} file bytes, {} through the PTY; MB/s = file bytes / time, as anchors.py counts",
+            int(tp.file_bytes as f64),
+            int(tp.stream_bytes as f64)
+        );
+    }
+    for e in &sh.echo {
+        println!(
+            "# echo {}: {} keystrokes, {} timeouts; one observer p50/p90/p99/max {:.0}/{:.0}/{:.0}/{:.0} us; all 20 p50/p99 {:.0}/{:.0} us; host {:.2} cores",
+            e.name,
+            e.one_us.len(),
+            e.timeouts,
+            shell::pct(&e.one_us, 50.0),
+            shell::pct(&e.one_us, 90.0),
+            shell::pct(&e.one_us, 99.0),
+            shell::pct(&e.one_us, 100.0),
+            shell::pct(&e.all_us, 50.0),
+            shell::pct(&e.all_us, 99.0),
+            e.host_cores
+        );
+    }
+    if let Some(l) = &sh.late_join {
+        println!(
+            "# late join: subscribe -> screen {:.2} ms right after the output, then host idle {:.1} s later, then over {} joins: {} ms",
+            l.first.subscribe_ms,
+            l.settled_secs,
+            l.joins.len(),
+            l.joins
+                .iter()
+                .map(|j| format!("{:.2}", j.subscribe_ms))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    if let Some(term) = term {
+        for line in &term.load {
+            println!("# reference {line}");
+        }
+    }
 }
 
 /// An integer with thousands separators: 1,234,567.
