@@ -50,6 +50,9 @@ struct ServeArgs {
     /// pruned (everything else is kept, and late joiners still get the screen).
     #[arg(long, default_value_t = ensemble_host::DEFAULT_OUTPUT_BUDGET >> 20, value_name = "MIB")]
     output_budget_mib: u64,
+    /// A TOML file adding or overriding agent types ([agents.NAME] command = "...", args = [...]).
+    #[arg(long, value_name = "FILE")]
+    agents: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +81,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.hook_command = args.hook_command;
     config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
     config.output_budget = args.output_budget_mib.max(1) << 20;
+    config.agents_file = args.agents;
     let host = Host::start(config)
         .await
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;

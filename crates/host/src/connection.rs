@@ -49,6 +49,7 @@ const LIVE_BATCH: usize = 512;
 /// What every connection shares.
 pub struct Shared {
     pub registry: Registry,
+    pub agents: crate::agents::AgentRegistry,
     /// Numbers connections, for ownership of what they open.
     pub next_conn_id: std::sync::atomic::AtomicU64,
     pub test_actions: bool,
@@ -325,10 +326,12 @@ async fn handle(
             let out_tx = out_tx.clone();
             let test_actions = shared.test_actions;
             let conn_id = state.conn_id;
+            let shared = shared.clone();
             tokio::spawn(async move {
                 let ctx = ActionContext {
                     vm: &vm,
                     conn_id,
+                    agents: &shared.agents,
                     test_actions,
                 };
                 let text = match actions::call(&ctx, &name, args).await {

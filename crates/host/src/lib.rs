@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actions;
+pub mod agents;
 pub mod connection;
 pub mod hook;
 pub mod log;
@@ -23,6 +24,7 @@ pub mod output;
 pub mod process;
 pub mod registry;
 pub mod server;
+pub mod session;
 pub mod shell;
 pub mod store;
 pub mod terminal;
@@ -62,6 +64,8 @@ pub struct HostConfig {
     /// Bytes of shell and process output each VM's log keeps; older output
     /// is pruned (late joiners still get the screen from the snapshot).
     pub output_budget: u64,
+    /// A TOML file adding or overriding agent types.
+    pub agents_file: Option<PathBuf>,
 }
 
 impl HostConfig {
@@ -73,6 +77,7 @@ impl HostConfig {
             hooks: Vec::new(),
             stall_timeout: Duration::from_secs(30),
             output_budget: DEFAULT_OUTPUT_BUDGET,
+            agents_file: None,
         }
     }
 }
@@ -85,6 +90,8 @@ pub enum HostError {
     Log(#[from] log::LogError),
     #[error("the host is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    Agents(#[from] agents::AgentRegistryError),
 }
 
 impl HostError {
@@ -113,6 +120,7 @@ impl Host {
             .await
             .map_err(|_| HostError::ShuttingDown)??;
         let known = store.all_vms()?;
+        let agents = agents::AgentRegistry::load(config.agents_file.as_deref())?;
         let mut hooks = config.hooks;
         if let Some(command) = config.hook_command {
             hooks.push(Hook::command(command, shutdown.child_token()));
@@ -128,6 +136,7 @@ impl Host {
         Ok(Host {
             shared: Arc::new(Shared {
                 registry,
+                agents,
                 next_conn_id: std::sync::atomic::AtomicU64::new(1),
                 test_actions: config.test_actions,
                 stall_timeout: config.stall_timeout,

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::log::{Log, LogError};
 use crate::process::Processes;
+use crate::session::Sessions;
 use crate::shell::Shells;
 use crate::workspace::Workspace;
 
@@ -44,12 +45,25 @@ pub enum VmError {
     Internal(String),
     #[error("the VM is closed")]
     Closed,
+    #[error("no session {0:?} in this VM")]
+    NoSuchSession(String),
+    #[error("{0} is not waiting for an answer")]
+    NotPending(String),
+    #[error("session {0} is already running a turn; wait for it or cancel it")]
+    Busy(String),
+    #[error("{0}")]
+    AgentFailed(String),
 }
 
 impl VmError {
     pub fn to_body(&self) -> ErrorBody {
         let code = match self {
-            VmError::NoSuchProcess(_) | VmError::NoSuchShell(_) => ErrorCode::NotFound,
+            VmError::NoSuchProcess(_)
+            | VmError::NoSuchShell(_)
+            | VmError::NoSuchSession(_)
+            | VmError::NotPending(_) => ErrorCode::NotFound,
+            VmError::Busy(_) => ErrorCode::Busy,
+            VmError::AgentFailed(_) => ErrorCode::AgentFailed,
             VmError::Exited(_) => ErrorCode::Exited,
             VmError::SpawnFailed { .. } => ErrorCode::SpawnFailed,
             VmError::InvalidArgs(_) => ErrorCode::InvalidArgs,
@@ -71,6 +85,7 @@ impl From<Arc<LogError>> for VmError {
 pub struct VmState {
     pub processes: Processes,
     pub shells: Shells,
+    pub sessions: Sessions,
 }
 
 type Job = Box<dyn FnOnce(&mut VmState) + Send>;
@@ -107,6 +122,7 @@ impl Vm {
         let state = VmState {
             processes: Processes::new(log.clone(), cancel.clone()),
             shells: Shells::new(log.clone(), first_shell_id, cancel.clone()),
+            sessions: Sessions::default(),
         };
         tokio::spawn(run(state, jobs_rx, cancel, done_tx));
         let vm = Vm {
@@ -171,6 +187,7 @@ async fn run(
         job(&mut state);
     }
     // Last handle gone: nothing may outlive the VM.
+    state.sessions.close_all();
     let mut exits = state.processes.kill_all();
     exits.extend(state.shells.close_all());
     let wait_all = async {

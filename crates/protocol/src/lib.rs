@@ -67,6 +67,13 @@ pub const ACTIONS: &[&str] = &[
     "closeShell",
     "listShells",
     "getShellSnapshot",
+    "createSession",
+    "listSessions",
+    "getSession",
+    "sendPrompt",
+    "cancelPrompt",
+    "closeSession",
+    "respondPermission",
     "emit",
 ];
 
@@ -79,7 +86,11 @@ pub const EVENTS: &[&str] = &[
     "shellData",
     "shellResized",
     "shellExit",
+    "sessionCreated",
     "sessionEvent",
+    "permissionRequest",
+    "permissionTimeout",
+    "sessionEnded",
     "testEvent",
     "testBytes",
 ];

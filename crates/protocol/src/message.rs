@@ -151,6 +151,10 @@ pub enum ErrorCode {
     SpawnFailed,
     /// The caller may not do this (for example resize a shell it does not own).
     Forbidden,
+    /// A session is already running a turn.
+    Busy,
+    /// An agent that does not start, does not answer `initialize`, or exits.
+    AgentFailed,
     /// A code this client does not know yet (sent by a newer host). Never
     /// sent by this version; lets clients read codes added later.
     #[serde(other)]
@@ -177,6 +181,8 @@ impl ErrorCode {
         ErrorCode::Exited,
         ErrorCode::SpawnFailed,
         ErrorCode::Forbidden,
+        ErrorCode::Busy,
+        ErrorCode::AgentFailed,
     ];
 
     /// The code as it appears on the wire.
@@ -200,6 +206,8 @@ impl ErrorCode {
             ErrorCode::Exited => "exited",
             ErrorCode::SpawnFailed => "spawn_failed",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Busy => "busy",
+            ErrorCode::AgentFailed => "agent_failed",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -28,6 +28,8 @@ pub struct ActionContext<'a> {
     pub vm: &'a Vm,
     /// The calling connection (owner of the shells it opens).
     pub conn_id: u64,
+    /// Which command starts an agent of a given type.
+    pub agents: &'a crate::agents::AgentRegistry,
     /// `emit` is refused unless the host was started with test actions.
     pub test_actions: bool,
 }
@@ -53,6 +55,13 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
         "closeShell" => workload::close_shell(ctx, args).await,
         "listShells" => workload::list_shells(ctx, args).await,
         "getShellSnapshot" => workload::shell_snapshot(ctx, args).await,
+        "createSession" => workload::create_session(ctx, args).await,
+        "listSessions" => workload::list_sessions(ctx, args).await,
+        "getSession" => workload::get_session(ctx, args).await,
+        "sendPrompt" => workload::send_prompt(ctx, args).await,
+        "cancelPrompt" => workload::cancel_prompt(ctx, args).await,
+        "closeSession" => workload::close_session(ctx, args).await,
+        "respondPermission" => workload::respond_permission(ctx, args).await,
         "emit" if ctx.test_actions => emit(ctx.vm, args).await,
         "emit" => Err(ErrorBody::new(
             ErrorCode::Disabled,

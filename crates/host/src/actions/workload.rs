@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::{invalid, ActionContext};
 use crate::log::NewEvent;
 use crate::process::{signal_group, StdinOp};
+use crate::session::SessionCommand;
 use crate::shell::ShellOptions;
 use crate::vm::{Vm, VmError};
 
@@ -338,4 +339,185 @@ pub async fn shell_snapshot(ctx: &ActionContext<'_>, args: Args) -> Result<Strin
         "rows": snapshot.rows,
         "data": base64::engine::general_purpose::STANDARD.encode(&snapshot.data),
     }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SessionOptions {
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Accepted for agentOS compatibility; sessions run in the VM workspace.
+    cwd: Option<String>,
+    /// Accepted for agentOS compatibility; not passed to agents yet.
+    #[serde(default)]
+    mcp_servers: Vec<Value>,
+}
+
+/// `createSession(agentType, {env, cwd, mcpServers})` →
+/// `{sessionId, agentType, capabilities, agentInfo}`. `env` reaches only the
+/// agent process; it is never logged or returned.
+pub async fn create_session(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("createSession", 2).map_err(invalid)?;
+    let agent_type: String = args.required(0, "agentType").map_err(invalid)?;
+    let opts: SessionOptions = args
+        .optional(1, "options")
+        .map_err(invalid)?
+        .unwrap_or_default();
+    let Some(agent) = ctx.agents.get(&agent_type).cloned() else {
+        let known: Vec<&str> = ctx.agents.names().collect();
+        return Err(invalid(format!(
+            "unknown agent type {agent_type:?}; known: {}",
+            known.join(", ")
+        )));
+    };
+    if let Some(cwd) = &opts.cwd {
+        ctx.vm.workspace().resolve_cwd(Some(cwd)).map_err(err)?;
+    }
+    let _ = opts.mcp_servers;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let session_id = format!(
+        "s{}-{}",
+        crate::log::now_ms(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let start = crate::session::SessionStart {
+        session_id,
+        agent_type,
+        agent,
+        env: ctx.vm.workspace().environment(&opts.env).map_err(err)?,
+        workspace: ctx.vm.workspace().clone(),
+        log: ctx.vm.log().clone(),
+    };
+    let started = crate::session::start(start).await.map_err(err)?;
+    let info = started.info.clone();
+    log_json(
+        ctx.vm,
+        "sessionCreated",
+        json!({"sessionId": info.session_id, "agentType": info.agent_type, "agentInfo": info.agent_info}),
+    )
+    .await?;
+    ctx.vm
+        .with(move |s| s.sessions.insert(started))
+        .await
+        .map_err(err)?;
+    to_json(&json!({
+        "sessionId": info.session_id,
+        "agentType": info.agent_type,
+        "capabilities": info.capabilities,
+        "agentInfo": info.agent_info,
+    }))
+}
+
+/// `listSessions()`: live sessions, and ended ones from the log's history.
+pub async fn list_sessions(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("listSessions", 0).map_err(invalid)?;
+    let live = ctx.vm.with(|s| s.sessions.list()).await.map_err(err)?;
+    let head = ctx.vm.log().head();
+    let mut out: Vec<Value> = Vec::new();
+    let mut since = 0;
+    while since < head {
+        let page = ctx
+            .vm
+            .log()
+            .page(since, head, 1000, Some(vec!["sessionCreated".to_owned()]))
+            .await
+            .map_err(|e| err(VmError::Internal(e.to_string())))?;
+        since = if page.len() < 1000 {
+            head
+        } else {
+            page.last().map_or(head, |e| e.seq)
+        };
+        for event in page {
+            let Ok(frame) = event.json() else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(&frame) else {
+                continue;
+            };
+            let data = &v["data"];
+            let id = data["sessionId"].as_str().unwrap_or_default();
+            match live.iter().find(|s| s.session_id == id) {
+                Some(info) => out.push(serde_json::to_value(info).unwrap_or(Value::Null)),
+                None => out.push(json!({
+                    "sessionId": id,
+                    "agentType": data["agentType"],
+                    "agentInfo": data["agentInfo"],
+                    "capabilities": null,
+                    "state": "ended",
+                })),
+            }
+        }
+    }
+    to_json(&out)
+}
+
+pub async fn get_session(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("getSession", 1).map_err(invalid)?;
+    let id: String = args.required(0, "sessionId").map_err(invalid)?;
+    let info = on_vm(ctx.vm, move |s| s.sessions.info(&id)).await?;
+    to_json(&info)
+}
+
+/// `sendPrompt(sessionId, text)` → `{stopReason, text}` when the turn ends.
+pub async fn send_prompt(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("sendPrompt", 2).map_err(invalid)?;
+    let id: String = args.required(0, "sessionId").map_err(invalid)?;
+    let text: String = args.required(1, "text").map_err(invalid)?;
+    let commands = on_vm(ctx.vm, {
+        let id = id.clone();
+        move |s| s.sessions.commands(&id)
+    })
+    .await?;
+    let (command, reply) = SessionCommand::prompt(text);
+    commands
+        .send(command)
+        .await
+        .map_err(|_| err(VmError::Exited(format!("session {id}"))))?;
+    let result = reply
+        .await
+        .map_err(|_| err(VmError::Exited(format!("session {id}"))))?
+        .map_err(err)?;
+    to_json(&result)
+}
+
+/// `cancelPrompt(sessionId)`: ACP `session/cancel`; pending permission
+/// requests are answered `cancelled`.
+pub async fn cancel_prompt(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    session_command(ctx, args, "cancelPrompt", SessionCommand::cancel()).await
+}
+
+/// `closeSession(sessionId)`: stops the agent; `sessionEnded` follows.
+pub async fn close_session(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    session_command(ctx, args, "closeSession", SessionCommand::close()).await
+}
+
+async fn session_command(
+    ctx: &ActionContext<'_>,
+    args: Args,
+    name: &str,
+    command: SessionCommand,
+) -> Result<String, ErrorBody> {
+    args.at_most(name, 1).map_err(invalid)?;
+    let id: String = args.required(0, "sessionId").map_err(invalid)?;
+    let commands = on_vm(ctx.vm, {
+        let id = id.clone();
+        move |s| s.sessions.commands(&id)
+    })
+    .await?;
+    commands
+        .send(command)
+        .await
+        .map_err(|_| err(VmError::Exited(format!("session {id}"))))?;
+    ok_null()
+}
+
+/// `respondPermission(sessionId, permissionId, optionId)`; the first answer wins.
+pub async fn respond_permission(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("respondPermission", 3).map_err(invalid)?;
+    let id: String = args.required(0, "sessionId").map_err(invalid)?;
+    let permission: String = args.required(1, "permissionId").map_err(invalid)?;
+    let option: String = args.required(2, "optionId").map_err(invalid)?;
+    on_vm(ctx.vm, move |s| {
+        s.sessions.respond(&id, &permission, &option)
+    })
+    .await?;
+    ok_null()
 }

@@ -1,0 +1,574 @@
+//! Agent sessions over ACP: the host is the ACP client of an agent process it
+//! starts with a clean environment. Each session is one task that owns the
+//! connection; the agent's `session/update` notifications become
+//! `sessionEvent`s in the log, its permission requests wait for a person,
+//! and its file reads and writes stay inside the VM's workspace.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_client_protocol::schema::ProtocolVersion;
+use agent_client_protocol::v1::schema::{
+    CancelNotification, ClientCapabilities, ContentBlock, FileSystemCapabilities, Implementation,
+    InitializeRequest, NewSessionRequest, PromptRequest, ReadTextFileRequest, ReadTextFileResponse,
+    RequestPermissionOutcome, RequestPermissionRequest, RequestPermissionResponse,
+    SelectedPermissionOutcome, SessionNotification, SessionUpdate, TextContent,
+    WriteTextFileRequest, WriteTextFileResponse,
+};
+use agent_client_protocol::v1::{ConnectionTo, Responder};
+use agent_client_protocol::{Agent, ByteStreams, Client, Error};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::agents::AgentCommand;
+use crate::log::{Log, NewEvent};
+use crate::vm::VmError;
+use crate::workspace::{Environment, Workspace};
+
+/// How long an agent has to answer `initialize` and `session/new`.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a permission request waits for a person before it is answered
+/// `cancelled`.
+pub const PERMISSION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Commands waiting for a session's task.
+const SESSION_QUEUE: usize = 32;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub agent_type: String,
+    pub agent_info: Value,
+    pub capabilities: Value,
+    /// `ready`, `prompting` or `ended`.
+    pub state: String,
+}
+
+/// What a finished turn answers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnResult {
+    pub stop_reason: Value,
+    pub text: String,
+}
+
+/// What a session's task is asked to do.
+pub enum SessionCommand {
+    Prompt {
+        text: String,
+        reply: oneshot::Sender<Result<TurnResult, VmError>>,
+    },
+    Cancel,
+    Close,
+}
+
+type Pending = Arc<Mutex<HashMap<String, Responder<RequestPermissionResponse>>>>;
+
+/// A live session as the VM actor sees it.
+struct Entry {
+    info: Arc<Mutex<SessionInfo>>,
+    commands: mpsc::Sender<SessionCommand>,
+    pending: Pending,
+}
+
+/// The sessions of one VM; owned by the VM actor.
+#[derive(Default)]
+pub struct Sessions {
+    entries: HashMap<String, Entry>,
+}
+
+/// Everything a new session needs, gathered by the action.
+pub struct SessionStart {
+    pub session_id: String,
+    pub agent_type: String,
+    pub agent: AgentCommand,
+    pub env: Environment,
+    pub workspace: Workspace,
+    pub log: Log,
+}
+
+impl Sessions {
+    pub fn insert(&mut self, started: Started) {
+        self.entries
+            .insert(started.session_id.clone(), started.entry);
+    }
+
+    fn entry(&self, id: &str) -> Result<&Entry, VmError> {
+        self.entries
+            .get(id)
+            .ok_or_else(|| VmError::NoSuchSession(id.to_owned()))
+    }
+
+    pub fn info(&self, id: &str) -> Result<SessionInfo, VmError> {
+        let entry = self.entry(id)?;
+        Ok(entry
+            .info
+            .lock()
+            .map(|i| i.clone())
+            .unwrap_or_else(|p| p.into_inner().clone()))
+    }
+
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let mut ids: Vec<&String> = self.entries.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .filter_map(|id| self.info(id).ok())
+            .collect()
+    }
+
+    pub fn commands(&self, id: &str) -> Result<mpsc::Sender<SessionCommand>, VmError> {
+        Ok(self.entry(id)?.commands.clone())
+    }
+
+    /// Answers a pending permission request; the first answer wins.
+    pub fn respond(&self, id: &str, permission_id: &str, option_id: &str) -> Result<(), VmError> {
+        let entry = self.entry(id)?;
+        let responder = entry
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(permission_id))
+            .ok_or_else(|| {
+                VmError::NotPending(format!("permission {permission_id} of session {id}"))
+            })?;
+        let outcome = RequestPermissionOutcome::Selected(SelectedPermissionOutcome::new(
+            option_id.to_owned(),
+        ));
+        responder
+            .respond(RequestPermissionResponse::new(outcome))
+            .map_err(|e| VmError::Internal(e.to_string()))
+    }
+
+    /// Closes every session; used when the VM closes.
+    pub fn close_all(&mut self) {
+        for entry in self.entries.values() {
+            let _ = entry.commands.try_send(SessionCommand::Close);
+        }
+    }
+}
+
+impl SessionCommand {
+    pub fn prompt(
+        text: String,
+    ) -> (
+        SessionCommand,
+        oneshot::Receiver<Result<TurnResult, VmError>>,
+    ) {
+        let (reply, rx) = oneshot::channel();
+        (SessionCommand::Prompt { text, reply }, rx)
+    }
+
+    pub fn cancel() -> SessionCommand {
+        SessionCommand::Cancel
+    }
+
+    pub fn close() -> SessionCommand {
+        SessionCommand::Close
+    }
+}
+
+/// A session whose agent answered `initialize` and `session/new`.
+pub struct Started {
+    session_id: String,
+    entry: Entry,
+    pub info: SessionInfo,
+}
+
+/// Starts the agent, initializes it and opens its session. Fails (and kills
+/// the agent) if it does not start or does not answer in time.
+pub async fn start(start: SessionStart) -> Result<Started, VmError> {
+    let SessionStart {
+        session_id,
+        agent_type,
+        agent,
+        env,
+        workspace,
+        log,
+    } = start;
+    let mut child = tokio::process::Command::new(&agent.command)
+        .args(&agent.args)
+        .current_dir(workspace.root())
+        .env_clear()
+        .envs(env.vars())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        // An agent's diagnostics may echo its environment: never kept.
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            VmError::AgentFailed(format!(
+                "cannot start agent {agent_type:?} ({}): {e}",
+                agent.command
+            ))
+        })?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(VmError::AgentFailed("agent has no pipes".to_owned()));
+    };
+    let transport = ByteStreams::new(stdin.compat_write(), stdout.compat());
+    let info = Arc::new(Mutex::new(SessionInfo {
+        session_id: session_id.clone(),
+        agent_type: agent_type.clone(),
+        agent_info: Value::Null,
+        capabilities: Value::Null,
+        state: "starting".to_owned(),
+    }));
+    let pending: Pending = Arc::default();
+    let (commands_tx, commands_rx) = mpsc::channel(SESSION_QUEUE);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let turn_text: Arc<Mutex<String>> = Arc::default();
+    let task = SessionTask {
+        session_id: session_id.clone(),
+        log: log.clone(),
+        workspace,
+        pending: pending.clone(),
+        info: info.clone(),
+        turn_text,
+    };
+    tokio::spawn(task.run(child, transport, commands_rx, ready_tx));
+    match tokio::time::timeout(INIT_TIMEOUT, ready_rx).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e),
+        Ok(Err(_)) => {
+            return Err(VmError::AgentFailed(format!(
+                "agent {agent_type:?} exited during initialization"
+            )))
+        }
+        Err(_) => {
+            let _ = commands_tx.try_send(SessionCommand::Close);
+            return Err(VmError::AgentFailed(format!(
+                "agent {agent_type:?} did not answer initialize within {}s",
+                INIT_TIMEOUT.as_secs()
+            )));
+        }
+    }
+    let snapshot = info
+        .lock()
+        .map(|i| i.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
+    Ok(Started {
+        session_id,
+        info: snapshot,
+        entry: Entry {
+            info,
+            commands: commands_tx,
+            pending,
+        },
+    })
+}
+
+#[derive(Clone)]
+struct SessionTask {
+    session_id: String,
+    log: Log,
+    workspace: Workspace,
+    pending: Pending,
+    info: Arc<Mutex<SessionInfo>>,
+    /// The agent's message text of the current turn.
+    turn_text: Arc<Mutex<String>>,
+}
+
+impl SessionTask {
+    fn set_state(&self, state: &str) {
+        if let Ok(mut info) = self.info.lock() {
+            info.state = state.to_owned();
+        }
+    }
+
+    async fn log_json(&self, name: &str, data: Value) {
+        let event = NewEvent::Json {
+            name: name.to_owned(),
+            data: data.to_string(),
+        };
+        if let Err(e) = self.log.append(vec![event]).await {
+            tracing::error!(session = %self.session_id, error = %e, "{name} not logged");
+        }
+    }
+
+    /// Answers every pending permission request `cancelled`, as ACP requires
+    /// when a turn is cancelled.
+    fn cancel_pending(&self) {
+        let drained: Vec<_> = self
+            .pending
+            .lock()
+            .map(|mut p| p.drain().collect())
+            .unwrap_or_default();
+        for (_, responder) in drained {
+            let _ = responder.respond(RequestPermissionResponse::new(
+                RequestPermissionOutcome::Cancelled,
+            ));
+        }
+    }
+
+    async fn run(
+        self,
+        mut child: tokio::process::Child,
+        transport: ByteStreams<
+            tokio_util::compat::Compat<tokio::process::ChildStdin>,
+            tokio_util::compat::Compat<tokio::process::ChildStdout>,
+        >,
+        mut commands: mpsc::Receiver<SessionCommand>,
+        ready: oneshot::Sender<Result<(), VmError>>,
+    ) {
+        let on_update = self.clone();
+        let on_permission = self.clone();
+        let on_read = self.clone();
+        let on_write = self.clone();
+        let foreground = self.clone();
+        let mut ready = Some(ready);
+        let result = Client
+            .v1()
+            .name("ensemble-host")
+            .on_receive_notification(
+                async move |n: SessionNotification, _cx| {
+                    on_update.update(n).await;
+                    Ok(())
+                },
+                agent_client_protocol::on_receive_notification!(),
+            )
+            .on_receive_request(
+                async move |request: RequestPermissionRequest,
+                            responder,
+                            _cx: ConnectionTo<Agent>| {
+                    on_permission.permission(request, responder).await;
+                    Ok(())
+                },
+                agent_client_protocol::on_receive_request!(),
+            )
+            .on_receive_request(
+                async move |request: ReadTextFileRequest,
+                            responder: Responder<ReadTextFileResponse>,
+                            _cx| {
+                    let path = request.path.display().to_string();
+                    match on_read.workspace.resolve_file(&path, false) {
+                        Ok(real) => match tokio::fs::read_to_string(&real).await {
+                            Ok(text) => responder.respond(ReadTextFileResponse::new(text)),
+                            Err(e) => responder
+                                .respond_with_error(Error::internal_error().data(e.to_string())),
+                        },
+                        Err(e) => responder
+                            .respond_with_error(Error::invalid_params().data(e.to_string())),
+                    }
+                },
+                agent_client_protocol::on_receive_request!(),
+            )
+            .on_receive_request(
+                async move |request: WriteTextFileRequest,
+                            responder: Responder<WriteTextFileResponse>,
+                            _cx| {
+                    let path = request.path.display().to_string();
+                    match on_write.workspace.resolve_file(&path, true) {
+                        Ok(real) => match tokio::fs::write(&real, request.content.as_bytes()).await
+                        {
+                            Ok(()) => responder.respond(WriteTextFileResponse::new()),
+                            Err(e) => responder
+                                .respond_with_error(Error::internal_error().data(e.to_string())),
+                        },
+                        Err(e) => responder
+                            .respond_with_error(Error::invalid_params().data(e.to_string())),
+                    }
+                },
+                agent_client_protocol::on_receive_request!(),
+            )
+            .connect_with(transport, async |cx: ConnectionTo<Agent>| {
+                let init = cx
+                    .send_request(
+                        InitializeRequest::new(ProtocolVersion::V1)
+                            .client_capabilities(
+                                ClientCapabilities::new().fs(FileSystemCapabilities::new()
+                                    .read_text_file(true)
+                                    .write_text_file(true)),
+                            )
+                            .client_info(Implementation::new(
+                                "ensemble",
+                                env!("CARGO_PKG_VERSION"),
+                            )),
+                    )
+                    .block_task()
+                    .await?;
+                let cwd = foreground.workspace.root().to_owned();
+                let session = cx
+                    .send_request(NewSessionRequest::new(cwd))
+                    .block_task()
+                    .await?;
+                if let Ok(mut info) = foreground.info.lock() {
+                    info.agent_info = serde_json::to_value(&init.agent_info).unwrap_or(Value::Null);
+                    info.capabilities =
+                        serde_json::to_value(&init.agent_capabilities).unwrap_or(Value::Null);
+                    info.state = "ready".to_owned();
+                }
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Ok(()));
+                }
+                foreground
+                    .serve(&cx, session.session_id, &mut commands)
+                    .await
+            })
+            .await;
+        let status = child.try_wait().ok().flatten();
+        let (reason, exit_code) = match (&result, status) {
+            (Ok(()), _) => ("closed", None),
+            (Err(_), Some(status)) => ("agent exited", status.code()),
+            (Err(_), None) => ("agent failed", None),
+        };
+        if let Some(ready) = ready.take() {
+            let message = match &result {
+                Err(e) => format!("agent did not start a session: {e}"),
+                Ok(()) => "agent closed before its session started".to_owned(),
+            };
+            let _ = ready.send(Err(VmError::AgentFailed(message)));
+            let _ = child.kill().await;
+            return;
+        }
+        self.cancel_pending();
+        self.set_state("ended");
+        let _ = child.kill().await;
+        let exit_code =
+            exit_code.or_else(|| child.try_wait().ok().flatten().and_then(|s| s.code()));
+        self.log_json(
+            "sessionEnded",
+            json!({"sessionId": self.session_id, "reason": reason, "exitCode": exit_code}),
+        )
+        .await;
+    }
+
+    /// Serves the session's commands until it is closed or the agent goes.
+    async fn serve(
+        &self,
+        cx: &ConnectionTo<Agent>,
+        agent_session: agent_client_protocol::v1::schema::SessionId,
+        commands: &mut mpsc::Receiver<SessionCommand>,
+    ) -> Result<(), Error> {
+        let mut turn: Option<oneshot::Sender<Result<TurnResult, VmError>>> = None;
+        let (done_tx, mut done_rx) = mpsc::channel(1);
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None | Some(SessionCommand::Close) => return Ok(()),
+                    Some(SessionCommand::Cancel) => {
+                        self.cancel_pending();
+                        cx.send_notification(CancelNotification::new(agent_session.clone()))?;
+                    }
+                    Some(SessionCommand::Prompt { text, reply }) => {
+                        if turn.is_some() {
+                            let _ = reply.send(Err(VmError::Busy(self.session_id.clone())));
+                            continue;
+                        }
+                        if let Ok(mut t) = self.turn_text.lock() {
+                            t.clear();
+                        }
+                        self.set_state("prompting");
+                        turn = Some(reply);
+                        let request = PromptRequest::new(
+                            agent_session.clone(),
+                            vec![ContentBlock::Text(TextContent::new(text))],
+                        );
+                        let sent = cx.send_request(request);
+                        let done_tx = done_tx.clone();
+                        cx.spawn(async move {
+                            let _ = done_tx.send(sent.block_task().await).await;
+                            Ok(())
+                        })?;
+                    }
+                },
+                finished = done_rx.recv() => {
+                    let Some(finished) = finished else { continue };
+                    self.set_state("ready");
+                    let text = self.turn_text.lock().map(|t| t.clone()).unwrap_or_default();
+                    let result = finished
+                        .map(|r| TurnResult {
+                            stop_reason: serde_json::to_value(r.stop_reason).unwrap_or(Value::Null),
+                            text,
+                        })
+                        .map_err(|e| VmError::AgentFailed(format!("the turn failed: {e}")));
+                    if let Some(reply) = turn.take() {
+                        let _ = reply.send(result);
+                    }
+                }
+                _ = cx.incoming_closed() => {
+                    if let Some(reply) = turn.take() {
+                        let _ = reply.send(Err(VmError::AgentFailed("the agent exited mid-turn".to_owned())));
+                    }
+                    return Err(Error::internal_error().data("agent closed its output"));
+                }
+            }
+        }
+    }
+
+    async fn update(&self, notification: SessionNotification) {
+        if let SessionUpdate::AgentMessageChunk(chunk) = &notification.update {
+            if let ContentBlock::Text(text) = &chunk.content {
+                if let Ok(mut t) = self.turn_text.lock() {
+                    t.push_str(&text.text);
+                }
+            }
+        }
+        let event = json!({
+            "jsonrpc": "2.0",
+            "method": "session/update",
+            "params": notification,
+        });
+        let appended = self
+            .log
+            .append(vec![NewEvent::Session {
+                session_id: self.session_id.clone(),
+                event: event.to_string(),
+            }])
+            .await;
+        if let Err(e) = appended {
+            tracing::error!(session = %self.session_id, error = %e, "sessionEvent not logged");
+        }
+    }
+
+    async fn permission(
+        &self,
+        request: RequestPermissionRequest,
+        responder: Responder<RequestPermissionResponse>,
+    ) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let permission_id = format!(
+            "perm-{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(permission_id.clone(), responder);
+        }
+        self.log_json(
+            "permissionRequest",
+            json!({
+                "sessionId": self.session_id,
+                "permissionId": permission_id,
+                "toolCall": request.tool_call,
+                "options": request.options,
+            }),
+        )
+        .await;
+        // Unanswered requests time out with a clear event.
+        let task = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(PERMISSION_TIMEOUT).await;
+            let expired = task
+                .pending
+                .lock()
+                .ok()
+                .and_then(|mut p| p.remove(&permission_id));
+            if let Some(responder) = expired {
+                let _ = responder.respond(RequestPermissionResponse::new(
+                    RequestPermissionOutcome::Cancelled,
+                ));
+                task.log_json(
+                    "permissionTimeout",
+                    json!({"sessionId": task.session_id, "permissionId": permission_id}),
+                )
+                .await;
+            }
+        });
+    }
+}

@@ -1,0 +1,335 @@
+//! Agent sessions over ACP, end to end: the real host, the real scripted
+//! agent process over stdio, real WebSocket clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ensemble_client::{Event, VmClient};
+use serde_json::{json, Value};
+
+/// The scripted agent is a workspace binary; `make test` builds it.
+fn require_scripted_agent() {
+    let path = std::path::Path::new(BIN).with_file_name("ensemble-scripted-agent");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build -p ensemble-scripted-agent` (make test does)",
+        path.display()
+    );
+}
+
+fn data(e: &Event) -> Value {
+    match e {
+        Event::Json(f) => f.data.clone(),
+        Event::Bytes { .. } => Value::Null,
+    }
+}
+
+async fn next_named(rx: &mut tokio::sync::mpsc::Receiver<Event>, name: &str) -> Value {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {name} in time"))
+            .expect("open");
+        if e.name() == name {
+            return data(&e);
+        }
+    }
+}
+
+async fn scripted(vm: &VmClient, env: Value) -> String {
+    let r = vm
+        .call("createSession", json!(["scripted", {"env": env}]))
+        .await
+        .unwrap();
+    assert_eq!(r["agentType"], "scripted");
+    assert_eq!(r["agentInfo"]["name"], "scripted");
+    r["sessionId"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_watch_one_session_and_a_late_client_catches_up() {
+    require_scripted_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let a = open(&host, json!(["agent"]), Some(0)).await;
+    let b = open(&host, json!(["agent"]), Some(0)).await;
+    let mut a_rx = a.on("sessionEvent");
+    let mut b_rx = b.on("sessionEvent");
+    let session = scripted(&a, json!({})).await;
+    let r = a
+        .call(
+            "sendPrompt",
+            json!([session, "say hello brave new world\nplan read; write"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["stopReason"], "end_turn");
+    assert_eq!(r["text"], "hello brave new world");
+    // 3 message chunks + 1 + 2*2 plan updates.
+    let a_events = collect(&mut a_rx, 8, Duration::from_secs(10)).await;
+    let b_events = collect(&mut b_rx, 8, Duration::from_secs(10)).await;
+    assert_eq!(a_events.len(), 8);
+    assert_eq!(
+        a_events, b_events,
+        "both clients saw the same sessionEvents"
+    );
+    let numbers: Vec<u64> = a_events
+        .iter()
+        .map(|e| data(e)["sequenceNumber"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=8).collect::<Vec<_>>());
+    assert_eq!(data(&a_events[0])["event"]["method"], "session/update");
+    assert_eq!(data(&a_events[0])["sessionId"], session.as_str());
+
+    // A late client gets exactly what it missed.
+    let late = a
+        .call("getSequencedEvents", json!([session, {"since": 5}]))
+        .await
+        .unwrap();
+    let late_numbers: Vec<u64> = late["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sequenceNumber"].as_u64().unwrap())
+        .collect();
+    assert_eq!(late_numbers, [6, 7, 8]);
+    assert_eq!(
+        late["events"][0]["notification"],
+        data(&a_events[5])["event"]
+    );
+
+    let list = b.call("listSessions", json!([])).await.unwrap();
+    assert_eq!(list[0]["sessionId"], session.as_str());
+    assert_eq!(list[0]["state"], "ready");
+    a.call("closeSession", json!([session])).await.unwrap();
+    let mut ended = b.on("sessionEnded");
+    assert_eq!(
+        next_named(&mut ended, "sessionEnded").await["sessionId"],
+        session.as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_round_trip_cancel_and_workspace_confinement() {
+    require_scripted_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let a = open(&host, json!(["perm"]), None).await;
+    let b = open(&host, json!(["perm"]), None).await;
+    let mut b_rx = b.on("permissionRequest");
+    let session = scripted(&a, json!({})).await;
+
+    // Allowed: the file is written inside the workspace.
+    let prompt = {
+        let a_session = session.clone();
+        let host_url = host.url();
+        tokio::spawn(async move {
+            let a = ensemble_client::Client::new(host_url)
+                .get_or_create(["perm"])
+                .await
+                .unwrap();
+            a.call("sendPrompt", json!([a_session, "write notes.txt hello"]))
+                .await
+        })
+    };
+    let request = next_named(&mut b_rx, "permissionRequest").await;
+    assert_eq!(request["sessionId"], session.as_str());
+    let options: Vec<&str> = request["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["optionId"].as_str().unwrap())
+        .collect();
+    assert_eq!(options, ["allow", "reject"]);
+    let permission = request["permissionId"].as_str().unwrap().to_owned();
+    b.call("respondPermission", json!([session, permission, "allow"]))
+        .await
+        .unwrap();
+    let err = a
+        .call("respondPermission", json!([session, permission, "reject"]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "not_found", "the first answer wins");
+    let r = prompt.await.unwrap().unwrap();
+    assert_eq!(r["text"], "wrote notes.txt");
+    let written = std::fs::read_to_string(dir.path().join("vms/1/workspace/notes.txt")).unwrap();
+    assert_eq!(written, "hello");
+
+    // Outside the workspace: refused even when allowed.
+    let outside = tokio::spawn({
+        let (url, s) = (host.url(), session.clone());
+        async move {
+            let a = ensemble_client::Client::new(url)
+                .get_or_create(["perm"])
+                .await
+                .unwrap();
+            a.call(
+                "sendPrompt",
+                json!([s, "write /tmp/ensemble-outside.txt x"]),
+            )
+            .await
+        }
+    });
+    let request = next_named(&mut b_rx, "permissionRequest").await;
+    b.call(
+        "respondPermission",
+        json!([session, request["permissionId"], "allow"]),
+    )
+    .await
+    .unwrap();
+    let r = outside.await.unwrap().unwrap();
+    assert!(
+        r["text"].as_str().unwrap().starts_with("write failed"),
+        "{r}"
+    );
+    assert!(!std::path::Path::new("/tmp/ensemble-outside.txt").exists());
+
+    // Cancel while waiting for permission: the turn ends cancelled.
+    let waiting = tokio::spawn({
+        let (url, s) = (host.url(), session.clone());
+        async move {
+            let a = ensemble_client::Client::new(url)
+                .get_or_create(["perm"])
+                .await
+                .unwrap();
+            a.call("sendPrompt", json!([s, "write later.txt x"])).await
+        }
+    });
+    let request = next_named(&mut b_rx, "permissionRequest").await;
+    // A second prompt while one runs is refused.
+    let err = a
+        .call("sendPrompt", json!([session, "say no"]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "busy");
+    a.call("cancelPrompt", json!([session])).await.unwrap();
+    let r = waiting.await.unwrap().unwrap();
+    assert_eq!(r["stopReason"], "cancelled");
+    let err = b
+        .call(
+            "respondPermission",
+            json!([session, request["permissionId"], "allow"]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "not_found", "cancel answered the request");
+    assert!(!dir.path().join("vms/1/workspace/later.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_faults_are_typed_errors_and_events() {
+    require_scripted_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let agents = dir.path().join("agents.toml");
+    std::fs::write(
+        &agents,
+        "[agents.missing]\ncommand = \"/nonexistent/agent\"\n[agents.dies]\ncommand = \"sh\"\nargs = [\"-c\", \"exit 4\"]\n",
+    )
+    .unwrap();
+    let host = HostProcess::start_with(
+        &dir.path().join("data"),
+        HostOptions {
+            extra: vec!["--agents".into(), agents.display().to_string()],
+            ..HostOptions::default()
+        },
+    );
+    let vm = open(&host, json!(["faults"]), Some(0)).await;
+    let mut ended = vm.on("sessionEnded");
+    for (agent, code) in [
+        ("nope", "invalid_args"),
+        ("missing", "agent_failed"),
+        ("dies", "agent_failed"),
+    ] {
+        let err = vm.call("createSession", json!([agent])).await.unwrap_err();
+        assert_eq!(error_code(err), code, "{agent}");
+    }
+    let err = vm
+        .call("sendPrompt", json!(["no-such", "say x"]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "not_found");
+
+    // Garbage on the agent's stdout does not break the session.
+    let session = scripted(&vm, json!({})).await;
+    let r = vm
+        .call("sendPrompt", json!([session, "garbage"]))
+        .await
+        .unwrap();
+    assert_eq!(r["text"], "still here");
+
+    // A crash mid-turn: the prompt fails, an event says so, the VM goes on.
+    let err = vm
+        .call("sendPrompt", json!([session, "crash"]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "agent_failed");
+    let end = next_named(&mut ended, "sessionEnded").await;
+    assert_eq!(end["sessionId"], session.as_str());
+    assert_eq!(end["exitCode"], 3);
+    let err = vm
+        .call("sendPrompt", json!([session, "say again"]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "exited");
+    let other = scripted(&vm, json!({})).await;
+    let r = vm
+        .call("sendPrompt", json!([other, "say fine"]))
+        .await
+        .unwrap();
+    assert_eq!(r["text"], "fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_from_env_appear_nowhere() {
+    require_scripted_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let vm = open(&host, json!(["secret"]), Some(0)).await;
+    const SECRET: &str = "sk-very-secret-value-4242";
+    let session = scripted(&vm, json!({"API_KEY": SECRET})).await;
+    let r = vm
+        .call(
+            "sendPrompt",
+            json!([session, "env API_KEY\nenv HOME_SECRET"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r["text"],
+        format!(
+            "env API_KEY is set ({} chars)env HOME_SECRET is not set",
+            SECRET.len()
+        )
+    );
+    let info = vm.call("getSession", json!([session])).await.unwrap();
+    assert!(!info.to_string().contains(SECRET));
+    let all = vm
+        .call("getEvents", json!([{"limit": 10000}]))
+        .await
+        .unwrap();
+    assert!(!all.to_string().contains(SECRET));
+    vm.call("closeSession", json!([session])).await.unwrap();
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the secret",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
