@@ -543,8 +543,13 @@ async fn catch_up(
             .page(*cursor, upto, PAGE, names.clone())
             .await
             .map_err(|e| VmError::Internal(e.to_string()))?;
-        for event in &page {
+        for (i, event) in page.iter().enumerate() {
             apply(model, shell_id, event);
+            // A page can hold many MiB of output for the model to parse:
+            // let other tasks on this worker run in between.
+            if i % 8 == 7 {
+                tokio::task::yield_now().await;
+            }
         }
         *cursor = if page.len() < PAGE as usize {
             upto
