@@ -206,6 +206,13 @@ async fn kill_9_loses_nothing_any_client_saw_and_seq_continues() {
     assert_eq!(r["first"].as_u64().unwrap(), head + 1);
     for ((reader, seen), before) in readers.iter().zip(&seen).zip(&received) {
         reader.wait_seq(head + 1).await.unwrap();
+        // The collector task may not have stored the last event yet.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().last().map(Event::seq) != Some(head + 1)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let rest: Vec<u64> = seen.lock().unwrap().iter().map(Event::seq).collect();
         let from = before.last().map_or(0, Event::seq) + 1;
         assert_eq!(
