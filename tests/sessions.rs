@@ -38,6 +38,21 @@ async fn next_named(rx: &mut tokio::sync::mpsc::Receiver<Event>, name: &str) -> 
     }
 }
 
+/// Sends a prompt from a connection of its own, so that this connection can
+/// answer the permission requests the turn raises meanwhile.
+fn prompt_in_background(
+    host: &HostProcess,
+    session: &str,
+    text: &str,
+) -> tokio::task::JoinHandle<Result<Value, ensemble_client::ClientError>> {
+    let client = host.client();
+    let args = json!([session, text]);
+    tokio::spawn(async move {
+        let vm = client.get_or_create(["perm"]).await?;
+        vm.call("sendPrompt", args).await
+    })
+}
+
 async fn scripted(vm: &VmClient, env: Value) -> String {
     let r = vm
         .call("createSession", json!(["scripted", {"env": env}]))
@@ -122,18 +137,7 @@ async fn permission_round_trip_cancel_and_workspace_confinement() {
     let session = scripted(&a, json!({})).await;
 
     // Allowed: the file is written inside the workspace.
-    let prompt = {
-        let a_session = session.clone();
-        let host_url = host.url();
-        tokio::spawn(async move {
-            let a = ensemble_client::Client::new(host_url)
-                .get_or_create(["perm"])
-                .await
-                .unwrap();
-            a.call("sendPrompt", json!([a_session, "write notes.txt hello"]))
-                .await
-        })
-    };
+    let prompt = prompt_in_background(&host, &session, "write notes.txt hello");
     let request = next_named(&mut b_rx, "permissionRequest").await;
     assert_eq!(request["sessionId"], session.as_str());
     let options: Vec<&str> = request["options"]
@@ -158,20 +162,7 @@ async fn permission_round_trip_cancel_and_workspace_confinement() {
     assert_eq!(written, "hello");
 
     // Outside the workspace: refused even when allowed.
-    let outside = tokio::spawn({
-        let (url, s) = (host.url(), session.clone());
-        async move {
-            let a = ensemble_client::Client::new(url)
-                .get_or_create(["perm"])
-                .await
-                .unwrap();
-            a.call(
-                "sendPrompt",
-                json!([s, "write /tmp/ensemble-outside.txt x"]),
-            )
-            .await
-        }
-    });
+    let outside = prompt_in_background(&host, &session, "write /tmp/ensemble-outside.txt x");
     let request = next_named(&mut b_rx, "permissionRequest").await;
     b.call(
         "respondPermission",
@@ -187,16 +178,7 @@ async fn permission_round_trip_cancel_and_workspace_confinement() {
     assert!(!std::path::Path::new("/tmp/ensemble-outside.txt").exists());
 
     // Cancel while waiting for permission: the turn ends cancelled.
-    let waiting = tokio::spawn({
-        let (url, s) = (host.url(), session.clone());
-        async move {
-            let a = ensemble_client::Client::new(url)
-                .get_or_create(["perm"])
-                .await
-                .unwrap();
-            a.call("sendPrompt", json!([s, "write later.txt x"])).await
-        }
-    });
+    let waiting = prompt_in_background(&host, &session, "write later.txt x");
     let request = next_named(&mut b_rx, "permissionRequest").await;
     // A second prompt while one runs is refused.
     let err = a
