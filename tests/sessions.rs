@@ -315,3 +315,48 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_terminal_is_a_vm_process_everyone_watches() {
+    require_scripted_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let a = open(&host, json!(["term"]), Some(0)).await;
+    let b = open(&host, json!(["term"]), Some(0)).await;
+    let mut b_rx = b.on("*");
+    let session = scripted(&a, json!({})).await;
+    let r = a
+        .call(
+            "sendPrompt",
+            json!([session, "run echo from-the-agent; exit 5"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["text"], "exit 5");
+    // The other client saw the process start (tagged with the session),
+    // its output, and its exit.
+    let started = next_named(&mut b_rx, "processStarted").await;
+    assert_eq!(started["sessionId"], session.as_str());
+    let pid = started["pid"].as_u64().unwrap();
+    let mut out = Vec::new();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), b_rx.recv())
+            .await
+            .expect("output in time")
+            .unwrap();
+        match e {
+            Event::Bytes { header, payload } if u64::from(header.id) == pid => {
+                out.extend_from_slice(&payload)
+            }
+            Event::Json(f) if f.name == "processExit" => {
+                assert_eq!(f.data["exitCode"], 5);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(out, b"from-the-agent\n");
+    // Released by the agent, still listed for everyone.
+    let list = b.call("listProcesses", json!([])).await.unwrap();
+    assert!(list.as_array().unwrap().iter().any(|p| p["pid"] == pid));
+}

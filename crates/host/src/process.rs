@@ -117,6 +117,7 @@ pub struct ProcessStart {
     stdin_rx: mpsc::Receiver<StdinOp>,
     exit_tx: watch::Sender<Option<ExitInfo>>,
     captured_tx: Option<oneshot::Sender<Captured>>,
+    tap: Option<Tap>,
 }
 
 impl ProcessStart {
@@ -127,6 +128,7 @@ impl ProcessStart {
         let sink = OutputSink {
             log: self.log,
             cancel: self.cancel,
+            tap: self.tap,
         };
         tokio::spawn(supervise(
             self.child,
@@ -159,6 +161,7 @@ impl Processes {
         cwd: &Path,
         env: &Environment,
         capture: bool,
+        tap: Option<Tap>,
     ) -> Result<Spawned, VmError> {
         let mut cmd = tokio::process::Command::new(command);
         cmd.args(args)
@@ -199,6 +202,7 @@ impl Processes {
             pid,
             log: self.log.clone(),
             cancel: self.cancel.clone(),
+            tap,
             stdin_rx,
             exit_tx,
             captured_tx,
@@ -348,6 +352,56 @@ async fn write_stdin(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receiv
 struct OutputSink {
     log: Log,
     cancel: CancellationToken,
+    /// Also keeps the recent output, for an agent's `terminal/output`.
+    tap: Option<Tap>,
+}
+
+/// The last output of a process (stdout and stderr together), at most
+/// `limit` bytes, cut at a character boundary: what ACP's `terminal/output`
+/// returns.
+#[derive(Clone)]
+pub struct Tap {
+    inner: std::sync::Arc<std::sync::Mutex<TapBuffer>>,
+}
+
+struct TapBuffer {
+    data: Vec<u8>,
+    limit: usize,
+    truncated: bool,
+}
+
+impl Tap {
+    pub fn new(limit: usize) -> Tap {
+        Tap {
+            inner: std::sync::Arc::new(std::sync::Mutex::new(TapBuffer {
+                data: Vec::new(),
+                limit,
+                truncated: false,
+            })),
+        }
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let Ok(mut b) = self.inner.lock() else { return };
+        b.data.extend_from_slice(bytes);
+        if b.data.len() > b.limit {
+            let mut cut = b.data.len() - b.limit;
+            // Never start inside a UTF-8 character.
+            while cut < b.data.len() && (b.data[cut] & 0b1100_0000) == 0b1000_0000 {
+                cut += 1;
+            }
+            b.data.drain(..cut);
+            b.truncated = true;
+        }
+    }
+
+    /// The output so far, and whether older output was dropped.
+    pub fn read(&self) -> (String, bool) {
+        match self.inner.lock() {
+            Ok(b) => (String::from_utf8_lossy(&b.data).into_owned(), b.truncated),
+            Err(_) => (String::new(), false),
+        }
+    }
 }
 
 async fn supervise(
@@ -430,7 +484,7 @@ async fn pump<R: AsyncRead + Unpin + Send + 'static>(
     sink: OutputSink,
     capture: bool,
 ) -> Captured {
-    let OutputSink { log, cancel } = sink;
+    let OutputSink { log, cancel, tap } = sink;
     let mut captured = Captured::default();
     let Some(mut stream) = stream else {
         return captured;
@@ -453,6 +507,9 @@ async fn pump<R: AsyncRead + Unpin + Send + 'static>(
     let mut merger = Merger::new(rx, cancel);
     let id = pid;
     while let Some(chunk) = merger.next().await {
+        if let Some(tap) = &tap {
+            tap.push(&chunk);
+        }
         if capture {
             let room = EXEC_CAPTURE_LIMIT.saturating_sub(captured.stdout.len());
             captured.truncated |= chunk.len() > room;

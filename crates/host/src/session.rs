@@ -11,22 +11,29 @@ use std::time::Duration;
 
 use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::schema::{
-    CancelNotification, ClientCapabilities, ContentBlock, FileSystemCapabilities, Implementation,
-    InitializeRequest, NewSessionRequest, PromptRequest, ReadTextFileRequest, ReadTextFileResponse,
+    CancelNotification, ClientCapabilities, ContentBlock, CreateTerminalRequest,
+    CreateTerminalResponse, FileSystemCapabilities, Implementation, InitializeRequest,
+    KillTerminalRequest, KillTerminalResponse, NewSessionRequest, PromptRequest,
+    ReadTextFileRequest, ReadTextFileResponse, ReleaseTerminalRequest, ReleaseTerminalResponse,
     RequestPermissionOutcome, RequestPermissionRequest, RequestPermissionResponse,
-    SelectedPermissionOutcome, SessionNotification, SessionUpdate, TextContent,
-    WriteTextFileRequest, WriteTextFileResponse,
+    SelectedPermissionOutcome, SessionNotification, SessionUpdate, TerminalExitStatus,
+    TerminalOutputRequest, TerminalOutputResponse, TextContent, WaitForTerminalExitRequest,
+    WaitForTerminalExitResponse, WriteTextFileRequest, WriteTextFileResponse,
 };
 use agent_client_protocol::v1::{ConnectionTo, Responder};
 use agent_client_protocol::{Agent, ByteStreams, Client, Error};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use nix::sys::signal::Signal;
 
 use crate::agents::AgentCommand;
 use crate::log::{Log, NewEvent};
+use crate::process::{signal_group, ExitInfo, Tap};
 use crate::vm::VmError;
+use crate::vm::WeakVm;
 use crate::workspace::{Environment, Workspace};
 
 /// How long an agent has to answer `initialize` and `session/new`.
@@ -91,6 +98,8 @@ pub struct SessionStart {
     pub env: Environment,
     pub workspace: Workspace,
     pub log: Log,
+    /// For `terminal/*`: the agent's commands run as the VM's processes.
+    pub vm: WeakVm,
 }
 
 impl Sessions {
@@ -190,6 +199,7 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         env,
         workspace,
         log,
+        vm,
     } = start;
     let mut child = tokio::process::Command::new(&agent.command)
         .args(&agent.args)
@@ -231,6 +241,8 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         pending: pending.clone(),
         info: info.clone(),
         turn_text,
+        vm,
+        terminals: Arc::default(),
     };
     tokio::spawn(task.run(child, transport, commands_rx, ready_tx));
     match tokio::time::timeout(INIT_TIMEOUT, ready_rx).await {
@@ -273,6 +285,30 @@ struct SessionTask {
     info: Arc<Mutex<SessionInfo>>,
     /// The agent's message text of the current turn.
     turn_text: Arc<Mutex<String>>,
+    vm: WeakVm,
+    /// The agent's terminals: VM processes everyone can watch.
+    terminals: Arc<Mutex<HashMap<String, Terminal>>>,
+}
+
+#[derive(Clone)]
+struct Terminal {
+    pid: u32,
+    tap: Tap,
+    exit: watch::Receiver<Option<ExitInfo>>,
+}
+
+/// `terminal/output` keeps this much when the agent sets no limit.
+const TERMINAL_OUTPUT_LIMIT: usize = 1 << 20; // 1 MiB
+
+fn acp_exit(exit: &ExitInfo) -> TerminalExitStatus {
+    let mut status = TerminalExitStatus::new();
+    if let Some(code) = exit.exit_code.and_then(|c| u32::try_from(c).ok()) {
+        status = status.exit_code(code);
+    }
+    if let Some(signal) = exit.signal {
+        status = status.signal(format!("signal {signal}"));
+    }
+    status
 }
 
 impl SessionTask {
@@ -377,14 +413,127 @@ impl SessionTask {
                 },
                 agent_client_protocol::on_receive_request!(),
             )
+            .on_receive_request(
+                {
+                    let task = self.clone();
+                    async move |request: CreateTerminalRequest,
+                                responder: Responder<CreateTerminalResponse>,
+                                cx: ConnectionTo<Agent>| {
+                        let task = task.clone();
+                        cx.spawn(async move {
+                            match task.create_terminal(request).await {
+                                Ok(r) => responder.respond(r),
+                                Err(e) => responder.respond_with_error(e),
+                            }
+                        })
+                    }
+                },
+                agent_client_protocol::on_receive_request!(),
+            )
+            .on_receive_request(
+                {
+                    let task = self.clone();
+                    async move |request: TerminalOutputRequest,
+                                responder: Responder<TerminalOutputResponse>,
+                                _cx| {
+                        match task.terminal(&request.terminal_id.0) {
+                            Ok(t) => {
+                                let (output, truncated) = t.tap.read();
+                                let exit = *t.exit.borrow();
+                                let mut response = TerminalOutputResponse::new(output, truncated);
+                                if let Some(exit) = exit {
+                                    response = response.exit_status(acp_exit(&exit));
+                                }
+                                responder.respond(response)
+                            }
+                            Err(e) => responder.respond_with_error(e),
+                        }
+                    }
+                },
+                agent_client_protocol::on_receive_request!(),
+            )
+            .on_receive_request(
+                {
+                    let task = self.clone();
+                    async move |request: WaitForTerminalExitRequest,
+                                responder: Responder<WaitForTerminalExitResponse>,
+                                cx: ConnectionTo<Agent>| {
+                        let terminal = task.terminal(&request.terminal_id.0);
+                        cx.spawn(async move {
+                            let mut t = match terminal {
+                                Ok(t) => t,
+                                Err(e) => return responder.respond_with_error(e),
+                            };
+                            let waited = t.exit.wait_for(Option::is_some).await.map(|e| *e);
+                            match waited {
+                                Ok(exit) => {
+                                    let status = exit.as_ref().map(acp_exit).unwrap_or_default();
+                                    responder.respond(WaitForTerminalExitResponse::new(status))
+                                }
+                                Err(_) => responder.respond_with_error(
+                                    Error::internal_error().data("the VM closed"),
+                                ),
+                            }
+                        })
+                    }
+                },
+                agent_client_protocol::on_receive_request!(),
+            )
+            .on_receive_request(
+                {
+                    let task = self.clone();
+                    async move |request: KillTerminalRequest,
+                                responder: Responder<KillTerminalResponse>,
+                                _cx| {
+                        match task.terminal(&request.terminal_id.0) {
+                            Ok(t) => {
+                                signal_group(t.pid, Signal::SIGKILL);
+                                responder.respond(KillTerminalResponse::new())
+                            }
+                            Err(e) => responder.respond_with_error(e),
+                        }
+                    }
+                },
+                agent_client_protocol::on_receive_request!(),
+            )
+            .on_receive_request(
+                {
+                    let task = self.clone();
+                    async move |request: ReleaseTerminalRequest,
+                                responder: Responder<ReleaseTerminalResponse>,
+                                _cx| {
+                        // Released, the command is stopped if still running; it
+                        // stays in the VM's process list and log for everyone.
+                        let released = task
+                            .terminals
+                            .lock()
+                            .ok()
+                            .and_then(|mut t| t.remove(&*request.terminal_id.0));
+                        match released {
+                            Some(t) => {
+                                if t.exit.borrow().is_none() {
+                                    signal_group(t.pid, Signal::SIGKILL);
+                                }
+                                responder.respond(ReleaseTerminalResponse::new())
+                            }
+                            None => responder.respond_with_error(
+                                Error::invalid_params().data("no such terminal"),
+                            ),
+                        }
+                    }
+                },
+                agent_client_protocol::on_receive_request!(),
+            )
             .connect_with(transport, async |cx: ConnectionTo<Agent>| {
                 let init = cx
                     .send_request(
                         InitializeRequest::new(ProtocolVersion::V1)
                             .client_capabilities(
-                                ClientCapabilities::new().fs(FileSystemCapabilities::new()
-                                    .read_text_file(true)
-                                    .write_text_file(true)),
+                                ClientCapabilities::new()
+                                    .fs(FileSystemCapabilities::new()
+                                        .read_text_file(true)
+                                        .write_text_file(true))
+                                    .terminal(true),
                             )
                             .client_info(Implementation::new(
                                 "ensemble",
@@ -500,6 +649,80 @@ impl SessionTask {
                 }
             }
         }
+    }
+
+    fn terminal(&self, id: &str) -> Result<Terminal, Error> {
+        self.terminals
+            .lock()
+            .ok()
+            .and_then(|t| t.get(id).cloned())
+            .ok_or_else(|| Error::invalid_params().data(format!("no terminal {id}")))
+    }
+
+    /// `terminal/create`: the command runs as a VM process (logged with this
+    /// session's id), in the workspace, with the clean environment.
+    async fn create_terminal(
+        &self,
+        request: CreateTerminalRequest,
+    ) -> Result<CreateTerminalResponse, Error> {
+        let vm = self
+            .vm
+            .upgrade()
+            .ok_or_else(|| Error::internal_error().data("the VM is closed"))?;
+        let cwd = request.cwd.as_ref().map(|p| p.display().to_string());
+        let cwd = vm
+            .workspace()
+            .resolve_cwd(cwd.as_deref())
+            .map_err(|e| Error::invalid_params().data(e.to_string()))?;
+        let env: std::collections::BTreeMap<String, String> = request
+            .env
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect();
+        let env = vm
+            .workspace()
+            .environment(&env)
+            .map_err(|e| Error::invalid_params().data(e.to_string()))?;
+        let limit = request
+            .output_byte_limit
+            .and_then(|l| usize::try_from(l).ok())
+            .unwrap_or(TERMINAL_OUTPUT_LIMIT);
+        let tap = Tap::new(limit);
+        let (command, args, display_cwd) = (
+            request.command.clone(),
+            request.args.clone(),
+            cwd.display().to_string(),
+        );
+        let process_tap = tap.clone();
+        let spawned = vm
+            .with(move |s| {
+                s.processes
+                    .spawn(&command, &args, &cwd, &env, false, Some(process_tap))
+            })
+            .await
+            .and_then(|r| r)
+            .map_err(|e| Error::internal_error().data(e.to_string()))?;
+        let terminal_id = format!("term-{}", spawned.pid);
+        self.log_json(
+            "processStarted",
+            json!({
+                "pid": spawned.pid, "command": request.command, "args": request.args,
+                "cwd": display_cwd, "sessionId": self.session_id, "terminalId": terminal_id,
+            }),
+        )
+        .await;
+        if let Ok(mut terminals) = self.terminals.lock() {
+            terminals.insert(
+                terminal_id.clone(),
+                Terminal {
+                    pid: spawned.pid,
+                    tap,
+                    exit: spawned.exit.clone(),
+                },
+            );
+        }
+        spawned.start.start();
+        Ok(CreateTerminalResponse::new(terminal_id))
     }
 
     async fn update(&self, notification: SessionNotification) {

@@ -424,6 +424,9 @@ impl ShellStart {
                 },
             };
             let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, pump).await;
+            // Marked exited before the event is logged: whoever sees
+            // `shellExit` finds the shell refusing input.
+            let _ = exit_tx.send(Some(exit));
             let data = serde_json::json!({
                 "shellId": shell_id, "exitCode": exit.exit_code, "signal": exit.signal
             });
@@ -436,7 +439,6 @@ impl ShellStart {
             {
                 tracing::error!(shell_id, error = %e, "shellExit not logged");
             }
-            let _ = exit_tx.send(Some(exit));
         });
         let feed = ModelFeed { log, live, pin };
         tokio::spawn(run_model(feed, shell_id, opened_seq, rows, cols, model_rx));

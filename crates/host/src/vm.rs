@@ -158,6 +158,12 @@ impl Vm {
         &self.inner.log
     }
 
+    /// A handle that does not keep the VM open (for what the VM itself owns,
+    /// such as a session's task).
+    pub fn downgrade(&self) -> WeakVm {
+        WeakVm(Arc::downgrade(&self.inner))
+    }
+
     /// Runs `f` on the VM's state, in the actor, and returns its result.
     pub async fn with<R, F>(&self, f: F) -> Result<R, VmError>
     where
@@ -174,6 +180,16 @@ impl Vm {
             .await
             .map_err(|_| VmError::Closed)?;
         rx.await.map_err(|_| VmError::Closed)
+    }
+}
+
+/// See [`Vm::downgrade`].
+#[derive(Clone)]
+pub struct WeakVm(std::sync::Weak<VmInner>);
+
+impl WeakVm {
+    pub fn upgrade(&self) -> Option<Vm> {
+        self.0.upgrade().map(|inner| Vm { inner })
     }
 }
 

@@ -91,7 +91,7 @@ async fn start_process(
     let (cmd, a) = (command.clone(), args.clone());
     let display_cwd = cwd.display().to_string();
     let spawned = on_vm(vm, move |s| {
-        s.processes.spawn(&cmd, &a, &cwd, &env, capture)
+        s.processes.spawn(&cmd, &a, &cwd, &env, capture, None)
     })
     .await?;
     log_json(
@@ -307,7 +307,7 @@ pub async fn resize_shell(ctx: &ActionContext<'_>, args: Args) -> Result<String,
     ok_null()
 }
 
-/// `closeShell(shellId)`: hangs up; answers once `shellExit` is logged (or
+/// `closeShell(shellId)`: hangs up; answers once the shell has exited (or
 /// after a few seconds).
 pub async fn close_shell(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
     args.at_most("closeShell", 1).map_err(invalid)?;
@@ -387,6 +387,7 @@ pub async fn create_session(ctx: &ActionContext<'_>, args: Args) -> Result<Strin
         env: ctx.vm.workspace().environment(&opts.env).map_err(err)?,
         workspace: ctx.vm.workspace().clone(),
         log: ctx.vm.log().clone(),
+        vm: ctx.vm.downgrade(),
     };
     let started = crate::session::start(start).await.map_err(err)?;
     let info = started.info.clone();
