@@ -360,3 +360,70 @@ async fn an_agents_terminal_is_a_vm_process_everyone_watches() {
     let list = b.call("listProcesses", json!([])).await.unwrap();
     assert!(list.as_array().unwrap().iter().any(|p| p["pid"] == pid));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_never_initializes_times_out_and_modes_can_be_set() {
+    require_scripted_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let agents = dir.path().join("agents.toml");
+    let agent_path = std::path::Path::new(BIN).with_file_name("ensemble-scripted-agent");
+    std::fs::write(
+        &agents,
+        format!(
+            "[agents.hang]\ncommand = \"{}\"\nargs = [\"--hang-initialize\", \"--log\", \"off\"]\n",
+            agent_path.display()
+        ),
+    )
+    .unwrap();
+    let host = HostProcess::start_with(
+        &dir.path().join("data"),
+        HostOptions {
+            extra: vec![
+                "--agents".into(),
+                agents.display().to_string(),
+                "--agent-init-timeout".into(),
+                "1".into(),
+            ],
+            ..HostOptions::default()
+        },
+    );
+    let vm = open(&host, json!(["hang"]), None).await;
+    let started = std::time::Instant::now();
+    let err = vm.call("createSession", json!(["hang"])).await.unwrap_err();
+    assert!(
+        err.to_string().contains("did not answer initialize"),
+        "{err}"
+    );
+    assert_eq!(error_code(err), "agent_failed");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The agent that hung is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+            !zombie
+                && String::from_utf8_lossy(&cmdline).contains("--hang-initialize")
+                && String::from_utf8_lossy(&cmdline).contains(&*agent_path.to_string_lossy())
+        });
+        if !alive {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hung agent was left running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let session = scripted(&vm, json!({})).await;
+    vm.call("setMode", json!([session, "plan"])).await.unwrap();
+    let err = vm
+        .call("setMode", json!([session, "bogus"]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "invalid_args");
+}

@@ -53,6 +53,9 @@ struct ServeArgs {
     /// A TOML file adding or overriding agent types ([agents.NAME] command = "...", args = [...]).
     #[arg(long, value_name = "FILE")]
     agents: Option<PathBuf>,
+    /// How long a new agent has to answer `initialize` and `session/new`.
+    #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
+    agent_init_timeout: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,6 +85,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
     config.output_budget = args.output_budget_mib.max(1) << 20;
     config.agents_file = args.agents;
+    config.agent_init_timeout = Duration::try_from_secs_f64(args.agent_init_timeout)
+        .context("--agent-init-timeout takes a positive number of seconds")?;
     let host = Host::start(config)
         .await
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;

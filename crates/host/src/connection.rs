@@ -50,6 +50,7 @@ const LIVE_BATCH: usize = 512;
 pub struct Shared {
     pub registry: Registry,
     pub agents: crate::agents::AgentRegistry,
+    pub agent_init_timeout: Duration,
     /// Numbers connections, for ownership of what they open.
     pub next_conn_id: std::sync::atomic::AtomicU64,
     pub test_actions: bool,
@@ -332,6 +333,7 @@ async fn handle(
                     vm: &vm,
                     conn_id,
                     agents: &shared.agents,
+                    agent_init_timeout: shared.agent_init_timeout,
                     test_actions,
                 };
                 let text = match actions::call(&ctx, &name, args).await {

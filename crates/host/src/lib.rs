@@ -66,6 +66,8 @@ pub struct HostConfig {
     pub output_budget: u64,
     /// A TOML file adding or overriding agent types.
     pub agents_file: Option<PathBuf>,
+    /// How long a new agent has to answer `initialize` and `session/new`.
+    pub agent_init_timeout: Duration,
 }
 
 impl HostConfig {
@@ -78,6 +80,7 @@ impl HostConfig {
             stall_timeout: Duration::from_secs(30),
             output_budget: DEFAULT_OUTPUT_BUDGET,
             agents_file: None,
+            agent_init_timeout: session::DEFAULT_INIT_TIMEOUT,
         }
     }
 }
@@ -137,6 +140,7 @@ impl Host {
             shared: Arc::new(Shared {
                 registry,
                 agents,
+                agent_init_timeout: config.agent_init_timeout,
                 next_conn_id: std::sync::atomic::AtomicU64::new(1),
                 test_actions: config.test_actions,
                 stall_timeout: config.stall_timeout,

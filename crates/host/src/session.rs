@@ -16,9 +16,10 @@ use agent_client_protocol::v1::schema::{
     KillTerminalRequest, KillTerminalResponse, NewSessionRequest, PromptRequest,
     ReadTextFileRequest, ReadTextFileResponse, ReleaseTerminalRequest, ReleaseTerminalResponse,
     RequestPermissionOutcome, RequestPermissionRequest, RequestPermissionResponse,
-    SelectedPermissionOutcome, SessionNotification, SessionUpdate, TerminalExitStatus,
-    TerminalOutputRequest, TerminalOutputResponse, TextContent, WaitForTerminalExitRequest,
-    WaitForTerminalExitResponse, WriteTextFileRequest, WriteTextFileResponse,
+    SelectedPermissionOutcome, SessionNotification, SessionUpdate, SetSessionModeRequest,
+    TerminalExitStatus, TerminalOutputRequest, TerminalOutputResponse, TextContent,
+    WaitForTerminalExitRequest, WaitForTerminalExitResponse, WriteTextFileRequest,
+    WriteTextFileResponse,
 };
 use agent_client_protocol::v1::{ConnectionTo, Responder};
 use agent_client_protocol::{Agent, ByteStreams, Client, Error};
@@ -36,8 +37,9 @@ use crate::vm::VmError;
 use crate::vm::WeakVm;
 use crate::workspace::{Environment, Workspace};
 
-/// How long an agent has to answer `initialize` and `session/new`.
-pub const INIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an agent has to answer `initialize` and `session/new`, unless
+/// the host is configured otherwise.
+pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a permission request waits for a person before it is answered
 /// `cancelled`.
@@ -73,6 +75,10 @@ pub enum SessionCommand {
     },
     Cancel,
     Close,
+    SetMode {
+        mode: String,
+        reply: oneshot::Sender<Result<(), VmError>>,
+    },
 }
 
 type Pending = Arc<Mutex<HashMap<String, Responder<RequestPermissionResponse>>>>;
@@ -100,6 +106,7 @@ pub struct SessionStart {
     pub log: Log,
     /// For `terminal/*`: the agent's commands run as the VM's processes.
     pub vm: WeakVm,
+    pub init_timeout: Duration,
 }
 
 impl Sessions {
@@ -173,6 +180,11 @@ impl SessionCommand {
         (SessionCommand::Prompt { text, reply }, rx)
     }
 
+    pub fn set_mode(mode: String) -> (SessionCommand, oneshot::Receiver<Result<(), VmError>>) {
+        let (reply, rx) = oneshot::channel();
+        (SessionCommand::SetMode { mode, reply }, rx)
+    }
+
     pub fn cancel() -> SessionCommand {
         SessionCommand::Cancel
     }
@@ -200,6 +212,7 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         workspace,
         log,
         vm,
+        init_timeout,
     } = start;
     let mut child = tokio::process::Command::new(&agent.command)
         .args(&agent.args)
@@ -244,8 +257,8 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         vm,
         terminals: Arc::default(),
     };
-    tokio::spawn(task.run(child, transport, commands_rx, ready_tx));
-    match tokio::time::timeout(INIT_TIMEOUT, ready_rx).await {
+    let running = tokio::spawn(task.run(child, transport, commands_rx, ready_tx));
+    match tokio::time::timeout(init_timeout, ready_rx).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(e),
         Ok(Err(_)) => {
@@ -254,10 +267,12 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
             )))
         }
         Err(_) => {
-            let _ = commands_tx.try_send(SessionCommand::Close);
+            // The task waits on the agent's answer: stopping it drops (and
+            // so kills) the agent process.
+            running.abort();
             return Err(VmError::AgentFailed(format!(
                 "agent {agent_type:?} did not answer initialize within {}s",
-                INIT_TIMEOUT.as_secs()
+                init_timeout.as_secs_f32()
             )));
         }
     }
@@ -601,6 +616,18 @@ impl SessionTask {
             tokio::select! {
                 command = commands.recv() => match command {
                     None | Some(SessionCommand::Close) => return Ok(()),
+                    Some(SessionCommand::SetMode { mode, reply }) => {
+                        let sent = cx.send_request(SetSessionModeRequest::new(agent_session.clone(), mode));
+                        cx.spawn(async move {
+                            let result = sent
+                                .block_task()
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| VmError::InvalidArgs(format!("the agent refused the mode: {e}")));
+                            let _ = reply.send(result);
+                            Ok(())
+                        })?;
+                    }
                     Some(SessionCommand::Cancel) => {
                         self.cancel_pending();
                         cx.send_notification(CancelNotification::new(agent_session.clone()))?;

@@ -72,6 +72,7 @@ pub const ACTIONS: &[&str] = &[
     "getSession",
     "sendPrompt",
     "cancelPrompt",
+    "setMode",
     "closeSession",
     "respondPermission",
     "emit",

@@ -30,6 +30,8 @@ pub struct ActionContext<'a> {
     pub conn_id: u64,
     /// Which command starts an agent of a given type.
     pub agents: &'a crate::agents::AgentRegistry,
+    /// How long a new agent has to answer `initialize`.
+    pub agent_init_timeout: std::time::Duration,
     /// `emit` is refused unless the host was started with test actions.
     pub test_actions: bool,
 }
@@ -60,6 +62,7 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
         "getSession" => workload::get_session(ctx, args).await,
         "sendPrompt" => workload::send_prompt(ctx, args).await,
         "cancelPrompt" => workload::cancel_prompt(ctx, args).await,
+        "setMode" => workload::set_mode(ctx, args).await,
         "closeSession" => workload::close_session(ctx, args).await,
         "respondPermission" => workload::respond_permission(ctx, args).await,
         "emit" if ctx.test_actions => emit(ctx.vm, args).await,

@@ -388,6 +388,7 @@ pub async fn create_session(ctx: &ActionContext<'_>, args: Args) -> Result<Strin
         workspace: ctx.vm.workspace().clone(),
         log: ctx.vm.log().clone(),
         vm: ctx.vm.downgrade(),
+        init_timeout: ctx.agent_init_timeout,
     };
     let started = crate::session::start(start).await.map_err(err)?;
     let info = started.info.clone();
@@ -477,6 +478,28 @@ pub async fn send_prompt(ctx: &ActionContext<'_>, args: Args) -> Result<String, 
         .map_err(|_| err(VmError::Exited(format!("session {id}"))))?
         .map_err(err)?;
     to_json(&result)
+}
+
+/// `setMode(sessionId, modeId)`: ACP `session/set_mode`.
+pub async fn set_mode(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("setMode", 2).map_err(invalid)?;
+    let id: String = args.required(0, "sessionId").map_err(invalid)?;
+    let mode: String = args.required(1, "modeId").map_err(invalid)?;
+    let commands = on_vm(ctx.vm, {
+        let id = id.clone();
+        move |s| s.sessions.commands(&id)
+    })
+    .await?;
+    let (command, reply) = SessionCommand::set_mode(mode);
+    commands
+        .send(command)
+        .await
+        .map_err(|_| err(VmError::Exited(format!("session {id}"))))?;
+    reply
+        .await
+        .map_err(|_| err(VmError::Exited(format!("session {id}"))))?
+        .map_err(err)?;
+    ok_null()
 }
 
 /// `cancelPrompt(sessionId)`: ACP `session/cancel`; pending permission
