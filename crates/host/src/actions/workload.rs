@@ -463,20 +463,9 @@ pub async fn send_prompt(ctx: &ActionContext<'_>, args: Args) -> Result<String, 
     args.at_most("sendPrompt", 2).map_err(invalid)?;
     let id: String = args.required(0, "sessionId").map_err(invalid)?;
     let text: String = args.required(1, "text").map_err(invalid)?;
-    let commands = on_vm(ctx.vm, {
-        let id = id.clone();
-        move |s| s.sessions.commands(&id)
-    })
-    .await?;
     let (command, reply) = SessionCommand::prompt(text);
-    commands
-        .send(command)
-        .await
-        .map_err(|_| err(VmError::Exited(format!("session {id}"))))?;
-    let result = reply
-        .await
-        .map_err(|_| err(VmError::Exited(format!("session {id}"))))?
-        .map_err(err)?;
+    send_to_session(ctx, &id, command).await?;
+    let result = reply.await.map_err(|_| session_gone(&id))?.map_err(err)?;
     to_json(&result)
 }
 
@@ -485,20 +474,9 @@ pub async fn set_mode(ctx: &ActionContext<'_>, args: Args) -> Result<String, Err
     args.at_most("setMode", 2).map_err(invalid)?;
     let id: String = args.required(0, "sessionId").map_err(invalid)?;
     let mode: String = args.required(1, "modeId").map_err(invalid)?;
-    let commands = on_vm(ctx.vm, {
-        let id = id.clone();
-        move |s| s.sessions.commands(&id)
-    })
-    .await?;
     let (command, reply) = SessionCommand::set_mode(mode);
-    commands
-        .send(command)
-        .await
-        .map_err(|_| err(VmError::Exited(format!("session {id}"))))?;
-    reply
-        .await
-        .map_err(|_| err(VmError::Exited(format!("session {id}"))))?
-        .map_err(err)?;
+    send_to_session(ctx, &id, command).await?;
+    reply.await.map_err(|_| session_gone(&id))?.map_err(err)?;
     ok_null()
 }
 
@@ -521,16 +499,27 @@ async fn session_command(
 ) -> Result<String, ErrorBody> {
     args.at_most(name, 1).map_err(invalid)?;
     let id: String = args.required(0, "sessionId").map_err(invalid)?;
+    send_to_session(ctx, &id, command).await?;
+    ok_null()
+}
+
+/// Hands a command to a session's task.
+async fn send_to_session(
+    ctx: &ActionContext<'_>,
+    id: &str,
+    command: SessionCommand,
+) -> Result<(), ErrorBody> {
     let commands = on_vm(ctx.vm, {
-        let id = id.clone();
+        let id = id.to_owned();
         move |s| s.sessions.commands(&id)
     })
     .await?;
-    commands
-        .send(command)
-        .await
-        .map_err(|_| err(VmError::Exited(format!("session {id}"))))?;
-    ok_null()
+    commands.send(command).await.map_err(|_| session_gone(id))
+}
+
+/// A session whose task has ended (its agent exited or it was closed).
+fn session_gone(id: &str) -> ErrorBody {
+    err(VmError::Exited(format!("session {id}")))
 }
 
 /// `respondPermission(sessionId, permissionId, optionId)`; the first answer wins.
