@@ -29,8 +29,10 @@ const APPEND_QUEUE: usize = 8192;
 
 /// Logged events the broadcast keeps for subscribers. A subscriber more than
 /// this many events behind reads from the database instead (it gets `Lagged`).
-/// At 20k events/s that is about 200 ms of slack.
-const BROADCAST_CAPACITY: usize = 4096;
+/// The ring keeps its events alive, so this also bounds its memory: at most
+/// 1024 output chunks of 64 KiB, 64 MiB, under a flood of shell output. At
+/// 20k small events/s it is about 50 ms of slack.
+const BROADCAST_CAPACITY: usize = 1024;
 
 /// Idle read-only connections kept per VM for catch-up and history reads.
 const MAX_IDLE_READERS: usize = 4;
