@@ -182,11 +182,11 @@ async fn run_hook(vm: Vm, hook: Hook, cancel: CancellationToken) {
     loop {
         let head = log.head();
         if position < head {
-            let page = match log
-                .page(position, head, HOOK_PAGE, hook.names.clone())
+            let (page, reached) = match log
+                .scan(position, head, HOOK_PAGE, hook.names.clone())
                 .await
             {
-                Ok(page) => page,
+                Ok(scanned) => scanned,
                 Err(e) => {
                     tracing::error!(hook = %hook.name, error = %e, "hook cannot read the log; retrying");
                     tokio::select! {
@@ -194,12 +194,6 @@ async fn run_hook(vm: Vm, hook: Hook, cancel: CancellationToken) {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
-            };
-            // With a name filter a short page means nothing else up to `head`.
-            let reached = if page.len() < HOOK_PAGE as usize {
-                head
-            } else {
-                page.last().map_or(head, |e| e.seq)
             };
             for event in &page {
                 let delivered = tokio::select! {

@@ -358,6 +358,25 @@ impl Log {
             .await
     }
 
+    /// Like [`Log::page`], for readers that walk the log to `upto` with a name
+    /// filter: also says how far the page reached (a short page means no
+    /// further match up to `upto`), which is where the next page starts.
+    pub async fn scan(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: u32,
+        names: Option<Vec<String>>,
+    ) -> Result<(Vec<LoggedEvent>, u64), LogError> {
+        let page = self.page(after, upto, limit, names).await?;
+        let reached = if page.len() < limit as usize {
+            upto
+        } else {
+            page.last().map_or(upto, |e| e.seq)
+        };
+        Ok((page, reached))
+    }
+
     /// The hook position stored under `hook` (0 if none).
     pub async fn hook_position(&self, hook: String) -> Result<u64, LogError> {
         self.read(move |conn| {

@@ -541,8 +541,8 @@ async fn catch_up(
     const PAGE: u32 = 1024;
     let names = Some(vec!["shellData".to_owned(), "shellResized".to_owned()]);
     while *cursor < upto {
-        let page = log
-            .page(*cursor, upto, PAGE, names.clone())
+        let (page, reached) = log
+            .scan(*cursor, upto, PAGE, names.clone())
             .await
             .map_err(|e| VmError::Internal(e.to_string()))?;
         for (i, event) in page.iter().enumerate() {
@@ -553,11 +553,7 @@ async fn catch_up(
                 tokio::task::yield_now().await;
             }
         }
-        *cursor = if page.len() < PAGE as usize {
-            upto
-        } else {
-            page.last().map_or(upto, |e| e.seq)
-        };
+        *cursor = reached;
     }
     Ok(())
 }

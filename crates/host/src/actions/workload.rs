@@ -418,17 +418,13 @@ pub async fn list_sessions(ctx: &ActionContext<'_>, args: Args) -> Result<String
     let mut out: Vec<Value> = Vec::new();
     let mut since = 0;
     while since < head {
-        let page = ctx
+        let (page, reached) = ctx
             .vm
             .log()
-            .page(since, head, 1000, Some(vec!["sessionCreated".to_owned()]))
+            .scan(since, head, 1000, Some(vec!["sessionCreated".to_owned()]))
             .await
             .map_err(|e| err(VmError::Internal(e.to_string())))?;
-        since = if page.len() < 1000 {
-            head
-        } else {
-            page.last().map_or(head, |e| e.seq)
-        };
+        since = reached;
         for event in page {
             let Ok(frame) = event.json() else { continue };
             let Ok(v) = serde_json::from_str::<Value>(&frame) else {
