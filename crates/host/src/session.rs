@@ -126,8 +126,8 @@ impl Sessions {
         Ok(entry
             .info
             .lock()
-            .map(|i| i.clone())
-            .unwrap_or_else(|p| p.into_inner().clone()))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone())
     }
 
     pub fn list(&self) -> Vec<SessionInfo> {
@@ -278,8 +278,8 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
     }
     let snapshot = info
         .lock()
-        .map(|i| i.clone())
-        .unwrap_or_else(|p| p.into_inner().clone());
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     Ok(Started {
         session_id,
         info: snapshot,
