@@ -74,8 +74,6 @@ struct Entry {
     input: mpsc::Sender<Bytes>,
     exit: watch::Receiver<Option<ExitInfo>>,
     model: mpsc::Sender<oneshot::Sender<Result<Snapshot, VmError>>>,
-    /// The connection allowed to resize (until control exists).
-    owner: u64,
 }
 
 /// The shells of one VM; owned by the VM actor.
@@ -133,11 +131,7 @@ impl Shells {
         }
     }
 
-    pub fn open(
-        &mut self,
-        opts: ShellOptions,
-        owner: u64,
-    ) -> Result<(ShellInfo, ShellStart), VmError> {
+    pub fn open(&mut self, opts: ShellOptions) -> Result<(ShellInfo, ShellStart), VmError> {
         check_size(opts.cols, opts.rows)?;
         let pty = portable_pty::native_pty_system()
             .openpty(PtySize {
@@ -197,7 +191,6 @@ impl Shells {
                 input: input_tx,
                 exit: exit_rx,
                 model: model_tx,
-                owner,
             },
         );
         let start = ShellStart {
@@ -253,22 +246,11 @@ impl Shells {
         Ok(entry.input.clone())
     }
 
-    /// Whether `by` may resize the shell to `cols`x`rows`: only its owner
-    /// sizes the PTY, other viewers keep their own size.
-    pub fn check_resize(
-        &mut self,
-        shell_id: u32,
-        cols: u16,
-        rows: u16,
-        by: u64,
-    ) -> Result<(), VmError> {
+    /// Whether the shell can be resized to `cols`x`rows`. Who may resize is
+    /// the control lock's business: only the holder's size applies.
+    pub fn check_resize(&mut self, shell_id: u32, cols: u16, rows: u16) -> Result<(), VmError> {
         check_size(cols, rows)?;
         let entry = self.entry(shell_id)?;
-        if entry.owner != by {
-            return Err(VmError::Forbidden(format!(
-                "only the connection that opened shell {shell_id} sizes it; other viewers keep their own size"
-            )));
-        }
         if !entry.info.running {
             return Err(VmError::Exited(format!("shell {shell_id}")));
         }
@@ -276,8 +258,8 @@ impl Shells {
     }
 
     /// Resizes the PTY, after [`Shells::check_resize`].
-    pub fn resize(&mut self, shell_id: u32, cols: u16, rows: u16, by: u64) -> Result<(), VmError> {
-        self.check_resize(shell_id, cols, rows, by)?;
+    pub fn resize(&mut self, shell_id: u32, cols: u16, rows: u16) -> Result<(), VmError> {
+        self.check_resize(shell_id, cols, rows)?;
         let entry = self.entry(shell_id)?;
         entry
             .master

@@ -264,8 +264,7 @@ pub async fn open_shell(ctx: &ActionContext<'_>, args: Args) -> Result<String, E
         cols: opts.cols.unwrap_or(80),
         rows: opts.rows.unwrap_or(24),
     };
-    let owner = ctx.conn_id;
-    let (info, start) = on_vm(vm, move |s| s.shells.open(shell_opts, owner)).await?;
+    let (info, start) = on_vm(vm, move |s| s.shells.open(shell_opts)).await?;
     let seq = log_json(
         vm,
         "shellOpened",
@@ -295,15 +294,14 @@ pub async fn resize_shell(ctx: &ActionContext<'_>, args: Args) -> Result<String,
     let id: u32 = args.required(0, "shellId").map_err(invalid)?;
     let cols: u16 = args.required(1, "cols").map_err(invalid)?;
     let rows: u16 = args.required(2, "rows").map_err(invalid)?;
-    let by = ctx.conn_id;
-    on_vm(ctx.vm, move |s| s.shells.check_resize(id, cols, rows, by)).await?;
+    on_vm(ctx.vm, move |s| s.shells.check_resize(id, cols, rows)).await?;
     log_json(
         ctx.vm,
         "shellResized",
         json!({"shellId": id, "cols": cols, "rows": rows}),
     )
     .await?;
-    on_vm(ctx.vm, move |s| s.shells.resize(id, cols, rows, by)).await?;
+    on_vm(ctx.vm, move |s| s.shells.resize(id, cols, rows)).await?;
     ok_null()
 }
 
