@@ -69,6 +69,7 @@ async fn two_clients_watch_one_session_and_a_late_client_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let a = open(&host, json!(["agent"]), Some(0)).await;
+    drive(&a).await;
     let b = open(&host, json!(["agent"]), Some(0)).await;
     let mut a_rx = a.on("sessionEvent");
     let mut b_rx = b.on("sessionEvent");
@@ -132,6 +133,7 @@ async fn permission_round_trip_cancel_and_workspace_confinement() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let a = open(&host, json!(["perm"]), None).await;
+    drive(&a).await;
     let b = open(&host, json!(["perm"]), None).await;
     let mut b_rx = b.on("permissionRequest");
     let session = scripted(&a, json!({})).await;
@@ -218,6 +220,7 @@ async fn agent_faults_are_typed_errors_and_events() {
         },
     );
     let vm = open(&host, json!(["faults"]), Some(0)).await;
+    drive(&vm).await;
     let mut ended = vm.on("sessionEnded");
     for (agent, code) in [
         ("nope", "invalid_args"),
@@ -269,6 +272,7 @@ async fn secrets_from_env_appear_nowhere() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let vm = open(&host, json!(["secret"]), Some(0)).await;
+    drive(&vm).await;
     const SECRET: &str = "sk-very-secret-value-4242";
     let session = scripted(&vm, json!({"API_KEY": SECRET})).await;
     let r = vm
@@ -322,6 +326,7 @@ async fn an_agents_terminal_is_a_vm_process_everyone_watches() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let a = open(&host, json!(["term"]), Some(0)).await;
+    drive(&a).await;
     let b = open(&host, json!(["term"]), Some(0)).await;
     let mut b_rx = b.on("*");
     let session = scripted(&a, json!({})).await;
@@ -388,6 +393,7 @@ async fn an_agent_that_never_initializes_times_out_and_modes_can_be_set() {
         },
     );
     let vm = open(&host, json!(["hang"]), None).await;
+    drive(&vm).await;
     let started = std::time::Instant::now();
     let err = vm.call("createSession", json!(["hang"])).await.unwrap_err();
     assert!(

@@ -58,11 +58,14 @@ async fn open_bash(vm: &VmClient, cols: u16, rows: u16) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_clients_see_identical_bytes_and_only_the_owner_resizes() {
+async fn two_clients_see_identical_bytes_and_only_the_holder_resizes() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let a = open(&host, json!(["sh"]), Some(0)).await;
-    let b = open(&host, json!(["sh"]), Some(0)).await;
+    drive(&a).await;
+    // Another person: a collaborator who does not hold control.
+    let token = member_token(&host, &a, json!(["sh"]), "collaborator", "Bea").await;
+    let b = open_as(&host, &token, json!(["sh"]), Some(0)).await;
     let mut a_rx = a.on("*");
     let mut b_rx = b.on("*");
     let shell = open_bash(&a, 80, 24).await;
@@ -81,7 +84,7 @@ async fn two_clients_see_identical_bytes_and_only_the_owner_resizes() {
         .call("resizeShell", json!([shell, 120, 40]))
         .await
         .unwrap_err();
-    assert_eq!(error_code(err), "forbidden");
+    assert_eq!(error_code(err), "not_in_control");
     for (cols, rows) in [(0, 10), (10, 0), (5000, 10), (10, 5000)] {
         let err = a
             .call("resizeShell", json!([shell, cols, rows]))
@@ -151,6 +154,7 @@ async fn a_late_joiner_gets_the_screen_an_early_client_has() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let early = open(&host, json!(["late"]), Some(0)).await;
+    drive(&early).await;
     let mut early_rx = early.on("*");
     early
         .call("exec", json!(["sh", {"args": ["-c", format!("cat > fullscreen.sh <<'EOF'\n{FULLSCREEN}EOF")]}]))
@@ -228,6 +232,7 @@ async fn a_64_mib_flood_reaches_ten_clients_while_one_stalls() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let owner = open(&host, json!(["flood"]), None).await;
+    drive(&owner).await;
     let mut stalled = Raw::connect(&host).await;
     assert_eq!(stalled.hello(json!(["flood"])).await["type"], "welcome");
     stalled.send_json(json!({"type": "subscribe"})).await;
@@ -239,6 +244,7 @@ async fn a_64_mib_flood_reaches_ten_clients_while_one_stalls() {
     let mut clients = Vec::new();
     for _ in 0..10 {
         let vm = open(&host, json!(["flood"]), None).await;
+        drive(&vm).await;
         let mut rx = vm.on("*");
         clients.push(vm);
         readers.push(tokio::spawn(async move {
@@ -289,6 +295,7 @@ async fn bad_shell_input_gets_typed_errors_or_exit_events() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let vm = open(&host, json!(["badshell"]), Some(0)).await;
+    drive(&vm).await;
     let mut rx = vm.on("shellExit");
     let cases = [
         (

@@ -135,10 +135,9 @@ impl Drop for HostProcess {
     }
 }
 
-/// Opens `key` as the owner, holding control (so input actions work).
+/// Opens `key` as the owner.
 pub async fn open(host: &HostProcess, key: Value, since: Option<u64>) -> VmClient {
-    let vm = host
-        .client()
+    host.client()
         .open(
             key,
             OpenOptions {
@@ -147,11 +146,77 @@ pub async fn open(host: &HostProcess, key: Value, since: Option<u64>) -> VmClien
             },
         )
         .await
-        .expect("open VM");
+        .expect("open VM")
+}
+
+/// Opens `key` as the owner and takes control, so input actions work. (Add
+/// listeners to a client opened with a `since` before taking control, or
+/// the catch-up may pass before they are there: use [`open`] then [`drive`].)
+pub async fn open_driving(host: &HostProcess, key: Value) -> VmClient {
+    let vm = open(host, key, None).await;
+    drive(&vm).await;
+    vm
+}
+
+/// A member token for a new participant with `role`: the owner creates a
+/// join code and a fresh connection to `key` joins with it, as `name`.
+pub async fn member_token(
+    host: &HostProcess,
+    owner: &VmClient,
+    key: Value,
+    role: &str,
+    name: &str,
+) -> String {
+    let code = owner
+        .call("createJoinCode", json!([{"role": role}]))
+        .await
+        .expect("createJoinCode")["code"]
+        .as_str()
+        .expect("code")
+        .to_owned();
+    let mut raw = Raw::connect(host).await;
+    raw.token = None;
+    raw.send_json(
+        json!({"type": "hello", "protocol": 1, "key": key, "joinCode": code, "name": name}),
+    )
+    .await;
+    let welcome = raw.next_reply().await;
+    welcome["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("joining with a code gave {welcome}"))
+        .to_owned()
+}
+
+/// Opens `key` with a member token.
+pub async fn open_as(host: &HostProcess, token: &str, key: Value, since: Option<u64>) -> VmClient {
+    Client::new(host.url())
+        .with_token(token)
+        .open(
+            key,
+            OpenOptions {
+                since,
+                ..OpenOptions::default()
+            },
+        )
+        .await
+        .expect("open VM as a member")
+}
+
+/// Takes control (the owner always may).
+pub async fn drive(vm: &VmClient) {
     vm.call("takeControl", json!([]))
         .await
         .expect("the owner takes control");
-    vm
+}
+
+/// The VM's last seq now (joining and control changes are events too, so
+/// tests count from here rather than from 1).
+pub async fn head(vm: &VmClient) -> u64 {
+    vm.call("getEvents", json!([{"limit": 1}]))
+        .await
+        .expect("getEvents")["head"]
+        .as_u64()
+        .expect("head")
 }
 
 /// Emits `count` test events whose data is `{"n": n}` for n in `from..`.

@@ -291,7 +291,7 @@ impl Access {
                     since: r.since_ms,
                 })
                 .collect();
-            out.sort_by(|a, b| a.since.cmp(&b.since));
+            out.sort_by_key(|r| r.since);
             out
         })
         .await
