@@ -155,6 +155,8 @@ pub enum ErrorCode {
     Busy,
     /// An agent that does not start, does not answer `initialize`, or exits.
     AgentFailed,
+    /// `resumeSession` of a session whose agent cannot load it.
+    CannotResume,
     /// A code this client does not know yet (sent by a newer host). Never
     /// sent by this version; lets clients read codes added later.
     #[serde(other)]
@@ -183,6 +185,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::Busy,
         ErrorCode::AgentFailed,
+        ErrorCode::CannotResume,
     ];
 
     /// The code as it appears on the wire.
@@ -208,6 +211,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Busy => "busy",
             ErrorCode::AgentFailed => "agent_failed",
+            ErrorCode::CannotResume => "cannot_resume",
             ErrorCode::Unknown => "unknown",
         }
     }
