@@ -191,10 +191,10 @@ impl State {
                     )));
                 }
                 Record::Update { update } => {
-                    if let SessionUpdate::ToolCall(_) = update {
+                    if let SessionUpdate::ToolCall(_) = *update {
                         session.tool_calls += 1;
                     }
-                    replay.push(update);
+                    replay.push(*update);
                 }
                 Record::Mode { mode_id } => session.mode = mode_id,
             }

@@ -29,7 +29,7 @@ pub(crate) enum Record {
         text: String,
     },
     Update {
-        update: SessionUpdate,
+        update: Box<SessionUpdate>,
     },
     #[serde(rename_all = "camelCase")]
     Mode {

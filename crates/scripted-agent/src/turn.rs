@@ -403,7 +403,7 @@ impl Turn {
     fn update(&self, update: SessionUpdate) -> Result<(), Error> {
         if let Some(journal) = &self.journal {
             journal.append(&Record::Update {
-                update: update.clone(),
+                update: Box::new(update.clone()),
             })?;
         }
         self.cx

@@ -1185,8 +1185,10 @@ async fn a_journaled_session_is_loaded_after_a_restart() {
         )
         .await;
     assert!(set.get("result").is_some(), "{set}");
-    let second = agent.prompt(&session, "turn", no_requests).await;
-    assert_eq!(second.chunks(), ["turn 2"]);
+    let second = agent
+        .prompt(&session, "turn\nrun echo hi", fake_terminal("hi\n", 0))
+        .await;
+    assert_eq!(second.chunks(), ["turn 2", "exit 0"]);
     // Killed, not closed: the journal must already hold everything sent.
     agent.child.kill().await.unwrap();
 
@@ -1203,9 +1205,18 @@ async fn a_journaled_session_is_loaded_after_a_restart() {
         response["result"]["modes"]["currentModeId"], "plan",
         "{response}"
     );
+    let tool_calls = loaded.updates_of("tool_call");
+    assert_eq!(tool_calls.len(), 1);
+    assert_eq!(tool_calls[0]["toolCallId"], "call-1");
     let replayed: Vec<(String, String)> = loaded
         .updates()
         .into_iter()
+        .filter(|u| {
+            u["sessionUpdate"]
+                .as_str()
+                .unwrap()
+                .ends_with("message_chunk")
+        })
         .map(|u| {
             (
                 u["sessionUpdate"].as_str().unwrap().to_owned(),
@@ -1219,8 +1230,9 @@ async fn a_journaled_session_is_loaded_after_a_restart() {
         ("agent_message_chunk", "brave "),
         ("agent_message_chunk", "world"),
         ("agent_message_chunk", "turn 1"),
-        ("user_message_chunk", "turn"),
+        ("user_message_chunk", "turn\nrun echo hi"),
         ("agent_message_chunk", "turn 2"),
+        ("agent_message_chunk", "exit 0"),
     ];
     assert_eq!(
         replayed,
@@ -1230,8 +1242,15 @@ async fn a_journaled_session_is_loaded_after_a_restart() {
     assert!(loaded
         .messages()
         .all(|m| m["params"]["sessionId"] == session.as_str()));
-    let third = agent.prompt(&session, "turn", no_requests).await;
-    assert_eq!(third.chunks(), ["turn 3"], "the loaded session goes on");
+    let third = agent
+        .prompt(&session, "turn\nrun true", fake_terminal("", 0))
+        .await;
+    assert_eq!(
+        third.chunks(),
+        ["turn 3", "exit 0"],
+        "the loaded session goes on"
+    );
+    assert_eq!(third.updates_of("tool_call")[0]["toolCallId"], "call-2");
 
     for unknown in [
         "scripted-99",
