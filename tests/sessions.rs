@@ -577,10 +577,22 @@ async fn a_session_is_resumed_after_a_host_restart_and_after_its_agent_exits() {
     }
     // The agent's journals are in the VM's data dir, not its workspace.
     let vm_dir = data_dir.join("vms/1");
-    assert!(vm_dir.join("agents/scripted").read_dir().unwrap().count() > 0);
+    let journals = walk(&vm_dir.join("agents/scripted"));
+    assert_eq!(journals.len(), 1, "{journals:?}");
     assert!(!walk(&vm_dir.join("workspace"))
         .iter()
         .any(|p| p.to_string_lossy().contains("jsonl")));
+
+    // An agent that cannot find the session refuses session/load.
+    std::fs::remove_file(&journals[0]).unwrap();
+    let err = vm
+        .call("resumeSession", json!([session]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("could not load"), "{err}");
+    assert_eq!(error_code(err), "cannot_resume");
+    let list = vm.call("listSessions", json!([])).await.unwrap();
+    assert_eq!(list[0]["state"], "ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
