@@ -54,6 +54,8 @@ pub enum VmError {
     Busy(String),
     #[error("{0}")]
     AgentFailed(String),
+    #[error("cannot resume: {0}")]
+    CannotResume(String),
 }
 
 impl VmError {
@@ -65,6 +67,7 @@ impl VmError {
             | VmError::NotPending(_) => ErrorCode::NotFound,
             VmError::Busy(_) => ErrorCode::Busy,
             VmError::AgentFailed(_) => ErrorCode::AgentFailed,
+            VmError::CannotResume(_) => ErrorCode::CannotResume,
             VmError::Exited(_) => ErrorCode::Exited,
             VmError::SpawnFailed { .. } => ErrorCode::SpawnFailed,
             VmError::InvalidArgs(_) => ErrorCode::InvalidArgs,

@@ -192,6 +192,8 @@ pub enum ErrorCode {
     Busy,
     /// An agent that does not start, does not answer `initialize`, or exits.
     AgentFailed,
+    /// `resumeSession` of a session whose agent cannot load it.
+    CannotResume,
     /// An input action from someone who does not hold control; `data.holder`
     /// says who does.
     NotInControl,
@@ -230,6 +232,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::Busy,
         ErrorCode::AgentFailed,
+        ErrorCode::CannotResume,
         ErrorCode::NotInControl,
         ErrorCode::Unauthorized,
         ErrorCode::JoinDenied,
@@ -259,6 +262,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Busy => "busy",
             ErrorCode::AgentFailed => "agent_failed",
+            ErrorCode::CannotResume => "cannot_resume",
             ErrorCode::NotInControl => "not_in_control",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::JoinDenied => "join_denied",

@@ -74,6 +74,7 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
         "listShells" => workload::list_shells(ctx, args).await,
         "getShellSnapshot" => workload::shell_snapshot(ctx, args).await,
         "createSession" => workload::create_session(ctx, args).await,
+        "resumeSession" => workload::resume_session(ctx, args).await,
         "listSessions" => workload::list_sessions(ctx, args).await,
         "getSession" => workload::get_session(ctx, args).await,
         "sendPrompt" => workload::send_prompt(ctx, args).await,
