@@ -1,7 +1,7 @@
 // Builds the UI into dist/, which crates/host embeds and serves at `/`.
 // `npm run dev` proxies the WebSocket to a host on the default port so the
 // page and /v1/ws share an origin, as they do when the host serves the build.
-import { defineConfig } from "vite";
+import { defineConfig } from "vitest/config";
 import { svelte } from "@sveltejs/vite-plugin-svelte";
 
 export default defineConfig({
