@@ -62,3 +62,45 @@ fn file_response(path: &str, file: rust_embed::EmbeddedFile) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(path: &str) -> (StatusCode, String, String) {
+        let response = serve(path.parse().expect("a valid path")).await;
+        let status = response.status();
+        let ctype = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a body");
+        (status, ctype, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn routes_get_the_app_or_say_how_to_build_it() {
+        let (root, root_type, root_body) = get("/").await;
+        let (route, _, route_body) = get("/some/client/route").await;
+        assert!(root_type.starts_with("text/html"), "{root_type}");
+        assert_eq!(root, route, "an app route answers like /");
+        assert_eq!(root_body, route_body);
+        if Assets::get("index.html").is_some() {
+            assert_eq!(root, StatusCode::OK);
+            assert!(root_body.contains("<div id=\"app\">"), "{root_body}");
+        } else {
+            assert_eq!(root, StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(root_body.contains("make ui"), "{root_body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_bundle_is_not_found() {
+        let (status, _, _) = get("/assets/gone-1234.js").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}
