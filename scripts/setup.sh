@@ -3,9 +3,9 @@
 # what is missing: a second run does nothing. Used by `make test`/`make run`.
 set -euo pipefail
 
-# Debian packages: a C toolchain for SQLite (bundled), and tmux for the
-# benchmark's reference figures.
-packages=(build-essential pkg-config ca-certificates tmux)
+# Debian packages: a C toolchain for SQLite (bundled), tmux for the
+# benchmark's reference figures, and Chromium for the browser test.
+packages=(build-essential pkg-config ca-certificates tmux chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,3 +28,15 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+# The web UI (ui/): Node.js 20.19 or newer (Vite 8), and its packages from
+# package-lock.json, installed again whenever the lock file changed.
+if ! command -v node >/dev/null 2>&1 || ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)'; then
+  echo "setup: the web UI needs Node.js 20.19 or newer with npm (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+ui="$(dirname "$0")/../ui"
+if [ ! -f "$ui/node_modules/.package-lock.json" ] || [ "$ui/package-lock.json" -nt "$ui/node_modules/.package-lock.json" ]; then
+  echo "setup: npm ci in ui/"
+  (cd "$ui" && npm ci --no-audit --no-fund)
+fi

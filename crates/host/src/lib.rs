@@ -1,7 +1,7 @@
 //! The Ensemble host, headless.
 //!
 //! Layout (data flows down):
-//! * [`server`]: HTTP and the WebSocket endpoint.
+//! * [`server`]: HTTP and the WebSocket endpoint; [`ui`]: the web UI it serves.
 //! * [`connection`]: one client: parses frames, runs actions, streams the log.
 //! * [`access`]: who may connect (owner, members, join codes and requests).
 //! * [`actions`]: each action's arguments and effect.
@@ -32,6 +32,7 @@ pub mod session;
 pub mod shell;
 pub mod store;
 pub mod terminal;
+pub mod ui;
 pub mod vm;
 pub mod workspace;
 

@@ -1,5 +1,6 @@
-//! The HTTP front: the WebSocket endpoint and a health check. Takes a bound
-//! listener and a shutdown future, so tests bind port 0.
+//! The HTTP front: the WebSocket endpoint, a health check and the web UI
+//! ([`crate::ui`]). Takes a bound listener and a shutdown future, so tests
+//! bind port 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(WS_PATH, get(upgrade))
         .route("/health", get(|| async { "ok\n" }))
+        .fallback(get(crate::ui::serve))
         .with_state(shared)
 }
 
