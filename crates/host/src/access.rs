@@ -42,7 +42,9 @@ const MAX_NAME_CHARS: usize = 64;
 pub const MAX_CODE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_CODE_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Member changes queued per VM; a VM that lags re-reads the member list.
+/// Member changes queued per VM. Changes are rare (an owner's clicks); a VM
+/// that still lagged would show stale names until the next change, while
+/// input is always checked against each connection's own, current member.
 const CHANGES_CAPACITY: usize = 64;
 
 /// Distinct, readable on dark and light backgrounds; assigned by id.

@@ -129,13 +129,14 @@ async fn read_half(
     };
     loop {
         let removed = async {
-            match &mut state.me {
-                Some(me) => {
-                    // Ends when the member is removed (or the access thread stops).
-                    let _ = me.wait_for(Option::is_none).await;
+            if let Some(me) = &mut state.me {
+                // Ok once the member is removed; an error only means the
+                // host is stopping, which `done` covers.
+                if me.wait_for(Option::is_none).await.is_ok() {
+                    return;
                 }
-                None => std::future::pending().await,
             }
+            std::future::pending::<()>().await
         };
         let msg = tokio::select! {
             _ = done.cancelled() => return state,

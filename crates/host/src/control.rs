@@ -291,21 +291,29 @@ impl Task {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Request>,
-        mut changes: broadcast::Receiver<MemberChange>,
+        changes: broadcast::Receiver<MemberChange>,
     ) {
+        // `None` once the host's access thread is gone (shutting down).
+        let mut changes = Some(changes);
         loop {
             let deadline = self.deadline;
+            let change = async {
+                match changes.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 request = rx.recv() => match request {
                     Some(request) => self.handle(request).await,
                     None => return,
                 },
-                change = changes.recv() => match change {
+                change = change => match change {
                     Ok(change) => self.member_changed(change).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "member changes lagged");
                     }
-                    Err(broadcast::error::RecvError::Closed) => {}
+                    Err(broadcast::error::RecvError::Closed) => changes = None,
                 },
                 _ = sleep_until(deadline) => {
                     self.deadline = None;
