@@ -99,6 +99,8 @@ fn gated_calls(shell: u64) -> Vec<(&'static str, Value)> {
 enum State {
     Nobody,
     Owner,
+    /// The owner holds control and the collaborator asked for it.
+    Requested,
     Collaborator,
     /// The agent runs a turn the collaborator handed it.
     Agent,
@@ -138,6 +140,7 @@ async fn every_gated_action_by_role_and_control_state() {
     for state in [
         State::Nobody,
         State::Owner,
+        State::Requested,
         State::Collaborator,
         State::Agent,
     ] {
@@ -149,6 +152,12 @@ async fn every_gated_action_by_role_and_control_state() {
             }
             State::Owner => {
                 p.owner.call("takeControl", json!([])).await.unwrap();
+            }
+            State::Requested => {
+                p.collaborator
+                    .call("requestControl", json!([]))
+                    .await
+                    .unwrap();
             }
             State::Collaborator => {
                 p.owner
@@ -184,7 +193,7 @@ async fn every_gated_action_by_role_and_control_state() {
                 let allowed = match state {
                     _ if role == "viewer" => false,
                     State::Nobody => false,
-                    State::Owner => role == "owner",
+                    State::Owner | State::Requested => role == "owner",
                     State::Collaborator => role == "collaborator",
                     State::Agent => {
                         role == "collaborator"
@@ -243,7 +252,7 @@ async fn every_gated_action_by_role_and_control_state() {
             assert_eq!(r["stopReason"], "cancelled");
         }
     }
-    assert_eq!(checked, 4 * 3 * calls.len());
+    assert_eq!(checked, 5 * 3 * calls.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
