@@ -16,10 +16,10 @@ use std::path::Path;
 use ensemble_protocol::frame::BINARY_HEADER_LEN;
 use ensemble_protocol::key::{MAX_KEY_PARTS, MAX_KEY_PART_BYTES};
 use ensemble_protocol::{
-    BinaryHeader, BinaryKind, ClientMessage, ErrorBody, ErrorCode, EventFrame, Holder, Key,
-    Limits, Participant, Role, ServerMessage, VmInfo, ACTIONS, DEFAULT_PAGE_LIMIT, DEFAULT_PORT,
-    EVENTS, HARD_MAX_MESSAGE_BYTES, INPUT_ACTIONS, MAX_MESSAGE_BYTES, MAX_PAGE_LIMIT,
-    OWNER_ACTIONS, PROTOCOL_VERSION, WS_PATH,
+    BinaryHeader, BinaryKind, ClientMessage, ErrorBody, ErrorCode, EventFrame, Holder, Key, Limits,
+    Participant, Role, ServerMessage, VmInfo, ACTIONS, DEFAULT_PAGE_LIMIT, DEFAULT_PORT, EVENTS,
+    HARD_MAX_MESSAGE_BYTES, INPUT_ACTIONS, MAX_MESSAGE_BYTES, MAX_PAGE_LIMIT, OWNER_ACTIONS,
+    PROTOCOL_VERSION, WS_PATH,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
