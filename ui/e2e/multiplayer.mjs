@@ -18,7 +18,7 @@
 // Run by `make test` after the UI build and `cargo build` (the host embeds
 // ui/dist). ENSEMBLE_BIN overrides the binary (default target/debug/ensemble).
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -96,6 +96,8 @@ const transcript = (page) => page.locator(".session .transcript").innerText();
 
 async function main() {
   mkdirSync(outDir, { recursive: true });
+  // Screenshots of an earlier run would read as this run's.
+  for (const f of readdirSync(outDir)) if (/^(\d\d|failed)-.*\.png$/.test(f)) rmSync(join(outDir, f));
   const dataDir = mkdtempSync(join(tmpdir(), "ensemble-ui-test-"));
   const { child, base } = await startHost(dataDir);
   const ownerToken = readFileSync(join(dataDir, "owner-token"), "utf8").trim();
@@ -322,6 +324,7 @@ async function main() {
       // The slider moves by event; find the last one at or before firstSeq.
       const seqAt = async (i) => {
         await slider.evaluate((el, v) => {
+          if (!(el instanceof HTMLInputElement)) throw new Error("the timeline is not an input");
           el.value = String(v);
           el.dispatchEvent(new Event("input", { bubbles: true }));
         }, i);
