@@ -34,7 +34,7 @@ unit: setup
 
 # Two Chromium pages against the real host (ui/e2e/multiplayer.mjs).
 browser: ui
-	$(CARGO) build -p ensemble
+	$(CARGO) build -p ensemble -p ensemble-scripted-agent
 	cd ui && node e2e/multiplayer.mjs
 
 # The UI is checked and built first: the host embeds the build.

@@ -414,10 +414,11 @@ async fn welcome(
     shared: &Arc<Shared>,
 ) -> String {
     let member = admitted.member;
-    let (participants, lock) = match vm.control().connect(member.clone()).await {
-        Ok(listing) => listing,
+    let snapshot = match vm.control().connect(member.clone()).await {
+        Ok(snapshot) => snapshot,
         Err(e) => return error_text(None, e),
     };
+    let participants = snapshot.participants;
     let you = participants
         .iter()
         .find(|p| p.id == member.wire_id())
@@ -434,13 +435,13 @@ async fn welcome(
         protocol: PROTOCOL_VERSION,
         server: shared.server.clone(),
         vm: vm.info().clone(),
-        head: vm.log().head(),
+        head: snapshot.head,
         first: vm.log().first(),
         output_from: vm.log().output_from(),
         limits: Limits::default(),
         you,
         participants,
-        control: lock.to_wire(),
+        control: snapshot.lock.to_wire(),
         token: admitted.issued,
     };
     state.vm = Some(vm);

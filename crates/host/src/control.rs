@@ -73,10 +73,20 @@ pub struct Control {
 
 type Reply<T> = oneshot::Sender<Result<T, ErrorBody>>;
 
+/// What a new connection's `welcome` carries: the participants and the
+/// holder, and the log's head they are as of. Every participant and control
+/// event at or below `head` is reflected in them, none above.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub participants: Vec<Participant>,
+    pub lock: Lock,
+    pub head: u64,
+}
+
 enum Request {
     Connect {
         member: Member,
-        reply: Reply<(Vec<Participant>, Lock)>,
+        reply: Reply<Snapshot>,
     },
     Disconnect {
         id: u64,
@@ -169,8 +179,8 @@ impl Control {
     }
 
     /// A connection of `member` opened the VM: the participants and holder
-    /// as of its `welcome`.
-    pub async fn connect(&self, member: Member) -> Result<(Vec<Participant>, Lock), ErrorBody> {
+    /// for its `welcome`, with the head they are as of.
+    pub async fn connect(&self, member: Member) -> Result<Snapshot, ErrorBody> {
         self.ask(|reply| Request::Connect { member, reply }).await
     }
 
@@ -412,7 +422,7 @@ impl Task {
         }
     }
 
-    async fn connect(&mut self, member: Member) -> Result<(Vec<Participant>, Lock), ErrorBody> {
+    async fn connect(&mut self, member: Member) -> Result<Snapshot, ErrorBody> {
         let now = now_ms();
         let id = member.id;
         let person = self.people.entry(id).or_insert(Person {
@@ -432,7 +442,15 @@ impl Task {
                 self.deadline = None;
             }
         }
-        Ok(self.listing())
+        let (participants, lock) = self.listing();
+        // Read here, between requests: this task logs every participant and
+        // control event, so none can fall between the listing and the head
+        // (a head read later could cover a change the listing lacks).
+        Ok(Snapshot {
+            participants,
+            lock,
+            head: self.log.head(),
+        })
     }
 
     async fn disconnect(&mut self, id: u64) {
@@ -692,4 +710,71 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// The holder as `{holder}` JSON, for action answers.
 pub fn holder_json(lock: &Lock) -> Value {
     json!({ "holder": lock.json() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Frame;
+
+    fn member(id: u64, role: Role) -> Member {
+        Member {
+            id,
+            name: format!("m{id}"),
+            color: "#000000".into(),
+            role,
+        }
+    }
+
+    /// The holder the log says as of `head`: the last `controlChanged` at or
+    /// below it.
+    async fn logged_holder(log: &Log, head: u64) -> Value {
+        let events = log
+            .page(0, head, 100_000, Some(vec!["controlChanged".into()]))
+            .await
+            .expect("read the log");
+        match events.last().map(|e| &e.frame) {
+            Some(Frame::Text(bytes)) => {
+                let frame: Value = serde_json::from_slice(bytes).expect("event frame");
+                frame["data"]["holder"].clone()
+            }
+            _ => Value::Null,
+        }
+    }
+
+    /// Connections keep opening while control changes hands: each snapshot
+    /// is exactly the state as of its head, so a welcome built from it shows
+    /// the holder that its log says.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_matches_the_log_at_its_head() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, _closed) = crate::log::open(&dir.path().join("log.db"), 1 << 20).expect("log");
+        let (_changes_tx, changes) = broadcast::channel(8);
+        let control = Control::start(log.clone(), changes, DEFAULT_GRACE);
+        let driver = member(2, Role::Collaborator);
+        control.connect(driver.clone()).await.expect("connect");
+        let churn = {
+            let control = control.clone();
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    control.take(driver.clone()).await.expect("take");
+                    control.release(driver.clone()).await.expect("release");
+                }
+            })
+        };
+        for _ in 0..200 {
+            let snapshot = control
+                .connect(member(3, Role::Viewer))
+                .await
+                .expect("connect");
+            assert_eq!(
+                logged_holder(&log, snapshot.head).await,
+                json!(snapshot.lock.to_wire()),
+                "snapshot at head {}",
+                snapshot.head
+            );
+            control.disconnect(3).await;
+        }
+        churn.await.expect("churn task");
+    }
 }

@@ -16,9 +16,10 @@ use std::path::Path;
 use ensemble_protocol::frame::BINARY_HEADER_LEN;
 use ensemble_protocol::key::{MAX_KEY_PARTS, MAX_KEY_PART_BYTES};
 use ensemble_protocol::{
-    BinaryHeader, BinaryKind, ClientMessage, ErrorBody, ErrorCode, EventFrame, Key, Limits,
-    ServerMessage, VmInfo, ACTIONS, DEFAULT_PAGE_LIMIT, DEFAULT_PORT, EVENTS,
-    HARD_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MAX_PAGE_LIMIT, PROTOCOL_VERSION, WS_PATH,
+    BinaryHeader, BinaryKind, ClientMessage, ErrorBody, ErrorCode, EventFrame, Holder, Key, Limits,
+    Participant, Role, ServerMessage, VmInfo, ACTIONS, DEFAULT_PAGE_LIMIT, DEFAULT_PORT, EVENTS,
+    HARD_MAX_MESSAGE_BYTES, INPUT_ACTIONS, MAX_MESSAGE_BYTES, MAX_PAGE_LIMIT, OWNER_ACTIONS,
+    PROTOCOL_VERSION, WS_PATH,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -33,16 +34,22 @@ const OVERRIDES: &[(&str, &str)] = &[
     ("ResultMessage.value", "unknown"),
     ("EventFrame.data", "unknown"),
     ("ErrorBody.code", "ErrorCode"),
+    ("ErrorBody.data", "unknown"),
+    ("Participant.role", "Role"),
+    ("Welcome.you", "Participant"),
+    ("Welcome.participants", "Participant[]"),
+    ("Welcome.control", "Holder | null"),
     ("VmInfo.key", "string[]"),
     ("Welcome.vm", "VmInfo"),
     ("Welcome.limits", "Limits"),
     ("ErrorMessage.error", "ErrorBody"),
 ];
 
-/// One interface: its name and a full and a minimal sample as serde writes
-/// them.
+/// One interface: its name, its tag field (whose sample value becomes a
+/// literal type), and a full and a minimal sample as serde writes them.
 struct Shape {
     name: &'static str,
+    tag: &'static str,
     full: Value,
     minimal: Value,
 }
@@ -51,8 +58,37 @@ fn shape(name: &'static str, full: impl Serialize, minimal: impl Serialize) -> S
     let value = |v: serde_json::Result<Value>| v.expect("protocol samples serialize");
     Shape {
         name,
+        tag: "type",
         full: value(serde_json::to_value(full)),
         minimal: value(serde_json::to_value(minimal)),
+    }
+}
+
+/// A variant of an enum tagged by `tag` (not a message's `type`).
+fn variant(name: &'static str, tag: &'static str, sample: impl Serialize) -> Shape {
+    let v = serde_json::to_value(sample).expect("protocol samples serialize");
+    Shape {
+        name,
+        tag,
+        full: v.clone(),
+        minimal: v,
+    }
+}
+
+fn participant() -> Participant {
+    Participant {
+        id: "p1".into(),
+        name: "n".into(),
+        color: "#000000".into(),
+        role: Role::Owner,
+        connected: true,
+        last_seen: 1,
+    }
+}
+
+fn person() -> Holder {
+    Holder::Person {
+        participant_id: "p1".into(),
     }
 }
 
@@ -68,11 +104,19 @@ fn client_shapes() -> Vec<Shape> {
                 protocol: 1,
                 key: json!(["k"]),
                 name: Some("n".into()),
+                token: Some("t".into()),
+                join_code: Some("c".into()),
+                login_code: Some("l".into()),
+                request_join: true,
             },
             ClientMessage::Hello {
                 protocol: 1,
                 key: json!(["k"]),
                 name: None,
+                token: None,
+                join_code: None,
+                login_code: None,
+                request_join: false,
             },
         ),
         shape(
@@ -103,7 +147,7 @@ fn client_shapes() -> Vec<Shape> {
 }
 
 fn server_shapes() -> Vec<Shape> {
-    let welcome = || ServerMessage::Welcome {
+    let welcome = |token: Option<String>| ServerMessage::Welcome {
         protocol: 1,
         server: "s".into(),
         vm: VmInfo { id: 1, key: key() },
@@ -111,6 +155,10 @@ fn server_shapes() -> Vec<Shape> {
         first: 1,
         output_from: 1,
         limits: Limits::default(),
+        you: participant(),
+        participants: vec![participant()],
+        control: Some(person()),
+        token,
     };
     let error = |id| ServerMessage::Error {
         id,
@@ -121,7 +169,16 @@ fn server_shapes() -> Vec<Shape> {
         value: json!(null),
     };
     vec![
-        shape("Welcome", welcome(), welcome()),
+        shape("Welcome", welcome(Some("t".into())), welcome(None)),
+        shape(
+            "JoinPending",
+            ServerMessage::JoinPending {
+                request_id: "j1".into(),
+            },
+            ServerMessage::JoinPending {
+                request_id: "j1".into(),
+            },
+        ),
         shape(
             "CaughtUp",
             ServerMessage::CaughtUp { seq: 1 },
@@ -134,6 +191,7 @@ fn server_shapes() -> Vec<Shape> {
 
 fn part_shapes() -> Vec<Shape> {
     let body = || ErrorBody::new(ErrorCode::Internal, "m");
+    let with_data = || body().with_data(json!({ "holder": null }));
     let vm = || VmInfo { id: 1, key: key() };
     let frame = || EventFrame {
         seq: 1,
@@ -142,7 +200,8 @@ fn part_shapes() -> Vec<Shape> {
         data: json!(null),
     };
     vec![
-        shape("ErrorBody", body(), body()),
+        shape("ErrorBody", with_data(), body()),
+        shape("Participant", participant(), participant()),
         shape("VmInfo", vm(), vm()),
         shape("Limits", Limits::default(), Limits::default()),
         shape("EventFrame", frame(), frame()),
@@ -177,7 +236,7 @@ fn write_interface(out: &mut String, s: &Shape) {
     };
     writeln!(out, "export interface {} {{", s.name).unwrap();
     for (field, value) in full {
-        let ty = if field == "type" {
+        let ty = if field == s.tag {
             format!("{value}")
         } else if let Some(t) = overrides.get(format!("{}.{field}", s.name).as_str()) {
             (*t).to_owned()
@@ -201,6 +260,45 @@ fn string_union(out: &mut String, list_name: &str, type_name: &str, items: &[&st
         "export type {type_name} = (typeof {list_name})[number];\n"
     )
     .unwrap();
+}
+
+/// The variants of [`Holder`], named for the TypeScript union.
+fn holder_shapes() -> Vec<Shape> {
+    let shapes = vec![
+        variant("HolderPerson", "kind", person()),
+        variant(
+            "HolderAgent",
+            "kind",
+            Holder::Agent {
+                session_id: "s1".into(),
+                supervisor: "p1".into(),
+            },
+        ),
+    ];
+    // A new variant must get a sample above: this match stops compiling.
+    for s in &shapes {
+        let holder: Holder = serde_json::from_value(s.full.clone()).expect("holder sample");
+        match holder {
+            Holder::Person { .. } | Holder::Agent { .. } => {}
+        }
+    }
+    shapes
+}
+
+/// Every role, as serde writes it; the match keeps the list complete.
+fn roles() -> Vec<String> {
+    let all = [Role::Owner, Role::Collaborator, Role::Viewer];
+    for role in all {
+        match role {
+            Role::Owner | Role::Collaborator | Role::Viewer => {}
+        }
+    }
+    all.iter()
+        .map(|r| {
+            let v = serde_json::to_value(r).expect("role serializes");
+            v.as_str().expect("role is a string").to_owned()
+        })
+        .collect()
 }
 
 /// Where each header field sits, read back from an encoded header whose
@@ -258,7 +356,12 @@ fn generate() -> String {
     .unwrap();
 
     string_union(&mut out, "ACTIONS", "ActionName", ACTIONS);
+    string_union(&mut out, "INPUT_ACTIONS", "InputActionName", INPUT_ACTIONS);
+    string_union(&mut out, "OWNER_ACTIONS", "OwnerActionName", OWNER_ACTIONS);
     string_union(&mut out, "EVENTS", "EventName", EVENTS);
+    let roles = roles();
+    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+    string_union(&mut out, "ROLES", "Role", &roles);
     let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
     string_union(&mut out, "ERROR_CODES", "KnownErrorCode", &codes);
     writeln!(
@@ -301,9 +404,26 @@ fn generate() -> String {
     }
     writeln!(out, "}};\n").unwrap();
 
+    let names = |shapes: &[Shape]| {
+        shapes
+            .iter()
+            .map(|s| s.name)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
     for s in part_shapes() {
         write_interface(&mut out, &s);
     }
+    let holders = holder_shapes();
+    for s in &holders {
+        write_interface(&mut out, s);
+    }
+    writeln!(
+        out,
+        "/** Who holds the control lock (`null` on the wire: nobody). */\nexport type Holder = {};\n",
+        names(&holders)
+    )
+    .unwrap();
     let client = client_shapes();
     for s in &client {
         write_interface(&mut out, s);
@@ -312,13 +432,6 @@ fn generate() -> String {
     for s in &server {
         write_interface(&mut out, s);
     }
-    let names = |shapes: &[Shape]| {
-        shapes
-            .iter()
-            .map(|s| s.name)
-            .collect::<Vec<_>>()
-            .join(" | ")
-    };
     writeln!(out, "export type ClientMessage = {};", names(&client)).unwrap();
     writeln!(
         out,

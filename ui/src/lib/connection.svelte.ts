@@ -7,9 +7,9 @@
 // head, reads the history of every other event with getEvents (live events
 // wait in a buffer meanwhile, so they are folded in seq order), and each
 // terminal starts from a getShellSnapshot.
-import { ACCESS_EVENTS, helloFields, storeToken, type Credential, type WelcomeAuth } from "./auth";
+import { forgetToken, helloFields, storeToken, type Credential } from "./auth";
 import { decodeBinaryFrame, fromEventFrame, type BytesEvent, type LogEvent } from "./events";
-import { EVENTS, PROTOCOL_VERSION, WS_PATH, type ErrorBody, type EventFrame, type ServerMessage, type Welcome } from "./protocol.gen";
+import { EVENTS, PROTOCOL_VERSION, WS_PATH, type ErrorBody, type EventFrame, type Hello, type ServerMessage, type Welcome } from "./protocol.gen";
 import { applyCaughtUp, applyEvent, applyWelcome, initialState, type State } from "./reducer";
 
 export type Status = "connecting" | "catchingUp" | "live" | "offline" | "pending" | "denied";
@@ -25,7 +25,7 @@ export class ActionError extends Error {
 }
 
 /** Every event name but shell output, for the history a fresh page reads. */
-const HISTORY_NAMES = [...EVENTS, ...ACCESS_EVENTS].filter((n) => n !== "shellData");
+const HISTORY_NAMES = EVENTS.filter((n) => n !== "shellData");
 const HISTORY_PAGE = 2000;
 const MAX_BACKOFF_MS = 5000;
 
@@ -40,6 +40,9 @@ export class VmConnection {
   state: State = $state.raw(initialState());
   status: Status = $state("connecting");
   lastError: string | null = $state(null);
+  /** Why the host refused this page (`unauthorized`, `join_denied`), once
+   * `status` is "denied". */
+  deniedCode: string | null = $state(null);
   /** Events folded in, and events dropped because they were already in. */
   applied = $state(0);
   duplicates = $state(0);
@@ -106,7 +109,9 @@ export class VmConnection {
     ws.binaryType = "arraybuffer";
     this.#ws = ws;
     ws.onopen = () => {
-      ws.send(JSON.stringify({ type: "hello", protocol: PROTOCOL_VERSION, key: this.key, name: this.name, ...helloFields(this.credential) }));
+      const hello: Hello = { type: "hello", protocol: PROTOCOL_VERSION, key: this.key, ...helloFields(this.credential) };
+      if (this.name) hello.name = this.name;
+      ws.send(JSON.stringify(hello));
     };
     ws.onmessage = (m: MessageEvent<string | ArrayBuffer>) => {
       if (typeof m.data === "string") this.#onText(m.data);
@@ -131,7 +136,7 @@ export class VmConnection {
   }
 
   #onText(text: string): void {
-    let msg: ServerMessage | { type: "joinPending"; requestId: string };
+    let msg: ServerMessage;
     try {
       msg = JSON.parse(text);
     } catch {
@@ -139,7 +144,7 @@ export class VmConnection {
     }
     switch (msg.type) {
       case "welcome":
-        this.#onWelcome(msg as Welcome & WelcomeAuth);
+        this.#onWelcome(msg);
         break;
       case "caughtUp":
         if (this.#buffer) this.#buffer.push({ kind: "json", seq: msg.seq, ts: 0, name: "", data: CAUGHT_UP });
@@ -149,10 +154,10 @@ export class VmConnection {
         this.#settle(msg.id, (p) => p.resolve(msg.value));
         break;
       case "error":
-        this.#onError(msg.id, msg.error as ErrorBody & { data?: unknown });
+        this.#onError(msg.id, msg.error);
         break;
       case "event":
-        this.#deliver(fromEventFrame(msg as EventFrame));
+        this.#deliver(fromEventFrame(msg));
         break;
       case "joinPending":
         this.status = "pending";
@@ -160,7 +165,7 @@ export class VmConnection {
     }
   }
 
-  #onWelcome(w: Welcome & WelcomeAuth): void {
+  #onWelcome(w: Welcome): void {
     this.#ready = true;
     this.#attempt = 0;
     this.lastError = null;
@@ -212,13 +217,15 @@ export class VmConnection {
     this.status = "live";
   }
 
-  #onError(id: number | undefined, error: ErrorBody & { data?: unknown }): void {
+  #onError(id: number | undefined, error: ErrorBody): void {
     if (id !== undefined && this.#pending.has(id)) {
       this.#settle(id, (p) => p.reject(new ActionError(error.code, error.message, error.data)));
       return;
     }
     this.lastError = `${error.code}: ${error.message}`;
     if (error.code === "unauthorized" || error.code === "join_denied") {
+      if (error.code === "unauthorized" && this.credential.token) forgetToken(this.storage);
+      this.deniedCode = error.code;
       this.status = "denied";
       this.#ws?.close();
     }

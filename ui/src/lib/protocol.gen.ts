@@ -30,6 +30,7 @@ export const ACTIONS = [
   "listShells",
   "getShellSnapshot",
   "createSession",
+  "resumeSession",
   "listSessions",
   "getSession",
   "sendPrompt",
@@ -37,9 +38,58 @@ export const ACTIONS = [
   "setMode",
   "closeSession",
   "respondPermission",
+  "takeControl",
+  "requestControl",
+  "grantControl",
+  "denyControl",
+  "releaseControl",
+  "handToAgent",
+  "listParticipants",
+  "updateParticipant",
+  "setRole",
+  "removeParticipant",
+  "listJoinRequests",
+  "approveJoin",
+  "denyJoin",
+  "createJoinCode",
+  "listJoinCodes",
+  "revokeJoinCode",
   "emit",
 ] as const;
 export type ActionName = (typeof ACTIONS)[number];
+
+export const INPUT_ACTIONS = [
+  "exec",
+  "spawn",
+  "writeProcessStdin",
+  "closeProcessStdin",
+  "stopProcess",
+  "killProcess",
+  "openShell",
+  "writeShell",
+  "resizeShell",
+  "closeShell",
+  "createSession",
+  "resumeSession",
+  "sendPrompt",
+  "cancelPrompt",
+  "setMode",
+  "closeSession",
+  "respondPermission",
+] as const;
+export type InputActionName = (typeof INPUT_ACTIONS)[number];
+
+export const OWNER_ACTIONS = [
+  "setRole",
+  "removeParticipant",
+  "listJoinRequests",
+  "approveJoin",
+  "denyJoin",
+  "createJoinCode",
+  "listJoinCodes",
+  "revokeJoinCode",
+] as const;
+export type OwnerActionName = (typeof OWNER_ACTIONS)[number];
 
 export const EVENTS = [
   "processStarted",
@@ -50,14 +100,30 @@ export const EVENTS = [
   "shellResized",
   "shellExit",
   "sessionCreated",
+  "sessionResumed",
   "sessionEvent",
   "permissionRequest",
   "permissionTimeout",
   "sessionEnded",
+  "participantJoined",
+  "participantLeft",
+  "participantUpdated",
+  "controlRequested",
+  "controlDenied",
+  "controlChanged",
+  "joinRequested",
+  "joinResolved",
   "testEvent",
   "testBytes",
 ] as const;
 export type EventName = (typeof EVENTS)[number];
+
+export const ROLES = [
+  "owner",
+  "collaborator",
+  "viewer",
+] as const;
+export type Role = (typeof ROLES)[number];
 
 export const ERROR_CODES = [
   "invalid_json",
@@ -80,6 +146,11 @@ export const ERROR_CODES = [
   "forbidden",
   "busy",
   "agent_failed",
+  "cannot_resume",
+  "not_in_control",
+  "unauthorized",
+  "join_denied",
+  "rate_limited",
 ] as const;
 export type KnownErrorCode = (typeof ERROR_CODES)[number];
 
@@ -113,7 +184,17 @@ export const BINARY_KIND_EVENT: Record<BinaryKind, EventName> = {
 
 export interface ErrorBody {
   code: ErrorCode;
+  data?: unknown;
   message: string;
+}
+
+export interface Participant {
+  color: string;
+  connected: boolean;
+  id: string;
+  lastSeen: number;
+  name: string;
+  role: Role;
 }
 
 export interface VmInfo {
@@ -133,10 +214,28 @@ export interface EventFrame {
   ts: number;
 }
 
+export interface HolderPerson {
+  kind: "person";
+  participantId: string;
+}
+
+export interface HolderAgent {
+  kind: "agent";
+  sessionId: string;
+  supervisor: string;
+}
+
+/** Who holds the control lock (`null` on the wire: nobody). */
+export type Holder = HolderPerson | HolderAgent;
+
 export interface Hello {
+  joinCode?: string;
   key: string | string[];
+  loginCode?: string;
   name?: string;
   protocol: number;
+  requestJoin?: boolean;
+  token?: string;
   type: "hello";
 }
 
@@ -154,14 +253,23 @@ export interface Action {
 }
 
 export interface Welcome {
+  control: Holder | null;
   first: number;
   head: number;
   limits: Limits;
   outputFrom: number;
+  participants: Participant[];
   protocol: number;
   server: string;
+  token?: string;
   type: "welcome";
   vm: VmInfo;
+  you: Participant;
+}
+
+export interface JoinPending {
+  requestId: string;
+  type: "joinPending";
 }
 
 export interface CaughtUp {
@@ -182,4 +290,4 @@ export interface ErrorMessage {
 }
 
 export type ClientMessage = Hello | Subscribe | Action;
-export type ServerMessage = Welcome | CaughtUp | ResultMessage | ErrorMessage | ({ type: "event" } & EventFrame);
+export type ServerMessage = Welcome | JoinPending | CaughtUp | ResultMessage | ErrorMessage | ({ type: "event" } & EventFrame);

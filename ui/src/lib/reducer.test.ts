@@ -3,9 +3,8 @@
 // getEvents pages (binary events in their base64 JSON view), or across a
 // resume that delivers some events twice.
 import { describe, expect, it } from "vitest";
-import type { Participant } from "./auth";
 import { decodeBinaryFrame, fromEventFrame, toEventFrame, type LogEvent } from "./events";
-import { BINARY_HEADER, BINARY_HEADER_LEN, BinaryKind, type EventFrame, type Welcome } from "./protocol.gen";
+import { BINARY_HEADER, BINARY_HEADER_LEN, BinaryKind, type EventFrame, type Holder, type Participant, type Welcome } from "./protocol.gen";
 import { applyCaughtUp, applyEvent, applyEvents, applyWelcome, initialState, type State } from "./reducer";
 
 const enc = new TextEncoder();
@@ -38,7 +37,7 @@ const LOG: Live[] = [
   { json: ["participantJoined", { participant: bob }] },
   { json: ["shellOpened", { shellId: 1, pid: 100, command: "/bin/bash", args: [], cwd: ".", cols: 80, rows: 24, running: true }] },
   { bin: [BinaryKind.ShellData, 1, "$ echo hi\r\nhi\r\n"] },
-  { json: ["controlRequested", { participantId: "p2" }] },
+  { json: ["controlRequested", { participantId: "p2", holder: { kind: "person", participantId: "p1" }, answeredBy: "p1" }] },
   { json: ["controlChanged", { holder: { kind: "person", participantId: "p2" }, previous: null, by: "p1", reason: "granted" }] },
   { json: ["shellResized", { shellId: 1, cols: 120, rows: 40 }] },
   { json: ["sessionCreated", { sessionId: "s1", agentType: "scripted", agentInfo: { name: "scripted", version: "0.1.0" } }] },
@@ -80,8 +79,11 @@ function fromPage(i: number): LogEvent {
   return fromEventFrame(frame);
 }
 
-function welcome(head: number, extra: object): Welcome {
+function welcome(head: number, extra: Partial<Welcome> = {}): Welcome {
   return {
+    you: alice,
+    participants: [alice],
+    control: null,
     type: "welcome",
     protocol: 1,
     server: "ensemble/test",
@@ -148,15 +150,15 @@ describe("reducer", () => {
     // Connected until seq 14, reconnect: the host resends from an older
     // cursor (a client that resumed with a stale since), then the rest.
     for (let i = 0; i < 14; i++) s = applyEvent(s, live(i));
-    s = applyWelcome(s, welcome(14, {}));
+    s = applyWelcome(s, welcome(14, { participants: Object.values(s.participants), control: s.control }));
     for (let i = 9; i < HEAD; i++) s = applyEvent(s, live(i));
-    expect(s).toEqual(liveState);
+    expect({ ...s, authSeq: 0 }).toEqual({ ...liveState, authSeq: 0 });
     const before = s;
     expect(applyEvent(s, live(3))).toBe(before);
   });
 
   it("starts afresh for another VM", () => {
-    const s = applyWelcome(foldLive(), { ...welcome(0, {}), vm: { id: 2, key: ["other"] } });
+    const s = applyWelcome(foldLive(), { ...welcome(0), vm: { id: 2, key: ["other"] } });
     expect(s.lastSeq).toBe(0);
     expect(s.sessions).toEqual({});
   });
@@ -166,5 +168,87 @@ describe("reducer", () => {
     const bad = binaryFrame(BinaryKind.ShellData, 1, 1, "x");
     new DataView(bad).setUint8(0, 9);
     expect(decodeBinaryFrame(bad)).toBeNull();
+  });
+});
+
+const person = (participantId: string): Holder => ({ kind: "person", participantId });
+const carol: Participant = { id: "p3", name: "carol", color: "#98c379", role: "collaborator", connected: true, lastSeen: 0 };
+const dave: Participant = { id: "p4", name: "dave", color: "#c678dd", role: "collaborator", connected: true, lastSeen: 0 };
+const erin: Participant = { id: "p5", name: "erin", color: "#d19a66", role: "collaborator", connected: true, lastSeen: 0 };
+const changed = (holder: Holder | null, previous: Holder | null, by: string | null, reason: string) => ["controlChanged", { holder, previous, by, reason }] as const;
+const agent: Holder = { kind: "agent", sessionId: "s1", supervisor: "p2" };
+
+/** Access events as the host logs them (docs/protocol.md, Events), in log
+ * order; seq = index + 1. */
+const ACCESS: (readonly [string, unknown])[] = [
+  ["participantJoined", { participant: bob }],
+  ["participantJoined", { participant: carol }],
+  ["participantJoined", { participant: dave }],
+  ["participantJoined", { participant: erin }],
+  changed(person("p1"), null, "p1", "taken"),
+  ["controlRequested", { participantId: "p2", holder: person("p1"), answeredBy: "p1" }],
+  ["controlRequested", { participantId: "p3", holder: person("p1"), answeredBy: "p1" }],
+  changed(person("p2"), person("p1"), "p1", "granted"),
+  ["controlDenied", { participantId: "p3", by: "p2" }],
+  ["controlRequested", { participantId: "p4", holder: person("p2"), answeredBy: "p2" }],
+  ["controlRequested", { participantId: "p5", holder: person("p2"), answeredBy: "p2" }],
+  ["participantLeft", { participantId: "p4", lastSeen: 5, reason: "removed" }],
+  ["participantUpdated", { participant: { ...carol, role: "viewer" } }],
+  changed(agent, person("p2"), "p2", "handedToAgent"),
+  ["joinRequested", { requestId: "j1", name: "frank" }],
+  changed(person("p2"), agent, "p2", "takenFromAgent"),
+  ["joinResolved", { requestId: "j1", approved: false, participantId: null, reason: "denied" }],
+  ["joinRequested", { requestId: "j2", name: "gina" }],
+  ["participantLeft", { participantId: "p2", lastSeen: 9 }],
+  changed(null, person("p2"), null, "disconnected"),
+];
+
+const accessFrame = (i: number): LogEvent =>
+  fromEventFrame(JSON.parse(JSON.stringify({ type: "event", seq: i + 1, ts: 1_700_000_000_000 + i, name: ACCESS[i]![0], data: ACCESS[i]![1] })));
+
+/** Live from an empty VM; `upTo` events folded. */
+function accessLive(upTo = ACCESS.length): State {
+  let s = applyCaughtUp(applyWelcome(initialState(), welcome(0)), 0);
+  for (let i = 0; i < upTo; i++) s = applyEvent(s, accessFrame(i));
+  return s;
+}
+
+const comparable = (s: State) => ({ ...s, authSeq: 0, head: 0 });
+
+describe("access events", () => {
+  it("fold as the host changes its state", () => {
+    const s = accessLive();
+    expect(s.control).toBeNull();
+    // dave was removed; bob left; carol was made a viewer.
+    expect(Object.keys(s.participants)).toEqual(["p1", "p2", "p3", "p5"]);
+    expect(s.participants.p2).toMatchObject({ connected: false, lastSeen: 9 });
+    expect(s.participants.p3!.role).toBe("viewer");
+    // bob's request was answered by the grant, carol's by the denial,
+    // dave's by his removal; erin's outlives two changes of holder.
+    expect(s.controlRequests).toEqual(["p5"]);
+    expect(Object.keys(s.joinRequests)).toEqual(["j2"]);
+    expect(accessLive(14).control).toEqual(agent);
+    expect(accessLive(16).control).toEqual(person("p2"));
+  });
+
+  it("give the same state live and replayed after a welcome at any point", () => {
+    const liveState = accessLive();
+    for (let head = 0; head <= ACCESS.length; head++) {
+      // The welcome a page gets at `head`: the participants and holder then.
+      const then = accessLive(head);
+      let replay = applyWelcome(initialState(), welcome(head, { participants: Object.values(then.participants), control: then.control }));
+      for (let i = 0; i < ACCESS.length; i++) replay = applyEvent(replay, accessFrame(i));
+      replay = applyCaughtUp(replay, ACCESS.length);
+      expect(comparable(replay), `welcome at ${head}`).toEqual(comparable(liveState));
+    }
+  });
+
+  it("a resume across changes ends where the live stream does", () => {
+    const liveState = accessLive();
+    let s = accessLive(7);
+    const mid = accessLive(12);
+    s = applyWelcome(s, welcome(12, { participants: Object.values(mid.participants), control: mid.control }));
+    for (let i = 5; i < ACCESS.length; i++) s = applyEvent(s, accessFrame(i));
+    expect(comparable(s)).toEqual(comparable(liveState));
   });
 });

@@ -3,9 +3,8 @@
 // the same state whether they arrived live, after a resume, or as a replay of
 // log pages, and an event at or below the last applied seq changes nothing,
 // which is what makes reconnects idempotent.
-import type { Holder, Participant, WelcomeAuth } from "./auth";
 import type { LogEvent } from "./events";
-import { BinaryKind, type Welcome } from "./protocol.gen";
+import { BinaryKind, ROLES, type Holder, type Participant, type Role, type Welcome } from "./protocol.gen";
 
 export interface Exit {
   exitCode: number | null;
@@ -88,14 +87,15 @@ export interface State {
   shells: Record<number, ShellState>;
   processes: Record<number, ProcessState>;
   sessions: Record<string, SessionState>;
-  /** Access control (absent fields in welcome: `accessControl` stays false). */
-  accessControl: boolean;
   you: Participant | null;
   participants: Record<string, Participant>;
   control: Holder | null;
   /** Welcome's participant snapshot is as of this seq; older events of that
    * kind are already in it. */
   authSeq: number;
+  /** Who asked for control and was not answered, oldest first. Like the
+   * host, a request outlives a change of holder: whoever answers now (the
+   * holder, or the agent's supervisor) may grant or deny it. */
   controlRequests: string[];
   joinRequests: Record<string, { requestId: string; name: string }>;
 }
@@ -113,7 +113,6 @@ export function initialState(): State {
     shells: {},
     processes: {},
     sessions: {},
-    accessControl: false,
     you: null,
     participants: {},
     control: null,
@@ -124,17 +123,19 @@ export function initialState(): State {
 }
 
 /** Folds a welcome. A different VM (another host or data dir) starts afresh. */
-export function applyWelcome(prev: State, w: Welcome & WelcomeAuth): State {
+export function applyWelcome(prev: State, w: Welcome): State {
   const s = prev.vmId !== null && prev.vmId !== w.vm.id ? initialState() : prev;
-  const next: State = { ...s, vmId: w.vm.id, key: w.vm.key, head: Math.max(s.head, w.head), outputFrom: w.outputFrom };
-  if (w.you !== undefined) {
-    next.accessControl = true;
-    next.you = w.you;
-    next.participants = Object.fromEntries((w.participants ?? []).map((p) => [p.id, p]));
-    next.control = w.control ?? null;
-    next.authSeq = w.head;
-  }
-  return next;
+  return {
+    ...s,
+    vmId: w.vm.id,
+    key: w.vm.key,
+    head: Math.max(s.head, w.head),
+    outputFrom: w.outputFrom,
+    you: w.you,
+    participants: Object.fromEntries(w.participants.map((p) => [p.id, p])),
+    control: w.control,
+    authSeq: Math.max(s.authSeq, w.head),
+  };
 }
 
 /** All events up to `seq` were delivered (some may have been filtered out). */
@@ -393,7 +394,7 @@ function applySessionUpdate(ss: SessionState, u: Record<string, unknown>, seq: n
 function participantOf(v: unknown): Participant | null {
   const p = obj(v);
   if (typeof p.id !== "string") return null;
-  const role = p.role === "owner" || p.role === "viewer" ? p.role : "collaborator";
+  const role: Role = ROLES.find((r) => r === p.role) ?? "viewer";
   return {
     id: p.id,
     name: str(p.name, p.id),
@@ -418,45 +419,67 @@ function putParticipant(s: State, p: Participant): State {
   return { ...s, you, participants: { ...s.participants, [p.id]: p } };
 }
 
-/** Participant and control events (see auth.ts). Welcome's snapshot holds
- * the participants and the holder as of `authSeq`, so older events change
+const withoutRequest = (s: State, id: string): State =>
+  s.controlRequests.includes(id) ? { ...s, controlRequests: s.controlRequests.filter((r) => r !== id) } : s;
+
+/** Participant and control events (docs/protocol.md, Events), folded as the
+ * host's control task changes its own state. Welcome's snapshot holds the
+ * participants and the holder as of `authSeq`, so older events change
  * neither; requests are not in the snapshot and are always folded. */
 function applyAccessEvent(s: State, name: string, d: Record<string, unknown>, seq: number): State {
   const inSnapshot = seq <= s.authSeq;
   switch (name) {
     case "participantJoined":
+      return applyParticipant(s, d, inSnapshot);
     case "participantUpdated": {
+      // A member made a viewer can no longer ask for control.
       const p = participantOf(d.participant);
-      return p && !inSnapshot ? { ...putParticipant(s, p), accessControl: true } : s;
+      const out = applyParticipant(s, d, inSnapshot);
+      return p?.role === "viewer" ? withoutRequest(out, p.id) : out;
     }
     case "participantLeft": {
-      const p = s.participants[str(d.participantId)];
+      const id = str(d.participantId);
+      if (d.reason === "removed") {
+        // The host forgets a removed member: gone from the list, and their
+        // request with them.
+        const out = withoutRequest(s, id);
+        if (inSnapshot || !(id in out.participants)) return out;
+        const participants = { ...out.participants };
+        delete participants[id];
+        return { ...out, participants };
+      }
+      const p = s.participants[id];
       return p && !inSnapshot ? putParticipant(s, { ...p, connected: false, lastSeen: num(d.lastSeen, p.lastSeen) }) : s;
     }
     case "controlRequested": {
       const id = str(d.participantId);
       return s.controlRequests.includes(id) ? s : { ...s, controlRequests: [...s.controlRequests, id] };
     }
-    case "controlDenied": {
-      const id = str(d.participantId);
-      return { ...s, controlRequests: s.controlRequests.filter((r) => r !== id) };
-    }
+    case "controlDenied":
+      return withoutRequest(s, str(d.participantId));
     case "controlChanged": {
       const holder = holderOf(d.holder);
-      const control = inSnapshot ? s.control : holder;
-      // Any change of holder answers the pending requests.
-      return { ...s, accessControl: true, control, controlRequests: [] };
+      // The new holder's own request is answered; others stay pending.
+      const out = holder?.kind === "person" ? withoutRequest(s, holder.participantId) : s;
+      return inSnapshot ? out : { ...out, control: holder };
     }
     case "joinRequested": {
       const requestId = str(d.requestId);
       return { ...s, joinRequests: { ...s.joinRequests, [requestId]: { requestId, name: str(d.name, "someone") } } };
     }
     case "joinResolved": {
+      const requestId = str(d.requestId);
+      if (!(requestId in s.joinRequests)) return s;
       const joinRequests = { ...s.joinRequests };
-      delete joinRequests[str(d.requestId)];
+      delete joinRequests[requestId];
       return { ...s, joinRequests };
     }
     default:
       return s;
   }
+}
+
+function applyParticipant(s: State, d: Record<string, unknown>, inSnapshot: boolean): State {
+  const p = participantOf(d.participant);
+  return p && !inSnapshot ? putParticipant(s, p) : s;
 }
