@@ -220,8 +220,11 @@ fn ts_type(v: &Value) -> String {
             None => "unknown[]".into(),
         },
         Value::Object(map) => {
-            let fields: Vec<String> = map
-                .iter()
+            // Sorted: serde_json's map keeps insertion order when another
+            // crate of the workspace turns on `preserve_order`.
+            let sorted: BTreeMap<&String, &Value> = map.iter().collect();
+            let fields: Vec<String> = sorted
+                .into_iter()
                 .map(|(k, v)| format!("{k}: {}", ts_type(v)))
                 .collect();
             format!("{{ {} }}", fields.join("; "))
@@ -235,6 +238,8 @@ fn write_interface(out: &mut String, s: &Shape) {
         panic!("{} does not serialize as an object", s.name);
     };
     writeln!(out, "export interface {} {{", s.name).unwrap();
+    // Sorted whatever serde_json's map order is (see `ts_type`).
+    let full: BTreeMap<&String, &Value> = full.iter().collect();
     for (field, value) in full {
         let ty = if field == s.tag {
             format!("{value}")
