@@ -902,7 +902,6 @@ mod tests {
         let mut fresh = assert_joins(&mut model, 1000);
         let exit = b"\x1b[?1049l\x1b[?25h\x1b[?1l\x1b>\x1b[?2004l\x1b[?1002l\x1b[?1006l\x1b[0 q$ ";
         fresh.process(exit);
-        let mut model = model;
         model.feed(exit);
         assert_same_screen(fresh.screen(), &screen_of(&mut model));
         assert!(!screen_of(&mut model).alternate_screen());
