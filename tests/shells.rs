@@ -351,3 +351,110 @@ async fn bad_shell_input_gets_typed_errors_or_exit_events() {
         .unwrap();
     assert_eq!(r["stdout"], "alive\n");
 }
+
+/// Every row of `screen`, scrollback first, as text.
+fn all_rows(screen: &vt100::Screen) -> Vec<String> {
+    let mut screen = screen.clone();
+    let (_, cols) = screen.size();
+    screen.set_scrollback(usize::MAX);
+    let lines = screen.scrollback();
+    let mut rows = Vec::new();
+    for back in (1..=lines).rev() {
+        screen.set_scrollback(back);
+        rows.extend(screen.rows(0, cols.get()).next());
+    }
+    screen.set_scrollback(0);
+    rows.extend(screen.rows(0, cols.get()));
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_during_a_flood_comes_at_once_and_fits_the_bytes_after_it() {
+    // Output before the joiner comes, and after its snapshot.
+    const BEFORE: usize = 16 << 20;
+    const AFTER: usize = 1 << 20;
+    /// Output kept to draw the screen the early client has.
+    const TAIL: usize = 2 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let early = open(&host, json!(["flood-join"]), Some(0)).await;
+    let mut rx = early.on("*");
+    let shell = open_bash(&early, 80, 24).await;
+    early
+        .call("writeShell", json!([shell, "base64 -w 100 /dev/urandom\n"]))
+        .await
+        .unwrap();
+    let mut tail = std::collections::VecDeque::new();
+    let (mut received, mut last_seq) = (0, 0);
+    let mut next = async |tail: &mut std::collections::VecDeque<u8>| loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("output")
+            .expect("open");
+        if let Event::Bytes { header, payload } = e {
+            if u64::from(header.id) == shell {
+                tail.extend(payload.iter());
+                let over = tail.len().saturating_sub(TAIL);
+                tail.drain(..over);
+                return (header.seq, payload);
+            }
+        }
+    };
+    while received < BEFORE {
+        let (seq, payload) = next(&mut tail).await;
+        received += payload.len();
+        last_seq = seq;
+    }
+
+    // The flood goes on while a client joins.
+    let late = open(&host, json!(["flood-join"]), None).await;
+    let asked = std::time::Instant::now();
+    let snap = late.call("getShellSnapshot", json!([shell])).await.unwrap();
+    let took = asked.elapsed();
+    let snap_seq = snap["seq"].as_u64().unwrap();
+    println!("snapshot during the flood after {took:?}, {received} bytes in");
+    assert!(took < Duration::from_millis(1500), "snapshot took {took:?}");
+    assert!(
+        snap_seq >= last_seq,
+        "the snapshot is as of the head or later"
+    );
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(snap["data"].as_str().unwrap())
+        .unwrap();
+    let mut joiner = terminal(24, 80);
+    joiner.process(&data);
+
+    // Exactly the bytes after the snapshot's seq make the joiner's screen
+    // the early client's.
+    let mut after = Vec::new();
+    let mut stopped = false;
+    while !contains(&after, "__DONE__") {
+        let (seq, payload) = next(&mut tail).await;
+        if seq > snap_seq {
+            after.extend_from_slice(&payload);
+        }
+        if after.len() >= AFTER && !stopped {
+            stopped = true;
+            early
+                .call("writeShell", json!([shell, "\x03"]))
+                .await
+                .unwrap();
+            early
+                .call("writeShell", json!([shell, "echo __DO\"\"NE__\n"]))
+                .await
+                .unwrap();
+        }
+    }
+    joiner.process(&after);
+    let tail: Vec<u8> = tail.into();
+    let start = tail.iter().position(|&b| b == b'\n').expect("a line") + 1;
+    let mut want = terminal(24, 80);
+    want.process(&tail[start..]);
+    let (got, want) = (joiner.screen(), want.screen());
+    assert_eq!(got.contents_formatted(), want.contents_formatted());
+    assert_eq!(got.cursor_position(), want.cursor_position());
+    let (got_rows, want_rows) = (all_rows(got), all_rows(want));
+    assert_eq!(got_rows.len(), 1000 + 24, "scrollback full");
+    assert_eq!(got_rows, want_rows);
+}
