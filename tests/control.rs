@@ -158,6 +158,12 @@ async fn every_gated_action_by_role_and_control_state() {
                     .call("requestControl", json!([]))
                     .await
                     .unwrap();
+                let listed = p.owner.call("listParticipants", json!([])).await.unwrap();
+                assert_eq!(listed["requests"], json!([collab_id]));
+                // A newcomer's welcome says who is waiting, too.
+                let mut raw = Raw::connect(&host).await;
+                let welcome = raw.hello(json!(["gates"])).await;
+                assert_eq!(welcome["controlRequests"], json!([collab_id]));
             }
             State::Collaborator => {
                 p.owner

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{Holder, Key, Participant};
+use crate::{Holder, JoinRequest, Key, Participant};
 
 /// What a client sends, as a text frame.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +74,11 @@ pub enum ServerMessage {
         participants: Vec<Participant>,
         /// Who holds control (`null`: nobody).
         control: Option<Holder>,
+        /// Participants waiting for an answer to `requestControl`.
+        control_requests: Vec<String>,
+        /// For the owner only: join requests waiting for them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        join_requests: Option<Vec<JoinRequest>>,
         /// A token just issued (by a join code, a login code or an approved
         /// join request): keep it and send it in the next `hello`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
