@@ -52,6 +52,9 @@ pub enum ClientMessage {
 /// What the host sends, as a text frame. Events are not in this enum: they
 /// are encoded once per event by [`crate::frame::encode_event_frame`] and
 /// read back with [`crate::EventFrame`].
+// `Welcome` is large next to the others; a message is built once per
+// connection or reply and serialized at once, so its size costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ServerMessage {
