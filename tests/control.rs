@@ -63,12 +63,17 @@ async fn people(host: &HostProcess, key: &str) -> People {
     let owner = open(host, json!([key]), None).await;
     let c = member_token(host, &owner, json!([key]), "collaborator", "Cleo").await;
     let v = member_token(host, &owner, json!([key]), "viewer", "Vic").await;
-    People {
+    let p = People {
         collaborator: open_as(host, &c, json!([key]), None).await,
         collaborator_token: c,
         viewer: open_as(host, &v, json!([key]), None).await,
         owner,
+    };
+    // Subscribed from the head: what anyone does from now on reaches them.
+    for vm in [&p.owner, &p.collaborator, &p.viewer] {
+        vm.caught_up().await.unwrap();
     }
+    p
 }
 
 /// Gated actions with arguments that pass once the gate lets them through:
@@ -420,6 +425,7 @@ async fn a_disconnected_holder_keeps_control_for_the_grace_period_only() {
         },
     );
     let owner = open(&host, json!(["grace"]), None).await;
+    owner.caught_up().await.unwrap();
     let token = member_token(&host, &owner, json!(["grace"]), "collaborator", "Gus").await;
     let mut changes = owner.on("controlChanged");
     let mut left = owner.on("participantLeft");
@@ -476,6 +482,7 @@ async fn joining_by_request_and_code_and_what_the_owner_can_change() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let owner = open(&host, json!(["door"]), None).await;
+    owner.caught_up().await.unwrap();
     let mut requests = owner.on("joinRequested");
     let mut resolved = owner.on("joinResolved");
 
