@@ -379,6 +379,7 @@ async fn a_snapshot_during_a_flood_comes_at_once_and_fits_the_bytes_after_it() {
     let host = HostProcess::start(dir.path());
     let early = open(&host, json!(["flood-join"]), Some(0)).await;
     let mut rx = early.on("*");
+    drive(&early).await;
     let shell = open_bash(&early, 80, 24).await;
     early
         .call("writeShell", json!([shell, "base64 -w 100 /dev/urandom\n"]))
