@@ -10,25 +10,6 @@ use ensemble_client::{Event, VmClient};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-fn data(e: &Event) -> Value {
-    match e {
-        Event::Json(f) => f.data.clone(),
-        Event::Bytes { .. } => Value::Null,
-    }
-}
-
-async fn next_named(rx: &mut tokio::sync::mpsc::Receiver<Event>, name: &str) -> Value {
-    loop {
-        let e = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no {name} in time"))
-            .expect("open");
-        if e.name() == name {
-            return data(&e);
-        }
-    }
-}
-
 /// Who holds control now, as `listParticipants` says.
 async fn holder(vm: &VmClient) -> Value {
     vm.call("listParticipants", json!([])).await.unwrap()["control"].clone()
