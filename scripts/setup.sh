@@ -3,9 +3,13 @@
 # what is missing: a second run does nothing. Used by `make test`/`make run`.
 set -euo pipefail
 
-# Debian packages: a C toolchain for SQLite (bundled), and tmux for the
-# benchmark's reference figures.
-packages=(build-essential pkg-config ca-certificates tmux)
+# Debian packages: a C toolchain for SQLite (bundled), tmux for the
+# benchmark's reference figures, what Tauri 2 builds against (WebKitGTK and
+# friends), Xvfb for running the window headless, and WebKitWebDriver for
+# driving it in the desktop test.
+packages=(build-essential pkg-config ca-certificates tmux
+  libssl-dev libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
+  xvfb xauth webkit2gtk-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,3 +32,10 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+# tauri-driver relays WebDriver sessions to WebKitWebDriver for the desktop
+# test; it ships as a crate.
+if ! command -v tauri-driver >/dev/null 2>&1; then
+  echo "setup: installing tauri-driver"
+  cargo install tauri-driver --locked
+fi
