@@ -59,6 +59,7 @@ fn the_window_opens_on_the_embedded_hosts_page_and_closing_it_stops_the_host() {
     let health = session.execute_async(
         "const done = arguments[arguments.length - 1];
          fetch('/health').then(r => r.text()).then(done, e => done('fetch failed: ' + e));",
+        json!([]),
     );
     assert_eq!(health, json!("ok\n"), "the page's fetch of /health");
     assert!(
@@ -70,7 +71,7 @@ fn the_window_opens_on_the_embedded_hosts_page_and_closing_it_stops_the_host() {
     assert!(window.width >= 640 && window.height >= 400, "{window:?}");
 
     check_ui(&session, &host, &out);
-    let sleeper = spawn_sleeper(&session);
+    let sleeper = spawn_sleeper(&session, owner_token(data_dir.path()));
 
     // Host content rendered by WebKit under Xvfb: a blank capture here means
     // the webview does not paint (a known failure mode of headless WebKit).
@@ -111,13 +112,18 @@ fn app_pid(data_dir: &Path) -> Pid {
     found[0]
 }
 
+/// The owner token the host writes to its data directory (hosts with access
+/// control); the UI takes it from the window's URL, then hides it there.
+fn owner_token(data_dir: &Path) -> Option<String> {
+    let token = std::fs::read_to_string(data_dir.join("owner-token")).ok()?;
+    Some(token.trim().to_owned())
+}
+
 /// Starts `sleep 600` in a VM over the page's own WebSocket to the host (the
-/// way the UI talks to it: same origin, owner token from the URL fragment
-/// once the host issues one) and returns its pid.
-fn spawn_sleeper(session: &Session) -> u32 {
+/// way the UI talks to it: same origin, as the owner) and returns its pid.
+fn spawn_sleeper(session: &Session, owner_token: Option<String>) -> u32 {
     let answer = session.execute_async(
-        "const done = arguments[arguments.length - 1];
-         const token = new URLSearchParams(location.hash.slice(1)).get('token');
+        "const [token, done] = arguments;
          const hello = {type: 'hello', protocol: 1, key: ['desktop-test']};
          if (token) hello.token = token;
          const ws = new WebSocket(`ws://${location.host}/v1/ws`);
@@ -134,6 +140,7 @@ fn spawn_sleeper(session: &Session) -> u32 {
            const msg = JSON.parse(m.data);
            if (msg.id === 2 || (msg.type === 'error' && msg.id === undefined)) done(msg);
          };",
+        json!([owner_token]),
     );
     assert_eq!(
         answer["type"], "result",
@@ -373,11 +380,12 @@ impl Session<'_> {
         )
     }
 
-    fn execute_async(&self, script: &str) -> Value {
+    /// Runs `script` with `args` followed by the callback it must call.
+    fn execute_async(&self, script: &str, args: Value) -> Value {
         self.driver.send(
             "POST",
             &self.path("/execute/async"),
-            Some(json!({"script": script, "args": []})),
+            Some(json!({"script": script, "args": args})),
         )
     }
 
