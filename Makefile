@@ -3,18 +3,27 @@
 # `make bench` prints the performance figures.
 CARGO ?= cargo
 
-.PHONY: all setup run serve test lint unit bench clean
+.PHONY: all setup ui ui-check run serve test lint unit browser bench clean
 
 all: test
 
 setup:
 	@./scripts/setup.sh
 
+# The web UI (ui/dist), which the host embeds: built before any cargo build
+# that should serve it.
+ui: setup
+	cd ui && npm run build
+
+# svelte-check + tsc, then the Vitest unit tests.
+ui-check: setup
+	cd ui && npm run check && npm test
+
 # `make run` opens the desktop app, which starts its own host. It needs a
 # display; `make run XVFB=1` runs it under Xvfb instead (nothing to see, but
 # it starts and serves). `make serve` runs the headless host on
-# 127.0.0.1:6420.
-run: setup
+# 127.0.0.1:6420 (open the owner URL it prints in a browser).
+run: ui
 	@if [ -z "$$DISPLAY$$WAYLAND_DISPLAY" ] && [ -z "$(XVFB)" ]; then \
 	  echo "make run: no display (DISPLAY and WAYLAND_DISPLAY are unset), so no window can open." >&2; \
 	  echo "  make serve        runs the headless host instead" >&2; \
@@ -23,7 +32,7 @@ run: setup
 	fi
 	$(if $(XVFB),xvfb-run -a -s "-screen 0 1280x800x24 -nolisten tcp") $(CARGO) run --release -p ensemble-desktop
 
-serve: setup
+serve: ui
 	$(CARGO) run --release -p ensemble -- serve
 
 lint: setup
@@ -33,7 +42,13 @@ lint: setup
 unit: setup
 	$(CARGO) test --workspace --all-targets
 
-test: lint unit
+# Two Chromium pages against the real host (ui/e2e/multiplayer.mjs).
+browser: ui
+	$(CARGO) build -p ensemble -p ensemble-scripted-agent
+	cd ui && node e2e/multiplayer.mjs
+
+# The UI is checked and built first: the host embeds the build.
+test: ui-check ui lint unit browser
 
 bench: setup
 	$(CARGO) build --release -p ensemble -p ensemble-bench

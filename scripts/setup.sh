@@ -4,10 +4,10 @@
 set -euo pipefail
 
 # Debian packages: a C toolchain for SQLite (bundled), tmux for the
-# benchmark's reference figures, what Tauri 2 builds against (WebKitGTK and
-# friends), Xvfb for running the window headless, and WebKitWebDriver for
-# driving it in the desktop test.
-packages=(build-essential pkg-config ca-certificates tmux
+# benchmark's reference figures, Chromium for the browser test, what Tauri 2
+# builds against (WebKitGTK and friends), Xvfb for running the window
+# headless, and WebKitWebDriver for driving it in the desktop test.
+packages=(build-essential pkg-config ca-certificates tmux chromium
   libssl-dev libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
   xvfb xauth webkit2gtk-driver)
 missing=()
@@ -32,6 +32,18 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+# The web UI (ui/): Node.js 20.19 or newer (Vite 8), and its packages from
+# package-lock.json, installed again whenever the lock file changed.
+if ! command -v node >/dev/null 2>&1 || ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)'; then
+  echo "setup: the web UI needs Node.js 20.19 or newer with npm (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+ui="$(dirname "$0")/../ui"
+if [ ! -f "$ui/node_modules/.package-lock.json" ] || [ "$ui/package-lock.json" -nt "$ui/node_modules/.package-lock.json" ]; then
+  echo "setup: npm ci in ui/"
+  (cd "$ui" && npm ci --no-audit --no-fund)
+fi
 
 # tauri-driver relays WebDriver sessions to WebKitWebDriver for the desktop
 # test; it ships as a crate.

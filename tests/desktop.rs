@@ -1,10 +1,11 @@
 //! The desktop app end to end: the real `ensemble-desktop` binary in a
 //! real window under Xvfb, driven over WebDriver by tauri-driver in front of
 //! WebKitWebDriver (both listen on 127.0.0.1 only). The window must open on
-//! a page served by the app's embedded host (data in a temporary directory),
-//! a screenshot of host content must not be blank, and closing the window
-//! must stop the host. Screenshots and the drivers' logs (which include the
-//! app's) go to target/desktop-test-output/.
+//! the UI served by the app's embedded host (data in a temporary directory),
+//! connected as the owner, with a working shell; a screenshot must not be
+//! blank; ending the app must stop the host and its processes. Screenshots
+//! and the drivers' logs (which include the app's) go to
+//! target/desktop-test-output/.
 //!
 //! Needs what scripts/setup.sh installs: Xvfb, WebKitWebDriver, tauri-driver.
 
@@ -23,9 +24,11 @@ use serde_json::{json, Value};
 const APP: &str = env!("CARGO_BIN_EXE_ensemble-desktop");
 /// Launching WebKit and the app in a debug build on a busy 2-core machine.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// One step of the UI (connect, open a shell, echo).
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[test]
-fn the_window_opens_on_the_embedded_hosts_page_and_closing_it_stops_the_host() {
+fn the_window_shows_the_ui_as_owner_and_ending_the_app_stops_the_host() {
     let out = output_dir();
     let data_dir = tempfile::tempdir().unwrap();
 
@@ -67,20 +70,8 @@ fn the_window_opens_on_the_embedded_hosts_page_and_closing_it_stops_the_host() {
         "the embedded host keeps its data in ENSEMBLE_DATA_DIR"
     );
 
-    let window = session.screenshot(&out.join("window.png"));
-    assert!(window.width >= 640 && window.height >= 400, "{window:?}");
-
-    check_ui(&session, &host, &out);
-    let sleeper = spawn_sleeper(&session, owner_token(data_dir.path()));
-
-    // Host content rendered by WebKit under Xvfb: a blank capture here means
-    // the webview does not paint (a known failure mode of headless WebKit).
-    session.navigate(&format!("{host}/health"));
-    let page = session.screenshot(&out.join("host-page.png"));
-    assert!(
-        page.colours > 1,
-        "host-page.png is a single colour: the webview painted nothing"
-    );
+    check_ui(&session, &out);
+    let sleeper = spawn_sleeper(&session, &owner_token(data_dir.path()));
 
     // The app ends on SIGTERM as it does when its window closes (WebDriver
     // cannot close the last window without killing the app): it stops its
@@ -112,33 +103,36 @@ fn app_pid(data_dir: &Path) -> Pid {
     found[0]
 }
 
-/// The owner token the host writes to its data directory (hosts with access
-/// control); the UI takes it from the window's URL, then hides it there.
-fn owner_token(data_dir: &Path) -> Option<String> {
-    let token = std::fs::read_to_string(data_dir.join("owner-token")).ok()?;
-    Some(token.trim().to_owned())
+/// The owner token the host writes to its data directory; the UI takes it
+/// from the window's URL, then hides it there.
+fn owner_token(data_dir: &Path) -> String {
+    let token = std::fs::read_to_string(data_dir.join("owner-token"))
+        .expect("the host wrote DATA_DIR/owner-token");
+    token.trim().to_owned()
 }
 
 /// Starts `sleep 600` in a VM over the page's own WebSocket to the host (the
 /// way the UI talks to it: same origin, as the owner) and returns its pid.
-fn spawn_sleeper(session: &Session, owner_token: Option<String>) -> u32 {
+fn spawn_sleeper(session: &Session, owner_token: &str) -> u32 {
     let answer = session.execute_async(
         "const [token, done] = arguments;
-         const hello = {type: 'hello', protocol: 1, key: ['desktop-test']};
-         if (token) hello.token = token;
+         const hello = {type: 'hello', protocol: 1, key: ['desktop-test'], token};
          const ws = new WebSocket(`ws://${location.host}/v1/ws`);
          ws.onerror = () => done({type: 'error', message: 'the WebSocket failed'});
+         // Input needs control, which the owner may always take; actions
+         // run concurrently, so spawn waits for takeControl's answer.
          ws.onopen = () => {
            ws.send(JSON.stringify(hello));
-           // Hosts with control locks want the owner to hold control first;
-           // older ones refuse the action, which is fine.
            ws.send(JSON.stringify({type: 'action', id: 1, name: 'takeControl'}));
-           ws.send(JSON.stringify({type: 'action', id: 2, name: 'spawn', args: ['sleep', ['600']]}));
          };
          ws.onmessage = (m) => {
            if (typeof m.data !== 'string') return;
            const msg = JSON.parse(m.data);
-           if (msg.id === 2 || (msg.type === 'error' && msg.id === undefined)) done(msg);
+           if (msg.type === 'result' && msg.id === 1) {
+             ws.send(JSON.stringify({type: 'action', id: 2, name: 'spawn', args: ['sleep', ['600']]}));
+           } else if (msg.type === 'error' || msg.id === 2) {
+             done(msg);
+           }
          };",
         json!([owner_token]),
     );
@@ -172,17 +166,47 @@ fn wait_until_gone(pid: u32) {
     }
 }
 
-/// INTEGRATOR — the UI step. Until ui/ is merged the host answers `/` with
-/// 404 and this step has nothing to check. Once the host serves the UI at
-/// `/`, add here, on the page as loaded (`session` shows `{host}/` with the
-/// owner token in its fragment):
-/// * the UI is connected as the owner (e.g. poll `session.execute(...)` for
-///   the owner's name/role in the participants list or the connection status);
-/// * a shell works: open one, type `echo desktop-ok` with
-///   `session.execute(...)` or WebDriver key actions, and wait until the
-///   terminal shows `desktop-ok`;
-/// * `session.screenshot(&out.join("ui.png")).colours > 1`.
-fn check_ui(_session: &Session, _host: &str, _out: &Path) {}
+/// What a person sees: the UI connected as the owner, and a shell that
+/// echoes what they type. Ends with a screenshot, `ui.png`, that must not be
+/// a single colour (a blank one means the webview does not paint, a known
+/// failure mode of WebKit under Xvfb).
+fn check_ui(session: &Session, out: &Path) {
+    session.wait_until(
+        "the UI to be live",
+        "return document.querySelector('[data-status]')?.dataset.status === 'live'",
+    );
+    session.wait_until(
+        "the owner in the participants list",
+        "return [...document.querySelectorAll('[data-participant]')].some(p =>
+           p.textContent.includes('(you)') && p.querySelector('.badge')?.textContent.trim() === 'owner')",
+    );
+    session.execute(
+        "[...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Take control')?.click()",
+    );
+    session.wait_until(
+        "+ Shell to be enabled",
+        "const b = document.querySelector('button.open-shell');
+         if (b && !b.disabled) { b.click(); return true; }
+         return false;",
+    );
+    session.wait_until(
+        "the shell's prompt",
+        "return (document.querySelector('.shell .xterm-rows')?.textContent ?? '').trim() !== ''",
+    );
+    session.execute("document.querySelector('.shell .xterm-helper-textarea').focus()");
+    session.type_keys("echo desktop-$((6*7))\u{E007}");
+    // The command line shows the expression, only the output shows 42.
+    session.wait_until(
+        "the shell's output",
+        "return (document.querySelector('.shell .xterm-rows')?.textContent ?? '').includes('desktop-42')",
+    );
+    let shot = session.screenshot(&out.join("ui.png"));
+    assert!(shot.width >= 640 && shot.height >= 400, "{shot:?}");
+    assert!(
+        shot.colours > 1,
+        "ui.png is a single colour: the webview painted nothing"
+    );
+}
 
 /// Where screenshots and logs go: target/desktop-test-output/.
 fn output_dir() -> PathBuf {
@@ -389,9 +413,33 @@ impl Session<'_> {
         )
     }
 
-    fn navigate(&self, url: &str) {
-        self.driver
-            .send("POST", &self.path("/url"), Some(json!({"url": url})));
+    /// Polls `script` until it returns true.
+    fn wait_until(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        while self.execute(script) != json!(true) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Types `text` into the focused element as key presses (WebDriver
+    /// key codes such as U+E007, Enter, allowed).
+    fn type_keys(&self, text: &str) {
+        let actions: Vec<Value> = text
+            .chars()
+            .flat_map(|c| {
+                let key = c.to_string();
+                [
+                    json!({"type": "keyDown", "value": key}),
+                    json!({"type": "keyUp", "value": key}),
+                ]
+            })
+            .collect();
+        self.driver.send(
+            "POST",
+            &self.path("/actions"),
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        );
     }
 
     /// Waits until the window shows a loaded page from the embedded host:

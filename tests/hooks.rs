@@ -62,17 +62,21 @@ async fn the_hook_sees_each_event_once_across_clients_and_restarts() {
     for _ in 0..5 {
         clients.push(open(&host, json!(["hooked"]), Some(0)).await);
     }
+    // Joining is logged too: count to the last emitted seq.
+    let mut last = 0;
     for _ in 0..5 {
-        clients[0]
+        last = clients[0]
             .call("emit", json!([{"count": 100, "data": "x"}]))
             .await
+            .unwrap()["last"]
+            .as_u64()
             .unwrap();
     }
-    let seen = wait_for_seq(&out, 500).await;
+    let seen = wait_for_seq(&out, last).await;
     assert!(seen.values().all(|&n| n == 1), "each event exactly once");
     assert_eq!(
         seen.keys().copied().collect::<Vec<_>>(),
-        (1..=500).collect::<Vec<_>>()
+        (1..=last).collect::<Vec<_>>()
     );
 
     // A clean stop and restart: the hook goes on from its position.
@@ -80,17 +84,20 @@ async fn the_hook_sees_each_event_once_across_clients_and_restarts() {
     host.stop();
     let host = hooked(&data, &out, "127.0.0.1:0");
     let vm = open(&host, json!(["hooked"]), None).await;
-    vm.call("emit", json!([{"count": 300, "data": "y"}]))
+    let last = vm
+        .call("emit", json!([{"count": 300, "data": "y"}]))
         .await
+        .unwrap()["last"]
+        .as_u64()
         .unwrap();
-    let seen = wait_for_seq(&out, 800).await;
+    let seen = wait_for_seq(&out, last).await;
     assert!(
         seen.values().all(|&n| n == 1),
         "no repeat after a clean restart"
     );
     assert_eq!(
         seen.keys().copied().collect::<Vec<_>>(),
-        (1..=800).collect::<Vec<_>>()
+        (1..=last).collect::<Vec<_>>()
     );
 }
 
@@ -101,9 +108,13 @@ async fn after_a_crash_the_hook_resumes_without_skipping() {
     let data = dir.path().join("data");
     let mut host = hooked(&data, &out, "127.0.0.1:0");
     let vm = open(&host, json!(["hooked"]), None).await;
+    let mut emitted = 0;
     for _ in 0..20 {
-        vm.call("emit", json!([{"count": 500, "data": "z"}]))
+        emitted = vm
+            .call("emit", json!([{"count": 500, "data": "z"}]))
             .await
+            .unwrap()["last"]
+            .as_u64()
             .unwrap();
     }
     // Killed while the hook is most likely still working through the log.
@@ -113,13 +124,15 @@ async fn after_a_crash_the_hook_resumes_without_skipping() {
 
     // The VM is opened at start because hooks are configured: no client needed.
     let host = hooked(&data, &out, "127.0.0.1:0");
-    let seen = wait_for_seq(&out, 10_000).await;
+    let seen = wait_for_seq(&out, emitted).await;
     let vm = open(&host, json!(["hooked"]), None).await;
-    vm.call("emit", json!([{"data": "after"}])).await.unwrap();
-    let seen_after = wait_for_seq(&out, 10_001).await;
+    let last = vm.call("emit", json!([{"data": "after"}])).await.unwrap()["last"]
+        .as_u64()
+        .unwrap();
+    let seen_after = wait_for_seq(&out, last).await;
     assert_eq!(
         seen_after.keys().copied().collect::<Vec<_>>(),
-        (1..=10_001).collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>(),
         "nothing skipped (the hook had {before} events before the crash)"
     );
     // At least once: only the page in flight at the crash may repeat.

@@ -20,7 +20,9 @@ async fn spawn_stdin_wait_and_events_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let vm = open(&host, json!(["proc"]), Some(0)).await;
-    let watcher = open(&host, json!(["proc"]), Some(0)).await;
+    drive(&vm).await;
+    // From the head on: joining and taking control are behind it.
+    let watcher = open(&host, json!(["proc"]), None).await;
     let mut events = watcher.on("*");
     let pid = vm.call("spawn", json!(["cat", []])).await.unwrap()["pid"]
         .as_u64()
@@ -59,6 +61,7 @@ async fn exec_returns_output_exit_code_and_honours_timeouts() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let vm = open(&host, json!(["exec"]), None).await;
+    drive(&vm).await;
     let r = vm
         .call(
             "exec",
@@ -103,6 +106,7 @@ async fn signals_reach_the_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let vm = open(&host, json!(["sig"]), None).await;
+    drive(&vm).await;
     for (action, signal) in [("stopProcess", 15), ("killProcess", 9)] {
         // The shell's child is in the same group and must go too.
         let pid = vm
@@ -124,6 +128,7 @@ async fn bad_process_input_gets_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let vm = open(&host, json!(["badproc"]), None).await;
+    drive(&vm).await;
     let cases = [
         ("getProcess", json!([424242]), "not_found"),
         ("writeProcessStdin", json!([424242, "x"]), "not_found"),
@@ -173,6 +178,7 @@ async fn a_flood_of_output_arrives_whole_in_bounded_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let vm = open(&host, json!(["flood"]), Some(0)).await;
+    drive(&vm).await;
     let mut rx = vm.on("*");
     const TOTAL: usize = 20 << 20;
     // Many small writes (the shell loop) then one big stream, plus bytes
@@ -244,6 +250,7 @@ async fn stopping_the_host_leaves_no_process_behind() {
     let dir = tempfile::tempdir().unwrap();
     let mut host = HostProcess::start(dir.path());
     let vm = open(&host, json!(["leftovers"]), None).await;
+    drive(&vm).await;
     vm.call("spawn", json!(["sleep", ["987651"]]))
         .await
         .unwrap();
@@ -313,6 +320,7 @@ async fn output_beyond_the_budget_is_pruned_and_the_screen_survives() {
         },
     );
     let vm = open(&host, json!(["budget"]), None).await;
+    drive(&vm).await;
     let shell = vm
         .call("openShell", json!([{"command": "sh", "args": ["-c", "seq 1 100000; sleep 60"], "cols": 40, "rows": 10}]))
         .await

@@ -69,6 +69,7 @@ async fn two_clients_watch_one_session_and_a_late_client_catches_up() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let a = open(&host, json!(["agent"]), Some(0)).await;
+    drive(&a).await;
     let b = open(&host, json!(["agent"]), Some(0)).await;
     let mut a_rx = a.on("sessionEvent");
     let mut b_rx = b.on("sessionEvent");
@@ -132,6 +133,7 @@ async fn permission_round_trip_cancel_and_workspace_confinement() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let a = open(&host, json!(["perm"]), None).await;
+    drive(&a).await;
     let b = open(&host, json!(["perm"]), None).await;
     let mut b_rx = b.on("permissionRequest");
     let session = scripted(&a, json!({})).await;
@@ -218,6 +220,7 @@ async fn agent_faults_are_typed_errors_and_events() {
         },
     );
     let vm = open(&host, json!(["faults"]), Some(0)).await;
+    drive(&vm).await;
     let mut ended = vm.on("sessionEnded");
     for (agent, code) in [
         ("nope", "invalid_args"),
@@ -269,6 +272,7 @@ async fn secrets_from_env_appear_nowhere() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let vm = open(&host, json!(["secret"]), Some(0)).await;
+    drive(&vm).await;
     const SECRET: &str = "sk-very-secret-value-4242";
     let session = scripted(&vm, json!({"API_KEY": SECRET})).await;
     let r = vm
@@ -322,6 +326,7 @@ async fn an_agents_terminal_is_a_vm_process_everyone_watches() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let a = open(&host, json!(["term"]), Some(0)).await;
+    drive(&a).await;
     let b = open(&host, json!(["term"]), Some(0)).await;
     let mut b_rx = b.on("*");
     let session = scripted(&a, json!({})).await;
@@ -388,6 +393,7 @@ async fn an_agent_that_never_initializes_times_out_and_modes_can_be_set() {
         },
     );
     let vm = open(&host, json!(["hang"]), None).await;
+    drive(&vm).await;
     let started = std::time::Instant::now();
     let err = vm.call("createSession", json!(["hang"])).await.unwrap_err();
     assert!(
@@ -426,4 +432,229 @@ async fn an_agent_that_never_initializes_times_out_and_modes_can_be_set() {
         .await
         .unwrap_err();
     assert_eq!(error_code(err), "invalid_args");
+}
+
+/// The `sequenceNumber`s and texts of a session's logged notifications.
+async fn transcript(vm: &VmClient, session: &str) -> Vec<(u64, String)> {
+    let page = vm
+        .call("getSequencedEvents", json!([session, {"limit": 10000}]))
+        .await
+        .unwrap();
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let update = &e["notification"]["params"]["update"];
+            (
+                e["sequenceNumber"].as_u64().unwrap(),
+                format!(
+                    "{}:{}",
+                    update["sessionUpdate"].as_str().unwrap(),
+                    update["content"]["text"].as_str().unwrap_or_default()
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_resumed_after_a_host_restart_and_after_its_agent_exits() {
+    require_scripted_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    const SECRET: &str = "sk-resume-secret-value-9191";
+    let mut host = HostProcess::start(&data_dir);
+    let vm = open(&host, json!(["resume"]), None).await;
+    drive(&vm).await;
+    let session = scripted(&vm, json!({"API_KEY": SECRET})).await;
+    let r = vm
+        .call("sendPrompt", json!([session, "say one two three\nturn"]))
+        .await
+        .unwrap();
+    assert_eq!(r["text"], "one two threeturn 1");
+    let before = transcript(&vm, &session).await;
+    assert_eq!(before.len(), 4);
+    drop(vm);
+    host.stop();
+
+    let host = HostProcess::start(&data_dir);
+    let vm = open(&host, json!(["resume"]), None).await;
+    drive(&vm).await;
+    let list = vm.call("listSessions", json!([])).await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["sessionId"], session.as_str());
+    assert_eq!(list[0]["state"], "ended");
+    assert_eq!(list[0]["agentType"], "scripted");
+    assert_eq!(list[0]["capabilities"]["loadSession"], true);
+    let err = vm
+        .call("sendPrompt", json!([session, "turn"]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "not_found", "ended until resumed");
+
+    let mut resumed_rx = vm.on("sessionResumed");
+    let r = vm
+        .call(
+            "resumeSession",
+            json!([session, {"env": {"API_KEY": SECRET}}]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["sessionId"], session.as_str());
+    assert_eq!(r["agentInfo"]["name"], "scripted");
+    assert_eq!(
+        next_named(&mut resumed_rx, "sessionResumed").await["sessionId"],
+        session.as_str()
+    );
+    assert_eq!(
+        transcript(&vm, &session).await,
+        before,
+        "the agent's replay is not logged again"
+    );
+    let err = vm
+        .call("resumeSession", json!([session]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "invalid_args", "a live session");
+    let list = vm.call("listSessions", json!([])).await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["state"], "ready");
+
+    // The agent remembers its earlier turn, and got the env again.
+    let r = vm
+        .call("sendPrompt", json!([session, "turn\nenv API_KEY"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        r["text"],
+        format!("turn 2env API_KEY is set ({} chars)", SECRET.len())
+    );
+
+    // Its agent crashes: resumed again in the same run of the host.
+    let mut ended = vm.on("sessionEnded");
+    let err = vm
+        .call("sendPrompt", json!([session, "crash"]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "agent_failed");
+    assert_eq!(
+        next_named(&mut ended, "sessionEnded").await["sessionId"],
+        session.as_str()
+    );
+    vm.call("resumeSession", json!([session])).await.unwrap();
+    let r = vm
+        .call("sendPrompt", json!([session, "turn"]))
+        .await
+        .unwrap();
+    assert_eq!(r["text"], "turn 4");
+
+    let after = transcript(&vm, &session).await;
+    let numbers: Vec<u64> = after.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, (1..=8).collect::<Vec<_>>(), "no gap, no duplicate");
+    assert_eq!(after[..4], before[..]);
+    let texts: Vec<&str> = after[4..].iter().map(|(_, t)| t.as_str()).collect();
+    let set = format!(
+        "agent_message_chunk:env API_KEY is set ({} chars)",
+        SECRET.len()
+    );
+    assert_eq!(
+        texts,
+        [
+            "agent_message_chunk:turn 2",
+            set.as_str(),
+            "agent_message_chunk:crashing",
+            "agent_message_chunk:turn 4",
+        ]
+    );
+
+    let err = vm
+        .call("resumeSession", json!(["s-no-such"]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "not_found");
+    vm.call("closeSession", json!([session])).await.unwrap();
+    next_named(&mut ended, "sessionEnded").await;
+    for entry in walk(&data_dir) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{} holds the secret",
+            entry.display()
+        );
+    }
+    // The agent's journals are in the VM's data dir, not its workspace.
+    let vm_dir = data_dir.join("vms/1");
+    let journals = walk(&vm_dir.join("agents/scripted"));
+    assert_eq!(journals.len(), 1, "{journals:?}");
+    assert!(!walk(&vm_dir.join("workspace"))
+        .iter()
+        .any(|p| p.to_string_lossy().contains("jsonl")));
+
+    // An agent that cannot find the session refuses session/load.
+    std::fs::remove_file(&journals[0]).unwrap();
+    let err = vm
+        .call("resumeSession", json!([session]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("could not load"), "{err}");
+    assert_eq!(error_code(err), "cannot_resume");
+    let list = vm.call("listSessions", json!([])).await.unwrap();
+    assert_eq!(list[0]["state"], "ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_load_session_cannot_resume() {
+    require_scripted_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let agents = dir.path().join("agents.toml");
+    let agent_path = std::path::Path::new(BIN).with_file_name("ensemble-scripted-agent");
+    // The scripted agent without a journal advertises loadSession false.
+    std::fs::write(
+        &agents,
+        format!(
+            "[agents.forgetful]\ncommand = \"{}\"\n",
+            agent_path.display()
+        ),
+    )
+    .unwrap();
+    let host = HostProcess::start_with(
+        &dir.path().join("data"),
+        HostOptions {
+            extra: vec!["--agents".into(), agents.display().to_string()],
+            ..HostOptions::default()
+        },
+    );
+    let vm = open(&host, json!(["forgetful"]), None).await;
+    drive(&vm).await;
+    let r = vm
+        .call("createSession", json!(["forgetful"]))
+        .await
+        .unwrap();
+    assert_eq!(r["capabilities"]["loadSession"], false);
+    let session = r["sessionId"].as_str().unwrap().to_owned();
+    vm.call("sendPrompt", json!([session, "turn"]))
+        .await
+        .unwrap();
+    let mut ended = vm.on("sessionEnded");
+    vm.call("closeSession", json!([session])).await.unwrap();
+    next_named(&mut ended, "sessionEnded").await;
+    let err = vm
+        .call("resumeSession", json!([session]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("session/load"), "{err}");
+    assert_eq!(error_code(err), "cannot_resume");
+    // Refused cleanly: the session can be asked again, and the VM goes on.
+    let err = vm
+        .call("resumeSession", json!([session]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(err), "cannot_resume");
+    let other = scripted(&vm, json!({})).await;
+    let r = vm
+        .call("sendPrompt", json!([other, "say fine"]))
+        .await
+        .unwrap();
+    assert_eq!(r["text"], "fine");
 }

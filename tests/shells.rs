@@ -58,11 +58,14 @@ async fn open_bash(vm: &VmClient, cols: u16, rows: u16) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_clients_see_identical_bytes_and_only_the_owner_resizes() {
+async fn two_clients_see_identical_bytes_and_only_the_holder_resizes() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let a = open(&host, json!(["sh"]), Some(0)).await;
-    let b = open(&host, json!(["sh"]), Some(0)).await;
+    drive(&a).await;
+    // Another person: a collaborator who does not hold control.
+    let token = member_token(&host, &a, json!(["sh"]), "collaborator", "Bea").await;
+    let b = open_as(&host, &token, json!(["sh"]), Some(0)).await;
     let mut a_rx = a.on("*");
     let mut b_rx = b.on("*");
     let shell = open_bash(&a, 80, 24).await;
@@ -81,7 +84,7 @@ async fn two_clients_see_identical_bytes_and_only_the_owner_resizes() {
         .call("resizeShell", json!([shell, 120, 40]))
         .await
         .unwrap_err();
-    assert_eq!(error_code(err), "forbidden");
+    assert_eq!(error_code(err), "not_in_control");
     for (cols, rows) in [(0, 10), (10, 0), (5000, 10), (10, 5000)] {
         let err = a
             .call("resizeShell", json!([shell, cols, rows]))
@@ -151,6 +154,7 @@ async fn a_late_joiner_gets_the_screen_an_early_client_has() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let early = open(&host, json!(["late"]), Some(0)).await;
+    drive(&early).await;
     let mut early_rx = early.on("*");
     early
         .call("exec", json!(["sh", {"args": ["-c", format!("cat > fullscreen.sh <<'EOF'\n{FULLSCREEN}EOF")]}]))
@@ -228,6 +232,7 @@ async fn a_64_mib_flood_reaches_ten_clients_while_one_stalls() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let owner = open(&host, json!(["flood"]), None).await;
+    drive(&owner).await;
     let mut stalled = Raw::connect(&host).await;
     assert_eq!(stalled.hello(json!(["flood"])).await["type"], "welcome");
     stalled.send_json(json!({"type": "subscribe"})).await;
@@ -239,6 +244,7 @@ async fn a_64_mib_flood_reaches_ten_clients_while_one_stalls() {
     let mut clients = Vec::new();
     for _ in 0..10 {
         let vm = open(&host, json!(["flood"]), None).await;
+        drive(&vm).await;
         let mut rx = vm.on("*");
         clients.push(vm);
         readers.push(tokio::spawn(async move {
@@ -289,6 +295,7 @@ async fn bad_shell_input_gets_typed_errors_or_exit_events() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let vm = open(&host, json!(["badshell"]), Some(0)).await;
+    drive(&vm).await;
     let mut rx = vm.on("shellExit");
     let cases = [
         (
@@ -343,4 +350,111 @@ async fn bad_shell_input_gets_typed_errors_or_exit_events() {
         .await
         .unwrap();
     assert_eq!(r["stdout"], "alive\n");
+}
+
+/// Every row of `screen`, scrollback first, as text.
+fn all_rows(screen: &vt100::Screen) -> Vec<String> {
+    let mut screen = screen.clone();
+    let (_, cols) = screen.size();
+    screen.set_scrollback(usize::MAX);
+    let lines = screen.scrollback();
+    let mut rows = Vec::new();
+    for back in (1..=lines).rev() {
+        screen.set_scrollback(back);
+        rows.extend(screen.rows(0, cols.get()).next());
+    }
+    screen.set_scrollback(0);
+    rows.extend(screen.rows(0, cols.get()));
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_during_a_flood_comes_at_once_and_fits_the_bytes_after_it() {
+    // Output before the joiner comes, and after its snapshot.
+    const BEFORE: usize = 16 << 20;
+    const AFTER: usize = 1 << 20;
+    /// Output kept to draw the screen the early client has.
+    const TAIL: usize = 2 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let early = open(&host, json!(["flood-join"]), Some(0)).await;
+    let mut rx = early.on("*");
+    let shell = open_bash(&early, 80, 24).await;
+    early
+        .call("writeShell", json!([shell, "base64 -w 100 /dev/urandom\n"]))
+        .await
+        .unwrap();
+    let mut tail = std::collections::VecDeque::new();
+    let (mut received, mut last_seq) = (0, 0);
+    let mut next = async |tail: &mut std::collections::VecDeque<u8>| loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("output")
+            .expect("open");
+        if let Event::Bytes { header, payload } = e {
+            if u64::from(header.id) == shell {
+                tail.extend(payload.iter());
+                let over = tail.len().saturating_sub(TAIL);
+                tail.drain(..over);
+                return (header.seq, payload);
+            }
+        }
+    };
+    while received < BEFORE {
+        let (seq, payload) = next(&mut tail).await;
+        received += payload.len();
+        last_seq = seq;
+    }
+
+    // The flood goes on while a client joins.
+    let late = open(&host, json!(["flood-join"]), None).await;
+    let asked = std::time::Instant::now();
+    let snap = late.call("getShellSnapshot", json!([shell])).await.unwrap();
+    let took = asked.elapsed();
+    let snap_seq = snap["seq"].as_u64().unwrap();
+    println!("snapshot during the flood after {took:?}, {received} bytes in");
+    assert!(took < Duration::from_millis(1500), "snapshot took {took:?}");
+    assert!(
+        snap_seq >= last_seq,
+        "the snapshot is as of the head or later"
+    );
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(snap["data"].as_str().unwrap())
+        .unwrap();
+    let mut joiner = terminal(24, 80);
+    joiner.process(&data);
+
+    // Exactly the bytes after the snapshot's seq make the joiner's screen
+    // the early client's.
+    let mut after = Vec::new();
+    let mut stopped = false;
+    while !contains(&after, "__DONE__") {
+        let (seq, payload) = next(&mut tail).await;
+        if seq > snap_seq {
+            after.extend_from_slice(&payload);
+        }
+        if after.len() >= AFTER && !stopped {
+            stopped = true;
+            early
+                .call("writeShell", json!([shell, "\x03"]))
+                .await
+                .unwrap();
+            early
+                .call("writeShell", json!([shell, "echo __DO\"\"NE__\n"]))
+                .await
+                .unwrap();
+        }
+    }
+    joiner.process(&after);
+    let tail: Vec<u8> = tail.into();
+    let start = tail.iter().position(|&b| b == b'\n').expect("a line") + 1;
+    let mut want = terminal(24, 80);
+    want.process(&tail[start..]);
+    let (got, want) = (joiner.screen(), want.screen());
+    assert_eq!(got.contents_formatted(), want.contents_formatted());
+    assert_eq!(got.cursor_position(), want.cursor_position());
+    let (got_rows, want_rows) = (all_rows(got), all_rows(want));
+    assert_eq!(got_rows.len(), 1000 + 24, "scrollback full");
+    assert_eq!(got_rows, want_rows);
 }

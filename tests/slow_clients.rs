@@ -19,6 +19,7 @@ async fn a_stalled_client_does_not_delay_others_or_grow_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let producer = open(&host, json!(["slow"]), None).await;
+    drive(&producer).await;
 
     // The stalled client: subscribes, then reads nothing at all.
     let mut stalled = Raw::connect(&host).await;
@@ -26,22 +27,26 @@ async fn a_stalled_client_does_not_delay_others_or_grow_the_host() {
     stalled
         .send_json(json!({"type": "subscribe", "since": 0}))
         .await;
-    assert_eq!(stalled.next_reply().await["type"], "caughtUp");
+    let caught_up = stalled.next_reply().await;
+    assert_eq!(caught_up["type"], "caughtUp");
+    let caught_up = caught_up["seq"].as_u64().unwrap();
 
     let healthy = [
         open(&host, json!(["slow"]), Some(0)).await,
         open(&host, json!(["slow"]), Some(0)).await,
     ];
+    // Joining and taking control came first; the test events follow them.
+    let base = head(&producer).await;
     let readers: Vec<_> = healthy
         .iter()
         .map(|vm| {
-            let mut rx = vm.on("*");
+            let mut rx = vm.on("testEvent");
             tokio::spawn(async move {
-                let mut last = 0;
+                let mut last = base;
                 while let Some(e) = rx.recv().await {
                     assert_eq!(e.seq(), last + 1, "healthy client saw a gap");
                     last = e.seq();
-                    if last == PER_CALL * CALLS {
+                    if last == base + PER_CALL * CALLS {
                         break;
                     }
                 }
@@ -77,7 +82,7 @@ async fn a_stalled_client_does_not_delay_others_or_grow_the_host() {
         peak_rss = peak_rss.max(host.rss_kib());
     }
     for r in readers {
-        assert_eq!(r.await.unwrap(), PER_CALL * CALLS);
+        assert_eq!(r.await.unwrap(), base + PER_CALL * CALLS);
     }
     let late_growth_mib = peak_rss.saturating_sub(warm_rss) / 1024;
     eprintln!(
@@ -105,8 +110,8 @@ async fn a_stalled_client_does_not_delay_others_or_grow_the_host() {
     );
 
     // The stalled client reads again and gets every event, in order.
-    let mut next = 1u64;
-    while next <= PER_CALL * CALLS {
+    let mut next = caught_up + 1;
+    while next <= base + PER_CALL * CALLS {
         let msg = tokio::time::timeout(Duration::from_secs(60), stalled.ws.next())
             .await
             .expect("stalled client is served")

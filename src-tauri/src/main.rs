@@ -46,7 +46,7 @@ fn run() -> anyhow::Result<i32> {
     // and can be stopped after the window is gone.
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let host = runtime.block_on(EmbeddedHost::start(data_dir))?;
-    let url = host.owner_url()?;
+    let url = host.owner_url();
     let origin = url.origin();
 
     let app = tauri::Builder::default()

@@ -21,6 +21,8 @@ pub struct HostProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// From `<data dir>/owner-token`, written before the host listens.
+    pub owner_token: String,
 }
 
 pub struct HostOptions<'a> {
@@ -80,10 +82,15 @@ impl HostProcess {
             .and_then(|rest| rest.split('/').next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("host did not start: {line:?}"));
+        let owner_token = std::fs::read_to_string(data_dir.join("owner-token"))
+            .expect("the host wrote its owner token")
+            .trim()
+            .to_owned();
         HostProcess {
             child,
             addr,
             data_dir: data_dir.to_owned(),
+            owner_token,
         }
     }
 
@@ -91,8 +98,9 @@ impl HostProcess {
         format!("ws://{}", self.addr)
     }
 
+    /// A client authenticated as the owner.
     pub fn client(&self) -> Client {
-        Client::new(self.url())
+        Client::new(self.url()).with_token(&self.owner_token)
     }
 
     pub fn kill9(&mut self) {
@@ -127,6 +135,7 @@ impl Drop for HostProcess {
     }
 }
 
+/// Opens `key` as the owner.
 pub async fn open(host: &HostProcess, key: Value, since: Option<u64>) -> VmClient {
     host.client()
         .open(
@@ -138,6 +147,76 @@ pub async fn open(host: &HostProcess, key: Value, since: Option<u64>) -> VmClien
         )
         .await
         .expect("open VM")
+}
+
+/// Opens `key` as the owner and takes control, so input actions work. (Add
+/// listeners to a client opened with a `since` before taking control, or
+/// the catch-up may pass before they are there: use [`open`] then [`drive`].)
+pub async fn open_driving(host: &HostProcess, key: Value) -> VmClient {
+    let vm = open(host, key, None).await;
+    drive(&vm).await;
+    vm
+}
+
+/// A member token for a new participant with `role`: the owner creates a
+/// join code and a fresh connection to `key` joins with it, as `name`.
+pub async fn member_token(
+    host: &HostProcess,
+    owner: &VmClient,
+    key: Value,
+    role: &str,
+    name: &str,
+) -> String {
+    let code = owner
+        .call("createJoinCode", json!([{"role": role}]))
+        .await
+        .expect("createJoinCode")["code"]
+        .as_str()
+        .expect("code")
+        .to_owned();
+    let mut raw = Raw::connect(host).await;
+    raw.token = None;
+    raw.send_json(
+        json!({"type": "hello", "protocol": 1, "key": key, "joinCode": code, "name": name}),
+    )
+    .await;
+    let welcome = raw.next_reply().await;
+    welcome["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("joining with a code gave {welcome}"))
+        .to_owned()
+}
+
+/// Opens `key` with a member token.
+pub async fn open_as(host: &HostProcess, token: &str, key: Value, since: Option<u64>) -> VmClient {
+    Client::new(host.url())
+        .with_token(token)
+        .open(
+            key,
+            OpenOptions {
+                since,
+                ..OpenOptions::default()
+            },
+        )
+        .await
+        .expect("open VM as a member")
+}
+
+/// Takes control (the owner always may).
+pub async fn drive(vm: &VmClient) {
+    vm.call("takeControl", json!([]))
+        .await
+        .expect("the owner takes control");
+}
+
+/// The VM's last seq now (joining and control changes are events too, so
+/// tests count from here rather than from 1).
+pub async fn head(vm: &VmClient) -> u64 {
+    vm.call("getEvents", json!([{"limit": 1}]))
+        .await
+        .expect("getEvents")["head"]
+        .as_u64()
+        .expect("head")
 }
 
 /// Emits `count` test events whose data is `{"n": n}` for n in `from..`.
@@ -186,6 +265,8 @@ pub struct Raw {
     pub ws: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+    /// Sent by [`Raw::hello`].
+    pub token: Option<String>,
 }
 
 impl Raw {
@@ -193,7 +274,10 @@ impl Raw {
         let (ws, _) = tokio_tungstenite::connect_async(format!("{}/v1/ws", host.url()))
             .await
             .expect("connect");
-        Raw { ws }
+        Raw {
+            ws,
+            token: Some(host.owner_token.clone()),
+        }
     }
 
     pub async fn send(&mut self, text: impl Into<String>) {
@@ -224,10 +308,25 @@ impl Raw {
         }
     }
 
-    /// Sends hello and returns the welcome (or error).
+    /// Sends hello (with the token, if any) and returns the welcome (or error).
     pub async fn hello(&mut self, key: Value) -> Value {
-        self.send_json(json!({"type": "hello", "protocol": 1, "key": key}))
-            .await;
+        let mut hello = json!({"type": "hello", "protocol": 1, "key": key});
+        if let Some(token) = &self.token {
+            hello["token"] = json!(token);
+        }
+        self.send_json(hello).await;
         self.next_reply().await
+    }
+
+    /// Calls an action and returns its reply (`result` or `error`).
+    pub async fn call(&mut self, id: u64, name: &str, args: Value) -> Value {
+        self.send_json(json!({"type": "action", "id": id, "name": name, "args": args}))
+            .await;
+        loop {
+            let reply = self.next_reply().await;
+            if reply["id"] == id {
+                return reply;
+            }
+        }
     }
 }

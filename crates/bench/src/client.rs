@@ -32,9 +32,10 @@ pub async fn connect(url: &str) -> Result<Ws> {
     Ok(ws)
 }
 
-/// Sends `hello` for `key` and returns the log's head from `welcome`.
-pub async fn hello(ws: &mut Ws, key: &str) -> Result<u64> {
-    let hello = serde_json::json!({"type": "hello", "protocol": 1, "key": [key]});
+/// Sends `hello` for `key` as the owner (`token`) and returns the log's
+/// head from `welcome`.
+pub async fn hello(ws: &mut Ws, key: &str, token: &str) -> Result<u64> {
+    let hello = serde_json::json!({"type": "hello", "protocol": 1, "key": [key], "token": token});
     send(ws, hello.to_string()).await?;
     let welcome = next_control(ws).await?;
     if welcome["type"] != "welcome" {
@@ -112,6 +113,15 @@ pub async fn result(ws: &mut Ws, id: u64) -> Result<Value> {
         bail!("expected the result of action {id}, got {v}");
     }
     Ok(v["value"].clone())
+}
+
+/// Takes the VM's control lock, which input actions (shell keys, resizes,
+/// opening shells) need. Call it before subscribing: the answer is read as
+/// the next message.
+pub async fn take_control(ws: &mut Ws) -> Result<()> {
+    const ID: u64 = 0;
+    action(ws, ID, "takeControl", serde_json::json!([])).await?;
+    result(ws, ID).await.map(|_| ())
 }
 
 /// The `shellData` kind of a binary frame (protocol.md, "Binary frames").

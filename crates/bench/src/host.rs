@@ -19,6 +19,7 @@ use tempfile::TempDir;
 pub struct HostProcess {
     child: Child,
     pub addr: SocketAddr,
+    token: String,
     // Held for its Drop: the data directory goes away with the host.
     _data_dir: TempDir,
 }
@@ -79,9 +80,19 @@ impl HostProcess {
             let _ = child.wait();
             bail!("the host did not report its address; first stdout line: {line:?}");
         };
+        // Written before the host listens.
+        let token = match std::fs::read_to_string(data_dir.path().join("owner-token")) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e).context("read the host's owner token");
+            }
+        };
         let host = HostProcess {
             child,
             addr,
+            token,
             _data_dir: data_dir,
         };
         // The bench must never reach past loopback.
@@ -93,6 +104,11 @@ impl HostProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The owner's token: the bench's clients are the owner.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     pub fn ws_url(&self) -> String {

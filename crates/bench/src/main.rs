@@ -483,11 +483,12 @@ async fn fan_out(
         emit_count,
     } = config;
     let url = host.ws_url();
+    let token = host.token();
     let mut subscribers = Vec::with_capacity(clients);
     let mut start = None;
     for _ in 0..clients {
         let mut ws = client::connect(&url).await?;
-        client::hello(&mut ws, KEY).await?;
+        client::hello(&mut ws, KEY, token).await?;
         client::subscribe(&mut ws, None).await?;
         let at = client::caught_up(&mut ws).await?;
         if *start.get_or_insert(at) != at {
@@ -496,7 +497,7 @@ async fn fan_out(
         subscribers.push(ws);
     }
     let mut producer = client::connect(&url).await?;
-    let head = client::hello(&mut producer, KEY).await?;
+    let head = client::hello(&mut producer, KEY, token).await?;
     if start.is_some_and(|s| s != head) {
         bail!("the head moved from {start:?} to {head} before the run");
     }
@@ -558,8 +559,11 @@ async fn catch_up(host: &HostProcess, opts: &Options) -> Result<(CatchUp, Ws)> {
     const KEY: &str = "bench-catchup";
     let total = opts.catch_up_events;
     let url = host.ws_url();
+    let token = host.token();
     let mut producer = client::connect(&url).await?;
-    if client::hello(&mut producer, KEY).await? != 0 {
+    // Joining is the log's first event.
+    let base = client::hello(&mut producer, KEY, token).await?;
+    if base > 1 {
         bail!("the catch-up key is not empty");
     }
     let t0 = Instant::now();
@@ -568,7 +572,10 @@ async fn catch_up(host: &HostProcess, opts: &Options) -> Result<(CatchUp, Ws)> {
         .await
         .context("catch-up producer")?;
     let log_events_per_s = total as f64 / produced.done_at.duration_since(t0).as_secs_f64();
-    close_all(vec![produced.ws]).await;
+    // Kept open until the end: the owner leaving and joining again would
+    // add events between runs.
+    let producer = produced.ws;
+    let expected = base + total;
     println!(
         "  logged {} events/s with no subscriber",
         int(log_events_per_s)
@@ -582,14 +589,14 @@ async fn catch_up(host: &HostProcess, opts: &Options) -> Result<(CatchUp, Ws)> {
             close_all(vec![ws]).await;
         }
         let mut reader = client::connect(&url).await?;
-        let head = client::hello(&mut reader, KEY).await?;
-        if head != total {
-            bail!("the catch-up log ends at {head}, expected {total}");
+        let head = client::hello(&mut reader, KEY, token).await?;
+        if head != expected {
+            bail!("the catch-up log ends at {head}, expected {expected}");
         }
         let (host_cpu0, bench_cpu0) = (host.cpu_secs(), bench_cpu_secs());
         let t0 = Instant::now();
         client::subscribe(&mut reader, Some(0)).await?;
-        let followed = client::follow(reader, 0, total, true)
+        let followed = client::follow(reader, 0, expected, true)
             .await
             .context("catch-up reader")?;
         let s = followed.last_at.duration_since(t0).as_secs_f64();
@@ -597,8 +604,11 @@ async fn catch_up(host: &HostProcess, opts: &Options) -> Result<(CatchUp, Ws)> {
             .caught_up_at
             .map_or(s, |at| at.duration_since(t0).as_secs_f64());
         let (host_cpu, bench_cpu) = (host.cpu_secs() - host_cpu0, bench_cpu_secs() - bench_cpu0);
-        if followed.events != total {
-            bail!("caught up on {} events, expected {total}", followed.events);
+        if followed.events != expected {
+            bail!(
+                "caught up on {} events, expected {expected}",
+                followed.events
+            );
         }
         println!(
             "  caught up in {s:.3} s (caughtUp at {caught_up:.3} s), {} events/s; host {:.2} cores, bench {:.2} cores",
@@ -610,6 +620,7 @@ async fn catch_up(host: &HostProcess, opts: &Options) -> Result<(CatchUp, Ws)> {
         runs.push((s, caught_up, host_cpu / caught_up, bench_cpu / caught_up));
         last_reader = Some(followed.ws);
     }
+    close_all(vec![producer]).await;
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (_, caught_up_secs, host_cores, bench_cores) = runs[runs.len() / 2];
     Ok((

@@ -354,10 +354,15 @@ pub async fn measure(
 async fn tput_run(host: &HostProcess, file: &CatFile, clients: usize) -> Result<TputRun> {
     const KEY: &str = "bench-shell";
     let url = host.ws_url();
+    let token = host.token();
     let mut conns = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    for i in 0..clients {
         let mut ws = client::connect(&url).await?;
-        client::hello(&mut ws, KEY).await?;
+        client::hello(&mut ws, KEY, token).await?;
+        if i == 0 {
+            // The first client opens the shell.
+            client::take_control(&mut ws).await?;
+        }
         client::subscribe_to(&mut ws, &["shellData", "shellExit"]).await?;
         client::caught_up(&mut ws).await?;
         conns.push(ws);
@@ -598,12 +603,14 @@ async fn observe(
 async fn echo_run(host: &HostProcess, kind: EchoKind, keystrokes: usize) -> Result<Echo> {
     const KEY: &str = "bench-echo";
     let url = host.ws_url();
+    let token = host.token();
     let mut driver = client::connect(&url).await?;
-    client::hello(&mut driver, KEY).await?;
+    client::hello(&mut driver, KEY, token).await?;
+    client::take_control(&mut driver).await?;
     let mut observers = Vec::with_capacity(ECHO_OBSERVERS);
     for _ in 0..ECHO_OBSERVERS {
         let mut ws = client::connect(&url).await?;
-        client::hello(&mut ws, KEY).await?;
+        client::hello(&mut ws, KEY, token).await?;
         client::subscribe_to(&mut ws, &["shellData"]).await?;
         client::caught_up(&mut ws).await?;
         observers.push(ws);
@@ -707,8 +714,10 @@ async fn late_join_run(host: &HostProcess, random_bytes: u64) -> Result<LateJoin
     // The typed line echoes `__LATE""JOIN__`; only the output has the marker.
     const MARKER: &[u8] = b"__LATEJOIN__";
     let url = host.ws_url();
+    let token = host.token();
     let mut driver = client::connect(&url).await?;
-    client::hello(&mut driver, KEY).await?;
+    client::hello(&mut driver, KEY, token).await?;
+    client::take_control(&mut driver).await?;
     client::subscribe_to(&mut driver, &["shellData"]).await?;
     client::caught_up(&mut driver).await?;
     client::action(
@@ -813,7 +822,7 @@ async fn late_join_run(host: &HostProcess, random_bytes: u64) -> Result<LateJoin
             settled_secs = host.settle(SETTLE_LIMIT).await.as_secs_f64();
             println!("  host idle {settled_secs:.1} s after the first join");
         }
-        let (join, got) = join_once(&url, KEY, shell, prev_seq).await?;
+        let (join, got) = join_once(&url, token, KEY, shell, prev_seq).await?;
         scrollback_lines = same_screen(want.screen(), got.screen())
             .with_context(|| format!("late joiner {run}: the snapshot is not the screen"))?;
         println!(
@@ -893,13 +902,14 @@ fn parser(rows: u16, cols: u16) -> Result<vt100::Parser> {
 /// and its bytes drawn into a parser of the size it names.
 async fn join_once(
     url: &str,
+    token: &str,
     key: &str,
     shell: u32,
     last_seq: u64,
 ) -> Result<(Join, vt100::Parser)> {
     let t_connect = Instant::now();
     let mut ws = client::connect(url).await?;
-    client::hello(&mut ws, key).await?;
+    client::hello(&mut ws, key, token).await?;
     let t0 = Instant::now();
     client::feed_subscribe(&mut ws).await?;
     client::feed_action(&mut ws, 1, "getShellSnapshot", json!([shell])).await?;

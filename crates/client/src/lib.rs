@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ensemble_protocol::{
-    BinaryHeader, ClientMessage, ErrorBody, ErrorCode, EventFrame, ServerMessage, VmInfo,
-    MAX_MESSAGE_BYTES, PROTOCOL_VERSION, WS_PATH,
+    BinaryHeader, ClientMessage, ErrorBody, ErrorCode, EventFrame, Participant, ServerMessage,
+    VmInfo, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, WS_PATH,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -99,6 +99,7 @@ impl Event {
 #[derive(Debug, Clone)]
 pub struct Client {
     url: String,
+    token: Option<String>,
 }
 
 /// How to open a VM.
@@ -125,7 +126,17 @@ impl Default for OpenOptions {
 impl Client {
     /// `url` is the host's base, `ws://host:port`.
     pub fn new(url: impl Into<String>) -> Client {
-        Client { url: url.into() }
+        Client {
+            url: url.into(),
+            token: None,
+        }
+    }
+
+    /// Authenticates with `token` (the owner's, from `<data dir>/owner-token`,
+    /// or a member token a join issued).
+    pub fn with_token(mut self, token: impl Into<String>) -> Client {
+        self.token = Some(token.into());
+        self
     }
 
     /// Opens the VM of `key` (string or parts), following events from now on.
@@ -149,6 +160,7 @@ impl Client {
         let (call_tx, call_rx) = mpsc::channel(CALL_QUEUE);
         let mut conn = Conn {
             url,
+            token: self.token.clone(),
             key,
             options,
             shared: shared.clone(),
@@ -157,10 +169,11 @@ impl Client {
             pending: HashMap::new(),
             next_id: 1,
         };
-        let (ws, info) = conn.connect().await?;
+        let (ws, info, you) = conn.connect().await?;
         tokio::spawn(conn.run(ws, call_rx));
         Ok(VmClient {
             info,
+            you,
             call_tx,
             shared,
             last_rx,
@@ -209,6 +222,7 @@ struct Listener {
 /// An open VM. Dropping every clone of the handle stops the connection.
 pub struct VmClient {
     info: VmInfo,
+    you: Participant,
     call_tx: mpsc::Sender<Call>,
     shared: Arc<Shared>,
     last_rx: watch::Receiver<u64>,
@@ -222,6 +236,11 @@ struct Call {
 }
 
 impl VmClient {
+    /// The participant this client is (as of its first `welcome`).
+    pub fn you(&self) -> &Participant {
+        &self.you
+    }
+
     pub fn info(&self) -> &VmInfo {
         &self.info
     }
@@ -281,6 +300,7 @@ type Ws =
 
 struct Conn {
     url: String,
+    token: Option<String>,
     key: Value,
     options: OpenOptions,
     shared: Arc<Shared>,
@@ -299,7 +319,7 @@ enum Ended {
 
 impl Conn {
     /// Connects, says hello, subscribes from the last seq.
-    async fn connect(&mut self) -> Result<(Ws, VmInfo), ClientError> {
+    async fn connect(&mut self) -> Result<(Ws, VmInfo, Participant), ClientError> {
         let connect_err = |reason: String| ClientError::Connect {
             url: self.url.clone(),
             reason,
@@ -311,9 +331,13 @@ impl Conn {
             protocol: PROTOCOL_VERSION,
             key: self.key.clone(),
             name: self.options.name.clone(),
+            token: self.token.clone(),
+            join_code: None,
+            login_code: None,
+            request_join: false,
         };
         send_json(&mut ws, &hello).await?;
-        let info = loop {
+        let (info, you) = loop {
             let msg = ws
                 .next()
                 .await
@@ -321,7 +345,7 @@ impl Conn {
                 .map_err(|e| connect_err(e.to_string()))?;
             let Message::Text(text) = msg else { continue };
             match serde_json::from_str::<ServerMessage>(&text) {
-                Ok(ServerMessage::Welcome { vm, .. }) => break vm,
+                Ok(ServerMessage::Welcome { vm, you, .. }) => break (vm, you),
                 Ok(ServerMessage::Error { error, .. }) => return Err(ClientError::Refused(error)),
                 Ok(_) => continue,
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
@@ -342,7 +366,7 @@ impl Conn {
             },
         )
         .await?;
-        Ok((ws, info))
+        Ok((ws, info, you))
     }
 
     async fn run(mut self, mut ws: Ws, mut call_rx: mpsc::Receiver<Call>) {
@@ -368,7 +392,7 @@ impl Conn {
                     },
                 }
                 match self.connect().await {
-                    Ok((new_ws, _)) => {
+                    Ok((new_ws, _, _)) => {
                         ws = new_ws;
                         delay = RECONNECT_FIRST;
                         break;
@@ -464,7 +488,7 @@ impl Conn {
             Ok(ServerMessage::CaughtUp { seq }) => {
                 self.caught_up_tx.send_replace(Some(seq));
             }
-            Ok(ServerMessage::Welcome { .. }) => {}
+            Ok(ServerMessage::Welcome { .. } | ServerMessage::JoinPending { .. }) => {}
             Err(e) => tracing::warn!(error = %e, "unreadable message"),
         }
     }

@@ -1,6 +1,7 @@
 //! The `ensemble` command: `ensemble serve` runs a headless host.
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,6 +57,10 @@ struct ServeArgs {
     /// How long a new agent has to answer `initialize` and `session/new`.
     #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
     agent_init_timeout: f64,
+    /// How long a control holder who disconnects keeps control, so that a
+    /// reconnect does not lose it.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    control_grace: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,6 +91,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.agents_file = args.agents;
     config.agent_init_timeout = Duration::try_from_secs_f64(args.agent_init_timeout)
         .context("--agent-init-timeout takes a positive number of seconds")?;
+    config.control_grace = Duration::try_from_secs_f64(args.control_grace)
+        .context("--control-grace takes a positive number of seconds")?;
     let host = Host::start(config)
         .await
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
@@ -98,11 +105,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
-    println!(
+    // Whoever started the host may have stopped reading stdout: never fail on it.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "Ensemble host listening on ws://{addr}{} (data in {})",
         ensemble_protocol::WS_PATH,
         data_dir.display()
     );
+    // The owner opens this in a browser on this machine; the code works once.
+    let mut local = addr;
+    if local.ip().is_unspecified() {
+        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let _ = writeln!(
+        out,
+        "Owner URL (works once): http://{local}/#login={}",
+        host.login_code()
+    );
+    let _ = writeln!(
+        out,
+        "Owner token: {} (for native clients; keep it secret)",
+        data_dir.join("owner-token").display()
+    );
+    let _ = out.flush();
+    drop(out);
     host.serve(listener, shutdown_signal())
         .await
         .context("server failed")?;

@@ -7,14 +7,23 @@
 //! command = "npx"
 //! args = ["-y", "@agentclientprotocol/claude-agent-acp"]
 //! ```
+//!
+//! An argument may contain `{stateDir}`: it becomes a directory of the agent
+//! type's own inside the VM's data directory (not its workspace), for what the
+//! agent keeps between runs, such as the scripted agent's journals.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::vm::VmError;
+
 /// Name of the scripted agent's binary, looked up beside the running host.
 const SCRIPTED_BINARY: &str = "ensemble-scripted-agent";
+
+/// Replaced in an agent's arguments by its state directory in the VM.
+pub const STATE_DIR: &str = "{stateDir}";
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,7 +88,7 @@ impl AgentRegistry {
             "scripted".to_owned(),
             AgentCommand {
                 command: scripted_agent_path(),
-                args: Vec::new(),
+                args: vec!["--journal-dir".to_owned(), STATE_DIR.to_owned()],
             },
         );
         if let Some(path) = file {
@@ -103,6 +112,37 @@ impl AgentRegistry {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.agents.keys().map(String::as_str)
+    }
+}
+
+impl AgentCommand {
+    /// The command as run in the VM whose directory is `vm_dir`: [`STATE_DIR`]
+    /// in an argument becomes `vm_dir/agents/<agent_type>`, created if needed.
+    pub fn for_vm(&self, agent_type: &str, vm_dir: &Path) -> Result<AgentCommand, VmError> {
+        if !self.args.iter().any(|a| a.contains(STATE_DIR)) {
+            return Ok(self.clone());
+        }
+        let plain = !agent_type.is_empty()
+            && agent_type
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !plain {
+            return Err(VmError::InvalidArgs(format!(
+                "agent type {agent_type:?} uses {STATE_DIR}, so its name may hold only letters, digits, - and _"
+            )));
+        }
+        let dir = vm_dir.join("agents").join(agent_type);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| VmError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let dir = dir.display().to_string();
+        Ok(AgentCommand {
+            command: self.command.clone(),
+            args: self
+                .args
+                .iter()
+                .map(|a| a.replace(STATE_DIR, &dir))
+                .collect(),
+        })
     }
 }
 
@@ -136,6 +176,24 @@ mod tests {
         let registry = AgentRegistry::load(Some(&file)).unwrap();
         assert_eq!(registry.get("mine").unwrap().args, ["--acp"]);
         assert_eq!(registry.get("pi").unwrap().command, "pi-local");
+        let vm_dir = dir.path().join("vm");
+        let scripted = registry
+            .get("scripted")
+            .unwrap()
+            .for_vm("scripted", &vm_dir);
+        let state = vm_dir.join("agents/scripted");
+        assert_eq!(
+            scripted.unwrap().args,
+            ["--journal-dir".to_owned(), state.display().to_string()]
+        );
+        assert!(state.is_dir());
+        let mine = registry.get("mine").unwrap();
+        assert_eq!(mine.for_vm("mine", &vm_dir).unwrap(), *mine);
+        let odd = AgentCommand {
+            command: "x".to_owned(),
+            args: vec![format!("--state={STATE_DIR}")],
+        };
+        assert!(odd.for_vm("../up", &vm_dir).is_err());
         std::fs::write(&file, "[agents.bad]\ncommand = 3\n").unwrap();
         let err = AgentRegistry::load(Some(&file)).unwrap_err().to_string();
         assert!(err.contains("agents.toml"), "{err}");

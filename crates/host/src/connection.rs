@@ -9,22 +9,24 @@
 //! bounded by one page plus the socket's write buffer.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use ensemble_protocol::{
-    ClientMessage, ErrorBody, ErrorCode, Key, Limits, ServerMessage, MAX_MESSAGE_BYTES,
-    PROTOCOL_VERSION,
+    ClientMessage, ErrorBody, ErrorCode, Key, Limits, Participant, ServerMessage,
+    MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::{request_wire_id, Access, Admission, Admitted, Credential, Member};
 use crate::actions::{self, ActionContext, MAX_FILTER_NAMES};
-use crate::log::{Frame, Log, LogError, LoggedEvent};
+use crate::log::{Frame, Log, LogError, LoggedEvent, NewEvent};
 use crate::registry::Registry;
 use crate::vm::Vm;
 
@@ -49,6 +51,7 @@ const LIVE_BATCH: usize = 512;
 /// What every connection shares.
 pub struct Shared {
     pub registry: Registry,
+    pub access: Access,
     pub agents: crate::agents::AgentRegistry,
     pub agent_init_timeout: Duration,
     /// Numbers connections, for ownership of what they open.
@@ -73,13 +76,19 @@ enum Out {
     Filter(Option<HashSet<String>>),
 }
 
-/// Serves one upgraded WebSocket until either side closes it.
-pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
+/// Serves one upgraded WebSocket from `peer` until either side closes it.
+pub async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: IpAddr) {
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
     let done = shared.shutdown.child_token();
     let mut writer = tokio::spawn(write_half(sink, out_rx, shared.stall_timeout, done.clone()));
-    read_half(stream, out_tx, shared, done.clone()).await;
+    let state = read_half(stream, out_tx, shared, done.clone(), peer).await;
+    if let (Some(vm), Some(me)) = (&state.vm, &state.me) {
+        let id = me.borrow().as_ref().map(|m| m.id);
+        if let Some(id) = id {
+            vm.control().disconnect(id).await;
+        }
+    }
     // The reading half dropped its sender: the writer sends what is queued
     // (a close frame, say) and ends; one that cannot is stopped.
     if tokio::time::timeout(WRITER_DRAIN, &mut writer)
@@ -93,7 +102,11 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>) {
 
 struct ReadState {
     conn_id: u64,
+    peer: IpAddr,
     vm: Option<Vm>,
+    /// Who this connection is, kept current by the access thread (`None`
+    /// once removed). Set together with `vm`: no VM, no events.
+    me: Option<watch::Receiver<Option<Member>>>,
     subscribed: bool,
 }
 
@@ -102,18 +115,39 @@ async fn read_half(
     out_tx: mpsc::Sender<Out>,
     shared: Arc<Shared>,
     done: CancellationToken,
-) {
+    peer: IpAddr,
+) -> ReadState {
     let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_ACTIONS));
     let mut state = ReadState {
         conn_id: shared
             .next_conn_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        peer,
         vm: None,
+        me: None,
         subscribed: false,
     };
     loop {
+        let removed = async {
+            if let Some(me) = &mut state.me {
+                // Ok once the member is removed; an error only means the
+                // host is stopping, which `done` covers.
+                if me.wait_for(Option::is_none).await.is_ok() {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await
+        };
         let msg = tokio::select! {
-            _ = done.cancelled() => return,
+            _ = done.cancelled() => return state,
+            _ = removed => {
+                let _ = out_tx.send(Out::Text(error_text(None, ErrorBody::new(
+                    ErrorCode::Unauthorized,
+                    "the owner removed you from this host",
+                )))).await;
+                let _ = out_tx.send(Out::Close(1008, "removed by the owner")).await;
+                return state;
+            }
             msg = stream.next() => msg,
         };
         let msg = match msg {
@@ -127,13 +161,42 @@ async fn read_half(
                         .await;
                 }
                 tracing::debug!(error = %e, "connection read failed");
-                return;
+                return state;
             }
-            None => return,
+            None => return state,
         };
         let reply = match msg {
             Message::Text(text) if text.len() > MAX_MESSAGE_BYTES => Some(too_large(text.len())),
             Message::Text(text) => match parse(text.as_str()) {
+                Ok(ClientMessage::Hello {
+                    protocol,
+                    key,
+                    name,
+                    token,
+                    join_code,
+                    login_code,
+                    request_join,
+                }) => {
+                    let credential = match (token, join_code, login_code) {
+                        (Some(t), _, _) => Credential::Token(t),
+                        (None, Some(c), _) => Credential::JoinCode(c),
+                        (None, None, Some(c)) => Credential::LoginCode(c),
+                        (None, None, None) if request_join => Credential::RequestJoin,
+                        (None, None, None) => Credential::None,
+                    };
+                    let hello = Hello {
+                        protocol,
+                        key,
+                        name,
+                        credential,
+                    };
+                    match hello_with_join(hello, &mut state, &shared, &out_tx, &mut stream, &done)
+                        .await
+                    {
+                        Some(reply) => reply,
+                        None => return state,
+                    }
+                }
                 Ok(m) => handle(m, &mut state, &shared, &out_tx, &permits).await,
                 Err((id, body)) => Some(error_text(id, body)),
             },
@@ -145,15 +208,245 @@ async fn read_half(
                     "protocol 1 takes no binary frames from clients",
                 ),
             )),
-            Message::Close(_) => return,
+            Message::Close(_) => return state,
             Message::Ping(_) | Message::Pong(_) => None,
         };
         if let Some(text) = reply {
             if out_tx.send(Out::Text(text)).await.is_err() {
-                return;
+                return state;
             }
         }
     }
+}
+
+struct Hello {
+    protocol: u32,
+    key: Value,
+    name: Option<String>,
+    credential: Credential,
+}
+
+/// `hello`, including the wait for the owner when it is a join request.
+/// Answers the reply to send, or `None` if the connection should end.
+async fn hello_with_join(
+    hello: Hello,
+    state: &mut ReadState,
+    shared: &Arc<Shared>,
+    out_tx: &mpsc::Sender<Out>,
+    stream: &mut SplitStream<WebSocket>,
+    done: &CancellationToken,
+) -> Option<Option<String>> {
+    let (request_id, decision, vm) = match open_hello(hello, state, shared).await {
+        Opened::Reply(reply) => return Some(Some(reply)),
+        Opened::Pending {
+            request_id,
+            decision,
+            vm,
+        } => (request_id, decision, vm),
+    };
+    let wire_id = request_wire_id(request_id);
+    let pending = ServerMessage::JoinPending {
+        request_id: wire_id.clone(),
+    };
+    let text = serde_json::to_string(&pending).unwrap_or_default();
+    if out_tx.send(Out::Text(text)).await.is_err() {
+        shared.access.withdraw(request_id).await;
+        return None;
+    }
+    let mut decision = std::pin::pin!(decision);
+    let outcome = loop {
+        tokio::select! {
+            _ = done.cancelled() => break None,
+            d = &mut decision => break Some(d.unwrap_or_else(|_| Err(ErrorBody::new(
+                ErrorCode::Unavailable,
+                "the host is shutting down",
+            )))),
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(_)) => {
+                    let text = error_text(None, ErrorBody::new(
+                        ErrorCode::NotOpen,
+                        "your join request waits for the owner; nothing else can be done until they answer",
+                    ));
+                    if out_tx.send(Out::Text(text)).await.is_err() {
+                        break None;
+                    }
+                }
+            },
+        }
+    };
+    let resolved = |approved: bool, participant: Option<String>, reason: &str| NewEvent::Json {
+        name: "joinResolved".to_owned(),
+        data: json!({
+            "requestId": wire_id,
+            "approved": approved,
+            "participantId": participant,
+            "reason": reason,
+        })
+        .to_string(),
+    };
+    match outcome {
+        None => {
+            shared.access.withdraw(request_id).await;
+            let _ = vm
+                .log()
+                .append(vec![resolved(false, None, "withdrawn")])
+                .await;
+            None
+        }
+        Some(Ok(admitted)) => {
+            let _ = vm
+                .log()
+                .append(vec![resolved(
+                    true,
+                    Some(admitted.member.wire_id()),
+                    "approved",
+                )])
+                .await;
+            Some(Some(welcome(admitted, vm, state, shared).await))
+        }
+        Some(Err(e)) => {
+            let _ = vm.log().append(vec![resolved(false, None, "denied")]).await;
+            Some(Some(error_text(None, e)))
+        }
+    }
+}
+
+enum Opened {
+    Reply(String),
+    Pending {
+        request_id: u64,
+        decision: tokio::sync::oneshot::Receiver<crate::access::Decision>,
+        vm: Vm,
+    },
+}
+
+async fn open_hello(hello: Hello, state: &mut ReadState, shared: &Arc<Shared>) -> Opened {
+    let Hello {
+        protocol,
+        key,
+        name,
+        credential,
+    } = hello;
+    if state.vm.is_some() {
+        return Opened::Reply(error_text(
+            None,
+            ErrorBody::new(
+                ErrorCode::AlreadyOpen,
+                "this connection already opened a VM; open another connection for another key",
+            ),
+        ));
+    }
+    if protocol != PROTOCOL_VERSION {
+        return Opened::Reply(error_text(
+            None,
+            ErrorBody::new(
+                ErrorCode::UnsupportedVersion,
+                format!("this host speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
+            ),
+        ));
+    }
+    let key = match Key::from_value(&key) {
+        Ok(key) => key,
+        Err(e) => {
+            return Opened::Reply(error_text(
+                None,
+                ErrorBody::new(ErrorCode::InvalidKey, e.to_string()),
+            ))
+        }
+    };
+    let admission = match shared
+        .access
+        .admit(credential, name.clone(), state.peer)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return Opened::Reply(error_text(None, e)),
+    };
+    let vm = match shared.registry.open(key).await {
+        Ok(vm) => vm,
+        Err(e) => return Opened::Reply(error_text(None, e.to_body())),
+    };
+    match admission {
+        Admission::Admitted(admitted) => {
+            tracing::debug!(
+                vm = vm.info().id,
+                participant = admitted.member.id,
+                client = name.as_deref().unwrap_or("-"),
+                "client opened VM"
+            );
+            Opened::Reply(welcome(admitted, vm, state, shared).await)
+        }
+        Admission::Pending {
+            request_id,
+            decision,
+        } => {
+            let event = NewEvent::Json {
+                name: "joinRequested".to_owned(),
+                data: json!({
+                    "requestId": request_wire_id(request_id),
+                    "name": name.as_deref().map(str::trim).filter(|n| !n.is_empty()).unwrap_or("Guest"),
+                })
+                .to_string(),
+            };
+            if let Err(e) = vm.log().append(vec![event]).await {
+                shared.access.withdraw(request_id).await;
+                return Opened::Reply(error_text(
+                    None,
+                    ErrorBody::new(ErrorCode::Internal, e.to_string()),
+                ));
+            }
+            Opened::Pending {
+                request_id,
+                decision,
+                vm,
+            }
+        }
+    }
+}
+
+/// Joins the VM's participants and builds `welcome`.
+async fn welcome(
+    admitted: Admitted,
+    vm: Vm,
+    state: &mut ReadState,
+    shared: &Arc<Shared>,
+) -> String {
+    let member = admitted.member;
+    let snapshot = match vm.control().connect(member.clone()).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => return error_text(None, e),
+    };
+    let participants = snapshot.participants;
+    let you = participants
+        .iter()
+        .find(|p| p.id == member.wire_id())
+        .cloned()
+        .unwrap_or_else(|| Participant {
+            id: member.wire_id(),
+            name: member.name.clone(),
+            color: member.color.clone(),
+            role: member.role,
+            connected: true,
+            last_seen: crate::log::now_ms(),
+        });
+    let welcome = ServerMessage::Welcome {
+        protocol: PROTOCOL_VERSION,
+        server: shared.server.clone(),
+        vm: vm.info().clone(),
+        head: snapshot.head,
+        first: vm.log().first(),
+        output_from: vm.log().output_from(),
+        limits: Limits::default(),
+        you,
+        participants,
+        control: snapshot.lock.to_wire(),
+        token: admitted.issued,
+    };
+    state.vm = Some(vm);
+    state.me = Some(admitted.watch);
+    serde_json::to_string(&welcome).unwrap_or_default()
 }
 
 fn is_capacity_error(e: &axum::Error) -> bool {
@@ -218,57 +511,8 @@ async fn handle(
     permits: &Arc<Semaphore>,
 ) -> Option<String> {
     match msg {
-        ClientMessage::Hello {
-            protocol,
-            key,
-            name,
-        } => {
-            if state.vm.is_some() {
-                return Some(error_text(
-                    None,
-                    ErrorBody::new(ErrorCode::AlreadyOpen, "this connection already opened a VM; open another connection for another key"),
-                ));
-            }
-            if protocol != PROTOCOL_VERSION {
-                return Some(error_text(
-                    None,
-                    ErrorBody::new(
-                        ErrorCode::UnsupportedVersion,
-                        format!("this host speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
-                    ),
-                ));
-            }
-            let key = match Key::from_value(&key) {
-                Ok(key) => key,
-                Err(e) => {
-                    return Some(error_text(
-                        None,
-                        ErrorBody::new(ErrorCode::InvalidKey, e.to_string()),
-                    ))
-                }
-            };
-            match shared.registry.open(key).await {
-                Ok(vm) => {
-                    tracing::debug!(
-                        vm = vm.info().id,
-                        client = name.as_deref().unwrap_or("-"),
-                        "client opened VM"
-                    );
-                    let welcome = ServerMessage::Welcome {
-                        protocol: PROTOCOL_VERSION,
-                        server: shared.server.clone(),
-                        vm: vm.info().clone(),
-                        head: vm.log().head(),
-                        first: vm.log().first(),
-                        output_from: vm.log().output_from(),
-                        limits: Limits::default(),
-                    };
-                    state.vm = Some(vm);
-                    Some(serde_json::to_string(&welcome).unwrap_or_default())
-                }
-                Err(e) => Some(error_text(None, e.to_body())),
-            }
-        }
+        // Handled by the reading loop, which owns the socket a join request waits on.
+        ClientMessage::Hello { .. } => None,
         ClientMessage::Subscribe { events, since } => {
             let Some(vm) = &state.vm else {
                 return Some(not_open(None));
@@ -321,6 +565,13 @@ async fn handle(
             let Some(vm) = state.vm.clone() else {
                 return Some(not_open(Some(id)));
             };
+            // The member as of now: a role change applies to the next action.
+            let Some(me) = state.me.as_ref().and_then(|w| w.borrow().clone()) else {
+                return Some(error_text(
+                    Some(id),
+                    ErrorBody::new(ErrorCode::Unauthorized, "you were removed from this host"),
+                ));
+            };
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return None;
             };
@@ -332,6 +583,8 @@ async fn handle(
                 let ctx = ActionContext {
                     vm: &vm,
                     conn_id,
+                    me,
+                    access: &shared.access,
                     agents: &shared.agents,
                     agent_init_timeout: shared.agent_init_timeout,
                     test_actions,

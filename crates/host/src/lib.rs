@@ -1,11 +1,13 @@
 //! The Ensemble host, headless.
 //!
 //! Layout (data flows down):
-//! * [`server`]: HTTP and the WebSocket endpoint.
+//! * [`server`]: HTTP and the WebSocket endpoint; [`ui`]: the web UI it serves.
 //! * [`connection`]: one client: parses frames, runs actions, streams the log.
+//! * [`access`]: who may connect (owner, members, join codes and requests).
 //! * [`actions`]: each action's arguments and effect.
 //! * [`registry`]: key → open VM (`getOrCreate`), one actor.
 //! * [`vm`]: an agent VM and the actor that owns its processes and shells.
+//! * [`control`]: a VM's participants and its control lock.
 //! * [`process`], [`shell`]: processes on pipes and shells on PTYs, their
 //!   output chunked by [`output`] into the log; [`workspace`]: where they run
 //!   and their clean environment.
@@ -15,9 +17,11 @@
 //! * [`store`]: the data directory and the key registry.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod actions;
 pub mod agents;
 pub mod connection;
+pub mod control;
 pub mod hook;
 pub mod log;
 pub mod output;
@@ -28,6 +32,7 @@ pub mod session;
 pub mod shell;
 pub mod store;
 pub mod terminal;
+pub mod ui;
 pub mod vm;
 pub mod workspace;
 
@@ -42,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use hook::{Hook, HookEvent, SessionHookEvent};
 
+use crate::access::Access;
 use crate::connection::Shared;
 use crate::hook::Hooks;
 use crate::registry::Registry;
@@ -68,6 +74,8 @@ pub struct HostConfig {
     pub agents_file: Option<PathBuf>,
     /// How long a new agent has to answer `initialize` and `session/new`.
     pub agent_init_timeout: Duration,
+    /// How long a holder who disconnects keeps control.
+    pub control_grace: Duration,
 }
 
 impl HostConfig {
@@ -81,6 +89,7 @@ impl HostConfig {
             output_budget: DEFAULT_OUTPUT_BUDGET,
             agents_file: None,
             agent_init_timeout: session::DEFAULT_INIT_TIMEOUT,
+            control_grace: control::DEFAULT_GRACE,
         }
     }
 }
@@ -95,6 +104,8 @@ pub enum HostError {
     ShuttingDown,
     #[error(transparent)]
     Agents(#[from] agents::AgentRegistryError),
+    #[error(transparent)]
+    Access(#[from] access::AccessError),
 }
 
 impl HostError {
@@ -123,6 +134,10 @@ impl Host {
             .await
             .map_err(|_| HostError::ShuttingDown)??;
         let known = store.all_vms()?;
+        let access_dir = config.data_dir.clone();
+        let access = tokio::task::spawn_blocking(move || Access::open(&access_dir))
+            .await
+            .map_err(|_| HostError::ShuttingDown)??;
         let agents = agents::AgentRegistry::load(config.agents_file.as_deref())?;
         let mut hooks = config.hooks;
         if let Some(command) = config.hook_command {
@@ -130,7 +145,13 @@ impl Host {
         }
         let hooks = Hooks::new(hooks, shutdown.child_token());
         let wake_all = !hooks.is_empty();
-        let registry = Registry::start(store, hooks, config.output_budget);
+        let registry = Registry::start(
+            store,
+            hooks,
+            config.output_budget,
+            access.clone(),
+            config.control_grace,
+        );
         if wake_all {
             for (_, key) in known {
                 registry.open(key).await?;
@@ -139,6 +160,7 @@ impl Host {
         Ok(Host {
             shared: Arc::new(Shared {
                 registry,
+                access,
                 agents,
                 agent_init_timeout: config.agent_init_timeout,
                 next_conn_id: std::sync::atomic::AtomicU64::new(1),
@@ -148,6 +170,17 @@ impl Host {
                 server: format!("ensemble/{}", env!("CARGO_PKG_VERSION")),
             }),
         })
+    }
+
+    /// The owner's token (also in `<data dir>/owner-token`), for a UI the
+    /// owner starts locally, such as the desktop app.
+    pub fn owner_token(&self) -> &str {
+        self.shared.access.owner_token()
+    }
+
+    /// A code that logs a browser in as the owner once (`/#login=CODE`).
+    pub fn login_code(&self) -> &str {
+        self.shared.access.login_code()
     }
 
     /// Serves clients on `listener` until `shutdown` resolves, then closes
@@ -171,6 +204,7 @@ impl Host {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
         });
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(token.clone().cancelled_owned())
             .await;

@@ -4,10 +4,13 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ensemble_protocol::Key;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access::Access;
+use crate::control::Control;
 use crate::hook::Hooks;
 use crate::log::{self, Log};
 use crate::store::{Store, StoreError};
@@ -37,10 +40,22 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// `output_budget`: bytes of shell and process output each VM's log keeps.
-    pub fn start(store: Store, hooks: Hooks, output_budget: u64) -> Registry {
+    /// `output_budget`: bytes of shell and process output each VM's log
+    /// keeps; `grace`: how long a disconnected holder keeps control.
+    pub fn start(
+        store: Store,
+        hooks: Hooks,
+        output_budget: u64,
+        access: Access,
+        grace: Duration,
+    ) -> Registry {
         let (tx, rx) = mpsc::channel(REGISTRY_QUEUE);
-        tokio::spawn(run(Arc::new(Mutex::new(store)), hooks, output_budget, rx));
+        let settings = Settings {
+            output_budget,
+            access,
+            grace,
+        };
+        tokio::spawn(run(Arc::new(Mutex::new(store)), hooks, settings, rx));
         Registry { tx }
     }
 
@@ -63,12 +78,19 @@ impl Registry {
     }
 }
 
+struct Settings {
+    output_budget: u64,
+    access: Access,
+    grace: Duration,
+}
+
 async fn run(
     store: Arc<Mutex<Store>>,
     hooks: Hooks,
-    output_budget: u64,
+    settings: Settings,
     mut rx: mpsc::Receiver<Msg>,
 ) {
+    let output_budget = settings.output_budget;
     let mut vms: HashMap<Key, Vm> = HashMap::new();
     // Resolve when each VM's processes are gone, then when its log is committed.
     let mut actors: Vec<oneshot::Receiver<()>> = Vec::new();
@@ -97,6 +119,11 @@ async fn run(
                                 continue;
                             }
                         };
+                        let control = Control::start(
+                            opened.log.clone(),
+                            settings.access.changes(),
+                            settings.grace,
+                        );
                         let (vm, actor_done) = Vm::start(
                             opened.id,
                             key.clone(),
@@ -104,6 +131,7 @@ async fn run(
                             opened.workspace,
                             opened.log,
                             first_shell_id,
+                            control,
                         );
                         writers.push(opened.writer_done);
                         actors.push(actor_done);

@@ -1,10 +1,12 @@
-//! The HTTP front: the WebSocket endpoint and a health check. Takes a bound
-//! listener and a shutdown future, so tests bind port 0.
+//! The HTTP front: the WebSocket endpoint, a health check and the web UI
+//! ([`crate::ui`]). Takes a bound listener and a shutdown future, so tests
+//! bind port 0.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -27,12 +29,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(WS_PATH, get(upgrade))
         .route("/health", get(|| async { "ok\n" }))
+        .fallback(get(crate::ui::serve))
         .with_state(shared)
 }
 
 async fn upgrade(
     ws: WebSocketUpgrade,
     headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     State(shared): State<Arc<Shared>>,
 ) -> Response {
     if !same_origin(&headers) {
@@ -46,7 +50,7 @@ async fn upgrade(
         .max_frame_size(HARD_MAX_MESSAGE_BYTES)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| connection::serve(socket, shared))
+        .on_upgrade(move |socket| connection::serve(socket, shared, peer.ip()))
 }
 
 /// A browser sends `Origin`; it must name this host, so that a web page a

@@ -2,10 +2,14 @@
 //! starts with a clean environment. Each session is one task that owns the
 //! connection; the agent's `session/update` notifications become
 //! `sessionEvent`s in the log, its permission requests wait for a person,
-//! and its file reads and writes stay inside the VM's workspace.
+//! and its file reads and writes stay inside the VM's workspace. A session
+//! whose agent has gone (host restart, crash, close) is resumed by starting
+//! the agent again and sending ACP `session/load`, if the agent supports it.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,12 +17,12 @@ use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::schema::{
     CancelNotification, ClientCapabilities, ContentBlock, CreateTerminalRequest,
     CreateTerminalResponse, FileSystemCapabilities, Implementation, InitializeRequest,
-    KillTerminalRequest, KillTerminalResponse, NewSessionRequest, PromptRequest,
-    ReadTextFileRequest, ReadTextFileResponse, ReleaseTerminalRequest, ReleaseTerminalResponse,
-    RequestPermissionOutcome, RequestPermissionRequest, RequestPermissionResponse,
-    SelectedPermissionOutcome, SessionNotification, SessionUpdate, SetSessionModeRequest,
-    TerminalExitStatus, TerminalOutputRequest, TerminalOutputResponse, TextContent,
-    WaitForTerminalExitRequest, WaitForTerminalExitResponse, WriteTextFileRequest,
+    KillTerminalRequest, KillTerminalResponse, LoadSessionRequest, NewSessionRequest,
+    PromptRequest, ReadTextFileRequest, ReadTextFileResponse, ReleaseTerminalRequest,
+    ReleaseTerminalResponse, RequestPermissionOutcome, RequestPermissionRequest,
+    RequestPermissionResponse, SelectedPermissionOutcome, SessionNotification, SessionUpdate,
+    SetSessionModeRequest, TerminalExitStatus, TerminalOutputRequest, TerminalOutputResponse,
+    TextContent, WaitForTerminalExitRequest, WaitForTerminalExitResponse, WriteTextFileRequest,
     WriteTextFileResponse,
 };
 use agent_client_protocol::v1::{ConnectionTo, Responder};
@@ -53,6 +57,8 @@ const SESSION_QUEUE: usize = 32;
 pub struct SessionInfo {
     pub session_id: String,
     pub agent_type: String,
+    /// The agent's own id of the session (what `session/load` takes).
+    pub agent_session_id: String,
     pub agent_info: Value,
     pub capabilities: Value,
     /// `ready`, `prompting` or `ended`.
@@ -94,6 +100,8 @@ struct Entry {
 #[derive(Default)]
 pub struct Sessions {
     entries: HashMap<String, Entry>,
+    /// Sessions being resumed: a second resume of one is refused meanwhile.
+    resuming: std::collections::HashSet<String>,
 }
 
 /// Everything a new session needs, gathered by the action.
@@ -107,12 +115,39 @@ pub struct SessionStart {
     /// For `terminal/*`: the agent's commands run as the VM's processes.
     pub vm: WeakVm,
     pub init_timeout: Duration,
+    /// The session's working directory, as sent in `session/new` or `session/load`.
+    pub cwd: PathBuf,
+    /// Resume: the agent's session id to `session/load` instead of `session/new`.
+    pub load: Option<String>,
 }
 
 impl Sessions {
     pub fn insert(&mut self, started: Started) {
+        self.resuming.remove(&started.session_id);
         self.entries
             .insert(started.session_id.clone(), started.entry);
+    }
+
+    /// Claims `id` for a resume: refused while its task still runs or another
+    /// resume of it is under way. Ends with [`Sessions::insert`] or
+    /// [`Sessions::release`].
+    pub fn reserve(&mut self, id: &str) -> Result<(), VmError> {
+        // The channel closes when the task is over, after `sessionEnded`.
+        let live = self
+            .entries
+            .get(id)
+            .is_some_and(|e| !e.commands.is_closed());
+        if live || !self.resuming.insert(id.to_owned()) {
+            return Err(VmError::InvalidArgs(format!(
+                "session {id} is live or being resumed; only an ended session can be resumed"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Gives up a [`Sessions::reserve`] whose resume failed.
+    pub fn release(&mut self, id: &str) {
+        self.resuming.remove(id);
     }
 
     fn entry(&self, id: &str) -> Result<&Entry, VmError> {
@@ -213,6 +248,8 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         log,
         vm,
         init_timeout,
+        cwd,
+        load,
     } = start;
     let mut child = tokio::process::Command::new(&agent.command)
         .args(&agent.args)
@@ -239,6 +276,7 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
     let info = Arc::new(Mutex::new(SessionInfo {
         session_id: session_id.clone(),
         agent_type: agent_type.clone(),
+        agent_session_id: String::new(),
         agent_info: Value::Null,
         capabilities: Value::Null,
         state: "starting".to_owned(),
@@ -256,8 +294,10 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         turn_text,
         vm,
         terminals: Arc::default(),
+        loading: Arc::default(),
     };
-    let running = tokio::spawn(task.run(child, transport, commands_rx, ready_tx));
+    let opening = Opening { cwd, load };
+    let running = tokio::spawn(task.run(child, transport, opening, commands_rx, ready_tx));
     match tokio::time::timeout(init_timeout, ready_rx).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(e),
@@ -303,6 +343,16 @@ struct SessionTask {
     vm: WeakVm,
     /// The agent's terminals: VM processes everyone can watch.
     terminals: Arc<Mutex<HashMap<String, Terminal>>>,
+    /// True while `session/load` runs: the transcript the agent replays is
+    /// already in the log, so its updates are not logged again.
+    loading: Arc<AtomicBool>,
+}
+
+/// How the task opens its session: `session/new` in `cwd`, or `session/load`
+/// of the agent's session `load`.
+struct Opening {
+    cwd: PathBuf,
+    load: Option<String>,
 }
 
 #[derive(Clone)]
@@ -365,6 +415,7 @@ impl SessionTask {
             tokio_util::compat::Compat<tokio::process::ChildStdin>,
             tokio_util::compat::Compat<tokio::process::ChildStdout>,
         >,
+        opening: Opening,
         mut commands: mpsc::Receiver<SessionCommand>,
         ready: oneshot::Sender<Result<(), VmError>>,
     ) {
@@ -374,6 +425,8 @@ impl SessionTask {
         let on_write = self.clone();
         let foreground = self.clone();
         let mut ready = Some(ready);
+        // Why the session did not open, when it is not the agent's fault.
+        let mut refused: Option<VmError> = None;
         let result = Client
             .v1()
             .name("ensemble-host")
@@ -557,12 +610,40 @@ impl SessionTask {
                     )
                     .block_task()
                     .await?;
-                let cwd = foreground.workspace.root().to_owned();
-                let session = cx
-                    .send_request(NewSessionRequest::new(cwd))
-                    .block_task()
-                    .await?;
+                let Opening { cwd, load } = opening;
+                let agent_session = match load {
+                    None => {
+                        cx.send_request(NewSessionRequest::new(cwd))
+                            .block_task()
+                            .await?
+                            .session_id
+                    }
+                    Some(id) => {
+                        if !init.agent_capabilities.load_session {
+                            refused = Some(VmError::CannotResume(
+                                "the agent does not support session/load (its initialize answer has loadSession false)".to_owned(),
+                            ));
+                            return Ok(());
+                        }
+                        foreground.loading.store(true, Ordering::SeqCst);
+                        // The dispatch loop handles the replayed notifications
+                        // before it routes the answer, so all are dropped.
+                        let loaded = cx
+                            .send_request(LoadSessionRequest::new(id.clone(), cwd))
+                            .block_task()
+                            .await;
+                        foreground.loading.store(false, Ordering::SeqCst);
+                        if let Err(e) = loaded {
+                            refused = Some(VmError::CannotResume(format!(
+                                "the agent could not load its session {id:?}: {e}"
+                            )));
+                            return Ok(());
+                        }
+                        id.into()
+                    }
+                };
                 if let Ok(mut info) = foreground.info.lock() {
+                    info.agent_session_id = agent_session.0.to_string();
                     info.agent_info = serde_json::to_value(&init.agent_info).unwrap_or(Value::Null);
                     info.capabilities =
                         serde_json::to_value(&init.agent_capabilities).unwrap_or(Value::Null);
@@ -571,11 +652,12 @@ impl SessionTask {
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(Ok(()));
                 }
-                foreground
-                    .serve(&cx, session.session_id, &mut commands)
-                    .await
+                foreground.serve(&cx, agent_session, &mut commands).await
             })
             .await;
+        // Closed before `sessionEnded` is logged, so that whoever sees the
+        // event finds the session over (and may resume it).
+        drop(commands);
         let status = child.try_wait().ok().flatten();
         let (reason, exit_code) = match (&result, status) {
             (Ok(()), _) => ("closed", None),
@@ -583,11 +665,13 @@ impl SessionTask {
             (Err(_), None) => ("agent failed", None),
         };
         if let Some(ready) = ready.take() {
-            let message = match &result {
-                Err(e) => format!("agent did not start a session: {e}"),
-                Ok(()) => "agent closed before its session started".to_owned(),
-            };
-            let _ = ready.send(Err(VmError::AgentFailed(message)));
+            let error = refused.unwrap_or_else(|| {
+                VmError::AgentFailed(match &result {
+                    Err(e) => format!("agent did not start a session: {e}"),
+                    Ok(()) => "agent closed before its session started".to_owned(),
+                })
+            });
+            let _ = ready.send(Err(error));
             let _ = child.kill().await;
             return;
         }
@@ -753,6 +837,9 @@ impl SessionTask {
     }
 
     async fn update(&self, notification: SessionNotification) {
+        if self.loading.load(Ordering::SeqCst) {
+            return;
+        }
         if let SessionUpdate::AgentMessageChunk(chunk) = &notification.update {
             if let ContentBlock::Text(text) = &chunk.content {
                 if let Ok(mut t) = self.turn_text.lock() {

@@ -1,7 +1,8 @@
 //! Shared shells: a program on a real PTY (portable-pty) in the VM's
 //! workspace. Its output goes to the log as `shellData`; keystrokes go to it
-//! through a writer thread; a terminal model fed from the log answers late
-//! joiners with a snapshot of the screen as of a seq.
+//! through a writer thread; a terminal model on a thread of its own, fed
+//! from the log, answers late joiners with a snapshot of the screen as of a
+//! seq.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -74,8 +75,6 @@ struct Entry {
     input: mpsc::Sender<Bytes>,
     exit: watch::Receiver<Option<ExitInfo>>,
     model: mpsc::Sender<oneshot::Sender<Result<Snapshot, VmError>>>,
-    /// The connection allowed to resize (until control exists).
-    owner: u64,
 }
 
 /// The shells of one VM; owned by the VM actor.
@@ -133,11 +132,7 @@ impl Shells {
         }
     }
 
-    pub fn open(
-        &mut self,
-        opts: ShellOptions,
-        owner: u64,
-    ) -> Result<(ShellInfo, ShellStart), VmError> {
+    pub fn open(&mut self, opts: ShellOptions) -> Result<(ShellInfo, ShellStart), VmError> {
         check_size(opts.cols, opts.rows)?;
         let pty = portable_pty::native_pty_system()
             .openpty(PtySize {
@@ -197,7 +192,6 @@ impl Shells {
                 input: input_tx,
                 exit: exit_rx,
                 model: model_tx,
-                owner,
             },
         );
         let start = ShellStart {
@@ -253,22 +247,11 @@ impl Shells {
         Ok(entry.input.clone())
     }
 
-    /// Whether `by` may resize the shell to `cols`x`rows`: only its owner
-    /// sizes the PTY, other viewers keep their own size.
-    pub fn check_resize(
-        &mut self,
-        shell_id: u32,
-        cols: u16,
-        rows: u16,
-        by: u64,
-    ) -> Result<(), VmError> {
+    /// Whether the shell can be resized to `cols`x`rows`. Who may resize is
+    /// the control lock's business: only the holder's size applies.
+    pub fn check_resize(&mut self, shell_id: u32, cols: u16, rows: u16) -> Result<(), VmError> {
         check_size(cols, rows)?;
         let entry = self.entry(shell_id)?;
-        if entry.owner != by {
-            return Err(VmError::Forbidden(format!(
-                "only the connection that opened shell {shell_id} sizes it; other viewers keep their own size"
-            )));
-        }
         if !entry.info.running {
             return Err(VmError::Exited(format!("shell {shell_id}")));
         }
@@ -276,8 +259,8 @@ impl Shells {
     }
 
     /// Resizes the PTY, after [`Shells::check_resize`].
-    pub fn resize(&mut self, shell_id: u32, cols: u16, rows: u16, by: u64) -> Result<(), VmError> {
-        self.check_resize(shell_id, cols, rows, by)?;
+    pub fn resize(&mut self, shell_id: u32, cols: u16, rows: u16) -> Result<(), VmError> {
+        self.check_resize(shell_id, cols, rows)?;
         let entry = self.entry(shell_id)?;
         entry
             .master
@@ -476,9 +459,6 @@ fn signal_number(name: &str) -> Option<i32> {
     Some(signal as i32)
 }
 
-/// Feeds the shell's terminal model from the log, in seq order, and answers
-/// snapshot requests once it has applied everything up to the head at the
-/// time of the request.
 /// A terminal model's source: live events, the log when it lags, and the
 /// pin that keeps its unread output from being pruned.
 struct ModelFeed {
@@ -487,6 +467,34 @@ struct ModelFeed {
     pin: Pin,
 }
 
+/// What the model thread is given, in seq order.
+enum ModelInput {
+    Output(Bytes),
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// The output has paused: parse what is held back.
+    Settle,
+    /// Everything up to `seq` has been given: answer with the screen.
+    Snapshot {
+        seq: u64,
+        reply: oneshot::Sender<Result<Snapshot, VmError>>,
+    },
+}
+
+/// Output for the model thread in flight: 16 chunks of at most 64 KiB, so
+/// that a snapshot request waits behind at most 1 MiB.
+const MODEL_QUEUE: usize = 16;
+
+/// After this long without output the model parses what it holds back, so
+/// that a joiner does not wait for that.
+const SETTLE_AFTER: Duration = Duration::from_millis(20);
+
+/// Follows the log for one shell, in seq order, and hands its output and
+/// resizes to the model's thread; snapshot requests queue behind everything
+/// up to the head at the time of the request. What it has handed over no
+/// longer needs the log, so the pin follows it, not the parsing.
 async fn run_model(
     feed: ModelFeed,
     shell_id: u32,
@@ -496,44 +504,89 @@ async fn run_model(
     mut requests: mpsc::Receiver<oneshot::Sender<Result<Snapshot, VmError>>>,
 ) {
     let ModelFeed { log, mut live, pin } = feed;
-    let mut model = TerminalModel::new(rows, cols, MODEL_SCROLLBACK);
+    let (tx, rx) = mpsc::channel(MODEL_QUEUE);
+    let spawned = std::thread::Builder::new()
+        .name(format!("shell-{shell_id}-model"))
+        .spawn(move || model_thread(rx, rows, cols));
+    if let Err(e) = spawned {
+        tracing::error!(shell_id, error = %e, "cannot start the terminal model");
+        return;
+    }
     let mut cursor = opened_seq;
+    let mut unsettled = false;
     loop {
         tokio::select! {
             request = requests.recv() => {
                 let Some(reply) = request else { return };
                 let upto = log.head();
-                let result = catch_up(&log, &mut model, shell_id, &mut cursor, upto)
-                    .await
-                    .map(|()| {
-                        let (rows, cols) = model.size();
-                        Snapshot { seq: cursor, rows, cols, data: model.snapshot(SNAPSHOT_SCROLLBACK) }
-                    });
-                let _ = reply.send(result);
+                if let Err(e) = catch_up(&log, &tx, shell_id, &mut cursor, upto).await {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+                pin.advance(cursor);
+                if tx.send(ModelInput::Snapshot { seq: cursor, reply }).await.is_err() {
+                    return;
+                }
+                unsettled = false;
             }
-            event = live.recv() => match event {
-                Ok(event) if event.seq <= cursor => {}
-                Ok(event) if event.seq == cursor + 1 => {
-                    apply(&mut model, shell_id, &event);
-                    cursor = event.seq;
-                    pin.advance(cursor);
-                }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let head = log.head();
-                    if let Err(e) = catch_up(&log, &mut model, shell_id, &mut cursor, head).await {
-                        tracing::error!(shell_id, error = %e, "terminal model cannot read the log");
+            event = live.recv() => {
+                match event {
+                    Ok(event) if event.seq <= cursor => continue,
+                    Ok(event) if event.seq == cursor + 1 => {
+                        cursor = event.seq;
+                        if let Some(input) = model_input(shell_id, &event) {
+                            if tx.send(input).await.is_err() {
+                                return;
+                            }
+                        }
                     }
-                    pin.advance(cursor);
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let head = log.head();
+                        if let Err(e) = catch_up(&log, &tx, shell_id, &mut cursor, head).await {
+                            tracing::error!(shell_id, error = %e, "terminal model cannot read the log");
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+                pin.advance(cursor);
+                unsettled = true;
+            }
+            () = tokio::time::sleep(SETTLE_AFTER), if unsettled => {
+                unsettled = false;
+                if tx.send(ModelInput::Settle).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
 
+/// Parses the shell's output off the async threads, and draws snapshots.
+fn model_thread(mut inputs: mpsc::Receiver<ModelInput>, rows: u16, cols: u16) {
+    let mut model = TerminalModel::new(rows, cols, MODEL_SCROLLBACK);
+    while let Some(input) = inputs.blocking_recv() {
+        match input {
+            ModelInput::Output(bytes) => model.feed(&bytes),
+            ModelInput::Resize { rows, cols } => model.resize(rows, cols),
+            ModelInput::Settle => model.settle(),
+            ModelInput::Snapshot { seq, reply } => {
+                let data = model.snapshot(SNAPSHOT_SCROLLBACK);
+                let (rows, cols) = model.size();
+                let _ = reply.send(Ok(Snapshot {
+                    seq,
+                    rows,
+                    cols,
+                    data,
+                }));
+            }
+        }
+    }
+}
+
+/// Hands the model what the log holds after `cursor` up to `upto`.
 async fn catch_up(
     log: &Log,
-    model: &mut TerminalModel,
+    tx: &mpsc::Sender<ModelInput>,
     shell_id: u32,
     cursor: &mut u64,
     upto: u64,
@@ -545,12 +598,11 @@ async fn catch_up(
             .scan(*cursor, upto, PAGE, names.clone())
             .await
             .map_err(|e| VmError::Internal(e.to_string()))?;
-        for (i, event) in page.iter().enumerate() {
-            apply(model, shell_id, event);
-            // A page can hold many MiB of output for the model to parse:
-            // let other tasks on this worker run in between.
-            if i % 8 == 7 {
-                tokio::task::yield_now().await;
+        for event in &page {
+            if let Some(input) = model_input(shell_id, event) {
+                tx.send(input)
+                    .await
+                    .map_err(|_| VmError::Internal("the terminal model stopped".to_owned()))?;
             }
         }
         *cursor = reached;
@@ -558,28 +610,24 @@ async fn catch_up(
     Ok(())
 }
 
-fn apply(model: &mut TerminalModel, shell_id: u32, event: &LoggedEvent) {
+/// What `event` means to the model of shell `shell_id`, if anything.
+fn model_input(shell_id: u32, event: &LoggedEvent) -> Option<ModelInput> {
     match (&event.frame, event.name.as_str()) {
         (Frame::Binary(bytes), "shellData") => {
-            if let Ok((header, payload)) = BinaryHeader::decode(bytes) {
-                if header.id == shell_id {
-                    model.feed(payload);
-                }
-            }
+            let (header, payload) = BinaryHeader::decode(bytes).ok()?;
+            (header.id == shell_id)
+                .then(|| ModelInput::Output(bytes.slice(bytes.len() - payload.len()..)))
         }
         (Frame::Text(text), "shellResized") => {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(text) else {
-                return;
-            };
+            let v = serde_json::from_slice::<serde_json::Value>(text).ok()?;
             let data = &v["data"];
-            if data["shellId"].as_u64() == Some(u64::from(shell_id)) {
-                let cols = data["cols"].as_u64().and_then(|c| u16::try_from(c).ok());
-                let rows = data["rows"].as_u64().and_then(|r| u16::try_from(r).ok());
-                if let (Some(cols), Some(rows)) = (cols, rows) {
-                    model.resize(rows, cols);
-                }
+            if data["shellId"].as_u64() != Some(u64::from(shell_id)) {
+                return None;
             }
+            let cols = data["cols"].as_u64().and_then(|c| u16::try_from(c).ok())?;
+            let rows = data["rows"].as_u64().and_then(|r| u16::try_from(r).ok())?;
+            Some(ModelInput::Resize { rows, cols })
         }
-        _ => {}
+        _ => None,
     }
 }

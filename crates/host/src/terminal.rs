@@ -21,6 +21,18 @@
 //! * an escape sequence or UTF-8 character that the output so far ends in
 //!   the middle of, so that the live bytes after the snapshot finish it.
 //!
+//! vt100 parses about 50 MB/s here, less than a busy shell prints. Plain
+//! text (printable characters, CR, LF, tab, backspace and SGR colour
+//! sequences) that only scrolls away is therefore held back and most of it
+//! never parsed: once a run of it holds more line feeds after a CR than
+//! the screen and the scrollback can show (twice the rows, as the cursor may
+//! first walk down existing rows), everything before that CR can only have
+//! left rows that are scrolled out of the model, a cursor column that the
+//! CR resets, and drawing attributes, which are kept by parsing its SGR
+//! sequences alone. Held text is parsed before anything else is (another
+//! control or escape sequence, a resize, a snapshot). Not while a scroll
+//! region may be set: a cursor outside it overwrites rows that stay.
+//!
 //! What it cannot reproduce, because vt100 does not keep or expose it: the
 //! scroll region and origin mode, a cursor saved with `ESC 7`, tab stops,
 //! character sets (DEC line drawing reaches the joiner as ASCII letters), the
@@ -33,7 +45,6 @@
 
 use std::fmt::Write as _;
 use std::num::NonZeroU16;
-use std::sync::{Mutex, PoisonError};
 
 /// The longest unfinished sequence kept for a late joiner. Escape sequences
 /// and titles fit; of a longer string (an image, a clipboard copy) the
@@ -47,13 +58,38 @@ const ESC: u8 = 0x1b;
 /// 8-bit String Terminator, which vte accepts only to end a DCS.
 const ST: u8 = 0x9c;
 
+/// Held text is cut only once this much of it can go: each cut moves the
+/// rest of it.
+const DROP_AT: usize = 256 << 10; // 256 KiB
+
+/// Held text that cannot be cut (no CR, or lines too long to count) is
+/// parsed once it reaches this size.
+const HOLD_MAX: usize = 8 << 20; // 8 MiB
+
 /// One shell's terminal state, fed its PTY output.
 pub struct TerminalModel {
-    /// Locked only by `snapshot`, which has to switch to the main screen and
-    /// back to read it while a full-screen program runs. A mutex rather than
-    /// a `RefCell` keeps the model `Sync`.
-    parser: Mutex<vt100::Parser>,
+    parser: vt100::Parser,
     pending: Pending,
+    held: Held,
+    /// Whether the main and the alternate screen may have a scroll region.
+    regions: [bool; 2],
+    /// Scrollback lines the parser keeps.
+    scrollback: usize,
+    /// Reused for the marks of each `feed`.
+    marks: Vec<Mark>,
+}
+
+/// Plain text not given to the parser yet (see the module docs).
+#[derive(Default)]
+struct Held {
+    /// Whether output is being held; it then starts at a CR.
+    on: bool,
+    bytes: Vec<u8>,
+    /// Line feeds in `bytes`.
+    lfs: usize,
+    /// CRs in `bytes` where it may be cut: their offset and the line feeds
+    /// before them.
+    cuts: std::collections::VecDeque<(usize, usize)>,
 }
 
 impl TerminalModel {
@@ -61,32 +97,83 @@ impl TerminalModel {
     /// `scrollback` = lines kept above the screen.
     pub fn new(rows: u16, cols: u16, scrollback: usize) -> TerminalModel {
         TerminalModel {
-            parser: Mutex::new(vt100::Parser::new(
-                at_least_one(rows),
-                at_least_one(cols),
-                scrollback,
-            )),
+            parser: vt100::Parser::new(at_least_one(rows), at_least_one(cols), scrollback),
             pending: Pending::default(),
+            held: Held::default(),
+            regions: [false; 2],
+            scrollback,
+            marks: Vec::new(),
         }
     }
 
     /// Raw PTY output; it may split UTF-8 characters and escape sequences
     /// anywhere.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.parser_mut().process(bytes);
-        self.pending.feed(bytes);
+        let mut marks = std::mem::take(&mut self.marks);
+        marks.clear();
+        self.pending.feed(bytes, &mut marks);
+        // bytes[..done] are parsed or held.
+        let mut done = 0;
+        for &mark in &marks {
+            match mark {
+                Mark::Cr(at) if self.held.on => {
+                    self.hold(&bytes[done..at]);
+                    done = at;
+                    self.held
+                        .cuts
+                        .push_back((self.held.bytes.len(), self.held.lfs));
+                }
+                Mark::Cr(at) => {
+                    self.parser.process(&bytes[done..at]);
+                    done = at;
+                    let screen = usize::from(self.parser.screen().alternate_screen());
+                    self.held.on = !self.regions[screen];
+                    if self.held.on {
+                        self.held.cuts.push_back((0, 0));
+                    }
+                }
+                Mark::Break => self.flush(),
+                Mark::Region { end, params } => {
+                    self.flush();
+                    self.parser.process(&bytes[done..end]);
+                    done = end;
+                    let (rows, _) = self.size();
+                    let screen = usize::from(self.parser.screen().alternate_screen());
+                    self.regions[screen] =
+                        !params.is_some_and(|(top, bottom)| is_full_region(top, bottom, rows));
+                }
+            }
+        }
+        if self.held.on {
+            self.hold(&bytes[done..]);
+            self.drop_scrolled_out();
+        } else {
+            self.parser.process(&bytes[done..]);
+        }
+        self.marks = marks;
+    }
+
+    /// Parses the held text: the model shows all it was fed. Feeding does
+    /// this whenever it must; call it when the output pauses, so that a
+    /// snapshot does not have to.
+    pub fn settle(&mut self) {
+        self.flush();
     }
 
     /// Rows pushed off the top go to the scrollback; growing pulls them back
     /// (vt100 does not reflow wrapped lines).
     pub fn resize(&mut self, rows: u16, cols: u16) {
-        self.parser_mut()
-            .set_size(at_least_one(rows), at_least_one(cols));
+        self.flush();
+        if self.size() != (at_least_one(rows).get(), at_least_one(cols).get()) {
+            // vt100, like xterm, resets the scroll regions.
+            self.regions = [false; 2];
+        }
+        self.parser.set_size(at_least_one(rows), at_least_one(cols));
     }
 
     /// (rows, cols).
     pub fn size(&self) -> (u16, u16) {
-        let (rows, cols) = self.lock().screen().size();
+        let (rows, cols) = self.parser.screen().size();
         (rows.get(), cols.get())
     }
 
@@ -95,9 +182,9 @@ impl TerminalModel {
     /// rows of scrollback (as that terminal wraps them), then the screens,
     /// cursor and input modes (see the module docs for what is and is not
     /// carried).
-    pub fn snapshot(&self, max_scrollback_lines: usize) -> Vec<u8> {
-        let mut parser = self.lock();
-        let screen = parser.screen_mut();
+    pub fn snapshot(&mut self, max_scrollback_lines: usize) -> Vec<u8> {
+        self.flush();
+        let screen = self.parser.screen_mut();
         let (rows, cols) = screen.size();
         // Sized for the screens, each row about its width in text plus
         // escapes; the scrollback reserves its own.
@@ -131,18 +218,69 @@ impl TerminalModel {
         out
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, vt100::Parser> {
-        // Only a panic inside vt100 mid-snapshot poisons it; the model then
-        // goes on, with its screen possibly lost, rather than take the shell
-        // down.
-        self.parser.lock().unwrap_or_else(PoisonError::into_inner)
+    fn hold(&mut self, bytes: &[u8]) {
+        self.held.lfs += bytes.iter().filter(|&&b| b == b'\n').count();
+        self.held.bytes.extend_from_slice(bytes);
     }
 
-    fn parser_mut(&mut self) -> &mut vt100::Parser {
-        self.parser
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Parses the held text and stops holding.
+    fn flush(&mut self) {
+        self.parser.process(&self.held.bytes);
+        self.held.bytes.clear();
+        self.held.cuts.clear();
+        self.held.lfs = 0;
+        self.held.on = false;
     }
+
+    /// Cuts the held text at the last CR with enough line feeds after it to
+    /// scroll everything before it out of the screen and the scrollback;
+    /// of what is cut, only the SGR sequences are parsed.
+    fn drop_scrolled_out(&mut self) {
+        let (rows, _) = self.size();
+        let keep = 2 * usize::from(rows) + self.scrollback + 2;
+        let held = &mut self.held;
+        while held.cuts.len() > 1 && held.lfs - held.cuts[1].1 >= keep {
+            held.cuts.pop_front();
+        }
+        match held.cuts.front() {
+            Some(&(at, lfs_before)) if at >= DROP_AT && held.lfs - lfs_before >= keep => {
+                let sgr = sgr_sequences(&held.bytes[..at]);
+                self.parser.process(&sgr);
+                let held = &mut self.held;
+                held.bytes.drain(..at);
+                held.lfs -= lfs_before;
+                for cut in &mut held.cuts {
+                    cut.0 -= at;
+                    cut.1 -= lfs_before;
+                }
+            }
+            _ if held.bytes.len() >= HOLD_MAX => self.flush(),
+            _ => {}
+        }
+    }
+}
+
+/// The SGR sequences in held text, in order: the only escapes it has, each
+/// complete before a cut.
+fn sgr_sequences(mut text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(at) = text.iter().position(|&b| b == ESC) {
+        let len = text[at..]
+            .iter()
+            .position(|&b| b == b'm')
+            .map_or(text.len() - at, |m| m + 1);
+        out.extend_from_slice(&text[at..at + len]);
+        text = &text[at + len..];
+    }
+    out
+}
+
+/// Whether `CSI top ; bottom r` (0 for a parameter left out) leaves the
+/// whole screen scrolling, as vt100 reads it.
+fn is_full_region(top: u16, bottom: u16, rows: u16) -> bool {
+    let top = top.max(1) - 1;
+    let bottom = if bottom == 0 { rows } else { bottom }.min(rows) - 1;
+    top >= bottom || (top == 0 && bottom == rows - 1)
 }
 
 fn at_least_one(n: u16) -> NonZeroU16 {
@@ -218,13 +356,31 @@ fn push_escapes(out: &mut String, mut text: &str) {
 /// far has begun but not finished, found by following the transitions of
 /// vte (vt100's parser, a DEC ANSI state machine). A snapshot ends with them
 /// so that the joiner's parser is where ours is, and the next live bytes
-/// finish the sequence on both.
+/// finish the sequence on both. Following the same transitions, it marks
+/// where the output stops being plain text for [`TerminalModel::feed`].
 #[derive(Default)]
 struct Pending {
     state: State,
     /// At most [`PENDING_MAX`]; when in [`State::Ground`], a partial
     /// character.
     bytes: Vec<u8>,
+}
+
+/// What [`Pending::feed`] found in a chunk, at offsets into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    /// A CR in the ground state: where held text may start or be cut.
+    Cr(usize),
+    /// Something other than plain text: a control, or an escape sequence
+    /// other than SGR, set scroll region or a finished sequence.
+    Break,
+    /// `CSI top ; bottom r` (set scroll region) ends before `end`;
+    /// `params` is `None` when they are not plain numbers (or it has
+    /// a private marker or intermediates).
+    Region {
+        end: usize,
+        params: Option<(u16, u16)>,
+    },
 }
 
 /// vte's states, merged where they leave for the same states on the same
@@ -247,36 +403,73 @@ enum State {
 }
 
 impl Pending {
-    fn feed(&mut self, mut bytes: &[u8]) {
-        while let Some((&byte, rest)) = bytes.split_first() {
+    fn feed(&mut self, bytes: &[u8], marks: &mut Vec<Mark>) {
+        let mut i = 0;
+        while i < bytes.len() {
             if self.state == State::Ground {
                 // Only ESC leaves the ground state; text before it is done.
-                let Some(at) = bytes.iter().position(|&b| b == ESC) else {
-                    self.keep_partial_char(bytes);
+                let text_end = bytes[i..]
+                    .iter()
+                    .position(|&b| b == ESC)
+                    .map_or(bytes.len(), |at| i + at);
+                mark_text(&bytes[i..text_end], i, marks);
+                if text_end == bytes.len() {
+                    self.keep_partial_char(&bytes[i..]);
                     return;
-                };
+                }
                 self.bytes.clear();
                 self.push(ESC);
                 self.state = State::Escape;
-                bytes = &bytes[at + 1..];
+                i = text_end + 1;
                 continue;
             }
-            bytes = rest;
+            let byte = bytes[i];
+            i += 1;
             let from = self.state;
             self.state = from.next(byte);
             match self.state {
-                State::Ground => self.bytes.clear(),
+                State::Ground => {
+                    if let Some(mark) = self.finished(from, byte, i) {
+                        marks.push(mark);
+                    }
+                    self.bytes.clear();
+                }
                 // ESC anywhere starts over.
                 State::Escape if byte == ESC => {
+                    marks.push(Mark::Break);
                     self.bytes.clear();
                     self.push(ESC);
                 }
                 // Controls inside a sequence are run (or ignored) at once;
                 // replaying them would run them twice. In a DCS they are
                 // data.
-                _ if is_control(byte) && from != State::DcsPassthrough => {}
+                _ if is_control(byte) && from != State::DcsPassthrough => {
+                    marks.push(Mark::Break);
+                }
                 _ => self.push(byte),
             }
+        }
+    }
+
+    /// The mark for the sequence in `bytes` that `last` (at `end` - 1)
+    /// ended, coming from state `from`: none for SGR, which is plain.
+    fn finished(&self, from: State, last: u8, end: usize) -> Option<Mark> {
+        let params = match (from, self.bytes.get(..2)) {
+            (State::Csi, Some([ESC, b'['])) => &self.bytes[2..],
+            _ => return Some(Mark::Break),
+        };
+        let plain = |extra: &[u8]| {
+            params
+                .iter()
+                .all(|b| b.is_ascii_digit() || *b == b';' || extra.contains(b))
+        };
+        match last {
+            b'm' if plain(b":") => None,
+            b'r' => Some(Mark::Region {
+                end,
+                params: plain(b"").then(|| region_params(params)).flatten(),
+            }),
+            _ => Some(Mark::Break),
         }
     }
 
@@ -329,6 +522,32 @@ impl State {
     }
 }
 
+/// Marks the CRs of ground-state `text` (at `offset` in the chunk), and a
+/// break if it holds a control other than CR, LF, tab and backspace.
+fn mark_text(text: &[u8], offset: usize, marks: &mut Vec<Mark>) {
+    for (i, &b) in text.iter().enumerate() {
+        match b {
+            b'\r' => marks.push(Mark::Cr(offset + i)),
+            b'\n' | b'\t' | 0x08 => {}
+            0x00..=0x1f | 0x7f if marks.last() != Some(&Mark::Break) => marks.push(Mark::Break),
+            _ => {}
+        }
+    }
+}
+
+/// `top ; bottom` of a set scroll region, 0 for one left out; `None` if
+/// there are more or they overflow.
+fn region_params(params: &[u8]) -> Option<(u16, u16)> {
+    let mut numbers = params.split(|&b| b == b';').map(|n| {
+        n.iter().try_fold(0u16, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(u16::from(d - b'0'))
+        })
+    });
+    let top = numbers.next().flatten()?;
+    let bottom = numbers.next().unwrap_or(Some(0))?;
+    numbers.next().is_none().then_some((top, bottom))
+}
+
 /// C0 controls other than CAN, SUB and ESC, which vte runs inside a sequence.
 fn is_control(byte: u8) -> bool {
     matches!(byte, 0x00..=0x17 | 0x19 | 0x1c..=0x1f)
@@ -357,15 +576,16 @@ mod tests {
 
     /// The terminal of a client that joins now: a fresh parser of the
     /// model's size that has read only the snapshot.
-    fn join(model: &TerminalModel, max: usize) -> vt100::Parser {
+    fn join(model: &mut TerminalModel, max: usize) -> vt100::Parser {
         let (rows, cols) = model.size();
         let mut fresh = vt100::Parser::new(nz(rows), nz(cols), max);
         fresh.process(&model.snapshot(max));
         fresh
     }
 
-    fn screen_of(model: &TerminalModel) -> vt100::Screen {
-        model.lock().screen().clone()
+    fn screen_of(model: &mut TerminalModel) -> vt100::Screen {
+        model.settle();
+        model.parser.screen().clone()
     }
 
     /// The main screen, beneath the alternate one if that is active.
@@ -439,7 +659,7 @@ mod tests {
 
     /// A client joining now with `max` lines of scrollback sees what the
     /// model holds, and the last `max` lines of its scrollback.
-    fn assert_joins(model: &TerminalModel, max: usize) -> vt100::Parser {
+    fn assert_joins(model: &mut TerminalModel, max: usize) -> vt100::Parser {
         let fresh = join(model, max);
         let want = screen_of(model);
         assert_same_screen(fresh.screen(), &want);
@@ -460,18 +680,18 @@ mod tests {
     /// Checks `bytes` every way: fed whole or a byte at a time, joined with
     /// all, some or none of the scrollback.
     fn check(rows: u16, cols: u16, bytes: &[u8]) -> TerminalModel {
-        let model = model_of(rows, cols, bytes);
+        let mut model = model_of(rows, cols, bytes);
         let mut bytewise = TerminalModel::new(rows, cols, 1000);
         for byte in bytes {
             bytewise.feed(std::slice::from_ref(byte));
         }
-        assert_same_screen(&screen_of(&bytewise), &screen_of(&model));
+        assert_same_screen(&screen_of(&mut bytewise), &screen_of(&mut model));
         assert_eq!(
-            scrollback_of(&screen_of(&bytewise)),
-            scrollback_of(&screen_of(&model))
+            scrollback_of(&screen_of(&mut bytewise)),
+            scrollback_of(&screen_of(&mut model))
         );
         for max in [0, 1, 3, usize::from(rows) + 1, 1000] {
-            assert_joins(&model, max);
+            assert_joins(&mut model, max);
         }
         model
     }
@@ -486,12 +706,12 @@ mod tests {
 
     #[test]
     fn plain_lines_scroll_into_the_joiners_scrollback() {
-        let model = check(5, 20, &numbered_lines(30));
-        let fresh = assert_joins(&model, 10);
+        let mut model = check(5, 20, &numbered_lines(30));
+        let fresh = assert_joins(&mut model, 10);
         let mut fresh_screen = fresh.screen().clone();
         fresh_screen.set_scrollback(10);
         assert_eq!(fresh_screen.rows(0, 20).next().unwrap(), "line 16");
-        assert_eq!(screen_of(&model).cursor_position(), (4, 0));
+        assert_eq!(screen_of(&mut model).cursor_position(), (4, 0));
 
         // Less scrollback than the screen is tall, and none at all.
         check(5, 20, &numbered_lines(7));
@@ -526,8 +746,8 @@ mod tests {
         bytes.extend_from_slice(b"\x1b[41m\x1b[K\x1b[m\r\n\x1b[44mA\x1b[5CB\x1b[2X\x1b[m\r\n");
         // Drawing attributes still set when the snapshot is taken.
         bytes.extend_from_slice(b"\x1b[1;35mpending");
-        let model = check(8, 40, &bytes);
-        let screen = screen_of(&model);
+        let mut model = check(8, 40, &bytes);
+        let screen = screen_of(&mut model);
         assert_eq!(
             screen.cell(2, 0).unwrap().fgcolor(),
             vt100::Color::Rgb(255, 128, 0)
@@ -551,8 +771,8 @@ mod tests {
         bytes.extend_from_slice(&numbered_lines(12));
         bytes.extend_from_slice(b"\x1b[m");
         bytes.extend_from_slice(&numbered_lines(5));
-        let model = check(4, 12, &bytes);
-        let fresh = assert_joins(&model, 3);
+        let mut model = check(4, 12, &bytes);
+        let fresh = assert_joins(&mut model, 3);
         let mut fresh = fresh.screen().clone();
         fresh.set_scrollback(3);
         let cell = fresh.cell(0, 0).unwrap();
@@ -572,8 +792,8 @@ mod tests {
             model.feed(format!("{i}{}\r\n", "abcdefghij".repeat(2)).as_bytes());
         }
         model.resize(4, 12);
-        let fresh = join(&model, 1000);
-        assert_same_screen(fresh.screen(), &screen_of(&model));
+        let fresh = join(&mut model, 1000);
+        assert_same_screen(fresh.screen(), &screen_of(&mut model));
         // vt100 keeps the rows whole but shows them cut; the joiner, like
         // xterm.js, wraps them.
         let mut fresh = fresh.screen().clone();
@@ -582,7 +802,7 @@ mod tests {
         assert_eq!(rows, ["0abcdefghija", "bcdefghij"]);
         assert!(fresh.row_wrapped(0));
         // The bound counts the joiner's rows.
-        assert_eq!(join(&model, 5).screen().scrollback_len(), 5);
+        assert_eq!(join(&mut model, 5).screen().scrollback_len(), 5);
     }
 
     #[test]
@@ -593,9 +813,9 @@ mod tests {
         bytes.extend_from_slice(b"0123456789\x1b[5G\x1b[K\r\n0123456789\x1b[5G\x1b[1K\r\n");
         bytes.extend_from_slice(b"0123456789\x1b[2K\x1b[3;3H\x1b[45m\x1b[J\x1b[m\x1b[2;3H\x1b[1J");
         bytes.extend_from_slice(b"\x1b[6;1H\x1b[3P\x1b[2@ins\x1b[2L\x1b[M");
-        let model = check(8, 16, &bytes);
+        let mut model = check(8, 16, &bytes);
         assert_eq!(
-            screen_of(&model).cell(2, 5).unwrap().bgcolor(),
+            screen_of(&mut model).cell(2, 5).unwrap().bgcolor(),
             vt100::Color::Idx(5)
         );
         check(
@@ -623,8 +843,8 @@ mod tests {
         bytes.extend_from_slice("1234567890漢字\r\n".as_bytes());
         // Overwriting half of a wide character.
         bytes.extend_from_slice("漢字\x1b[2Dx\r\n".as_bytes());
-        let model = check(10, 10, &bytes);
-        let screen = screen_of(&model);
+        let mut model = check(10, 10, &bytes);
+        let screen = screen_of(&mut model);
         assert_eq!(screen.cell(0, 0).unwrap().contents(), "漢");
         assert!(screen.cell(0, 0).unwrap().is_wide() && screen.row_wrapped(0));
         check(10, 10, &[&bytes[..], &numbered_lines(12)[..]].concat());
@@ -636,12 +856,12 @@ mod tests {
             .as_bytes()
             .to_vec();
         bytes.extend_from_slice(b"\x1bP1$qm\x1b\\\x1b[?1049h\x1b[3;3Hfull\x1b[?1049l");
-        let whole = model_of(4, 12, &bytes);
+        let mut whole = model_of(4, 12, &bytes);
         for split in 0..=bytes.len() {
             let mut model = TerminalModel::new(4, 12, 1000);
             model.feed(&bytes[..split]);
             model.feed(&bytes[split..]);
-            assert_same_screen(&screen_of(&model), &screen_of(&whole));
+            assert_same_screen(&screen_of(&mut model), &screen_of(&mut whole));
         }
         check(4, 12, &bytes);
     }
@@ -668,8 +888,8 @@ mod tests {
     #[test]
     fn alternate_screen_keeps_the_shell_beneath() {
         let bytes = full_screen_program();
-        let model = check(10, 30, &bytes);
-        let screen = screen_of(&model);
+        let mut model = check(10, 30, &bytes);
+        let screen = screen_of(&mut model);
         assert!(screen.alternate_screen());
         assert!(screen.hide_cursor());
         assert_eq!(screen.cursor_position(), (3, 8));
@@ -679,13 +899,12 @@ mod tests {
         );
 
         // The program exits: the joiner's terminal brings the shell back too.
-        let mut fresh = assert_joins(&model, 1000);
+        let mut fresh = assert_joins(&mut model, 1000);
         let exit = b"\x1b[?1049l\x1b[?25h\x1b[?1l\x1b>\x1b[?2004l\x1b[?1002l\x1b[?1006l\x1b[0 q$ ";
         fresh.process(exit);
-        let mut model = model;
         model.feed(exit);
-        assert_same_screen(fresh.screen(), &screen_of(&model));
-        assert!(!screen_of(&model).alternate_screen());
+        assert_same_screen(fresh.screen(), &screen_of(&mut model));
+        assert!(!screen_of(&mut model).alternate_screen());
         check(10, 30, &[&bytes[..], &exit[..]].concat());
     }
 
@@ -698,14 +917,14 @@ mod tests {
         );
         model.resize(6, 20);
         assert_eq!(model.size(), (6, 20));
-        assert_joins(&model, 1000);
+        assert_joins(&mut model, 1000);
         model.feed(b"\x1b[?1049l");
         model.resize(12, 40);
-        assert_joins(&model, 1000);
+        assert_joins(&mut model, 1000);
         model.feed("long enough to wrap at forty columns: 漢字漢字\r\n".as_bytes());
         model.resize(12, 25);
-        assert_joins(&model, 1000);
-        assert_joins(&model, 4);
+        assert_joins(&mut model, 1000);
+        assert_joins(&mut model, 4);
         assert_eq!(TerminalModel::new(0, 0, 0).size(), (1, 1));
     }
 
@@ -715,8 +934,8 @@ mod tests {
         let mut bytes = vec![b'x'; 25];
         bytes.extend_from_slice(b"\r\n");
         bytes.extend_from_slice(&numbered_lines(10));
-        let model = check(4, 10, &bytes);
-        let mut fresh = join(&model, 1000);
+        let mut model = check(4, 10, &bytes);
+        let mut fresh = join(&mut model, 1000);
         let screen = fresh.screen_mut();
         screen.set_scrollback(screen.scrollback_len());
         assert!(screen.row_wrapped(0) && screen.row_wrapped(1) && !screen.row_wrapped(2));
@@ -748,7 +967,7 @@ mod tests {
                 shell.feed(chunk);
                 joiner.feed(chunk);
             }
-            let (got, want) = (screen_of(&joiner), screen_of(&shell));
+            let (got, want) = (screen_of(&mut joiner), screen_of(&mut shell));
             assert_same_screen(&got, &want);
             assert_eq!(
                 scrollback_of(&got),
@@ -799,12 +1018,114 @@ mod tests {
             snapshot.len(),
             started.elapsed()
         );
-        assert_joins(&model, 1000);
+        assert_joins(&mut model, 1000);
+    }
+
+    /// A flood in `chunk`-byte pieces: the model must show what a parser
+    /// fed every byte shows, screen and scrollback, while it skips text.
+    fn check_flood(rows: u16, cols: u16, bytes: &[u8], chunk: usize) -> TerminalModel {
+        let mut model = TerminalModel::new(rows, cols, 50);
+        let mut reference = vt100::Parser::new(nz(rows), nz(cols), 50);
+        for piece in bytes.chunks(chunk) {
+            model.feed(piece);
+            reference.process(piece);
+        }
+        let (got, want) = (screen_of(&mut model), reference.screen().clone());
+        assert_same_screen(&got, &want);
+        assert_eq!(
+            scrollback_of(&got),
+            scrollback_of(&want),
+            "chunks of {chunk}"
+        );
+        model
+    }
+
+    /// Lines of text with colours, wide characters, tabs, lines longer
+    /// than the screen is wide, and lines ending in a bare LF.
+    fn flood(lines: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..lines {
+            let line = match i % 7 {
+                0 => format!("\x1b[3{}mred {i}\x1b[1m bold\r\n", i % 8),
+                1 => format!("plain {i}\ttab\x08\x08bs\r\n"),
+                2 => format!("{}{i}\r\n", "long ".repeat(9)),
+                3 => format!("漢字 é {i}\x1b[m\x1b[44m bg \x1b[0m\r\n"),
+                4 => format!("bare lf {i}\n"),
+                5 => format!("\x1b[38;2;1;2;3;48:5:20mtrue {i}\r\n"),
+                _ => format!("{i}\r\n"),
+            };
+            out.extend_from_slice(line.as_bytes());
+        }
+        out
+    }
+
+    /// Whether the model, fed `bytes`, holds back only part of them.
+    fn skips(model: &mut TerminalModel, bytes: &[u8]) -> bool {
+        model.feed(bytes);
+        model.held.on && model.held.bytes.len() < bytes.len() / 2
     }
 
     #[test]
-    fn is_send_and_sync() {
-        fn shareable<T: Send + Sync>() {}
-        shareable::<TerminalModel>();
+    fn text_that_scrolls_out_is_skipped_exactly() {
+        let text = flood(40_000);
+        assert!(text.len() > 2 * DROP_AT);
+        for chunk in [7, 4096, 65536] {
+            assert!(skips(&mut TerminalModel::new(6, 20, 50), &text));
+            check_flood(6, 20, &text, chunk);
+        }
+        // The flood ends inside a sequence and a character, then a
+        // full-screen program starts.
+        let mut bytes = text.clone();
+        bytes.extend_from_slice("\x1b[1;3".as_bytes());
+        bytes.extend_from_slice(&"漢".as_bytes()[..2]);
+        check_flood(6, 20, &bytes, 65536);
+        bytes.extend_from_slice(&"漢".as_bytes()[2..]);
+        bytes.extend_from_slice(&full_screen_program());
+        bytes.extend_from_slice(&text);
+        check_flood(10, 30, &bytes, 65536);
+        let mut exit = bytes.clone();
+        exit.extend_from_slice(b"\x1b[?1049l$ ");
+        exit.extend_from_slice(&text);
+        check_flood(10, 30, &exit, 4096);
+    }
+
+    #[test]
+    fn text_is_not_skipped_under_a_scroll_region() {
+        let text = flood(20_000);
+        // A status line below the region, the cursor drawing on it: the
+        // flood overwrites the last row again and again.
+        let mut below = b"\x1b[1;5r\x1b[6;1H".to_vec();
+        below.extend_from_slice(&text);
+        check_flood(6, 20, &below, 65536);
+        assert!(!skips(&mut TerminalModel::new(6, 20, 50), &below));
+        // Inside the region, and in a region on the alternate screen only.
+        let mut inside = b"\x1b[2;5r\x1b[3;1H".to_vec();
+        inside.extend_from_slice(&text);
+        check_flood(6, 20, &inside, 65536);
+        let mut alt = b"\x1b[?1049h\x1b[2;4r\x1b[6;1H".to_vec();
+        alt.extend_from_slice(&text);
+        alt.extend_from_slice(b"\x1b[?1049l");
+        alt.extend_from_slice(&text);
+        check_flood(6, 20, &alt, 65536);
+        // Reset to the whole screen (both ways), or by a resize: skipped
+        // again.
+        for reset in [&b"\x1b[r"[..], b"\x1b[1;6r", b"\x1b[0;0r"] {
+            let mut again = below.clone();
+            again.extend_from_slice(reset);
+            again.extend_from_slice(&text);
+            check_flood(6, 20, &again, 65536);
+            let mut model = TerminalModel::new(6, 20, 50);
+            assert!(skips(&mut model, &again));
+            model.feed(&below);
+            assert!(!skips(&mut model, &text));
+            model.resize(8, 20);
+            assert!(skips(&mut model, &text));
+        }
+    }
+
+    #[test]
+    fn is_send() {
+        fn sendable<T: Send>() {}
+        sendable::<TerminalModel>();
     }
 }

@@ -11,6 +11,7 @@ use ensemble_protocol::{ErrorBody, ErrorCode, Key, VmInfo};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::control::Control;
 use crate::log::{Log, LogError};
 use crate::process::Processes;
 use crate::session::Sessions;
@@ -53,6 +54,8 @@ pub enum VmError {
     Busy(String),
     #[error("{0}")]
     AgentFailed(String),
+    #[error("cannot resume: {0}")]
+    CannotResume(String),
 }
 
 impl VmError {
@@ -64,6 +67,7 @@ impl VmError {
             | VmError::NotPending(_) => ErrorCode::NotFound,
             VmError::Busy(_) => ErrorCode::Busy,
             VmError::AgentFailed(_) => ErrorCode::AgentFailed,
+            VmError::CannotResume(_) => ErrorCode::CannotResume,
             VmError::Exited(_) => ErrorCode::Exited,
             VmError::SpawnFailed { .. } => ErrorCode::SpawnFailed,
             VmError::InvalidArgs(_) => ErrorCode::InvalidArgs,
@@ -102,6 +106,7 @@ struct VmInner {
     dir: PathBuf,
     workspace: Workspace,
     log: Log,
+    control: Control,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -115,6 +120,7 @@ impl Vm {
         workspace: Workspace,
         log: Log,
         first_shell_id: u32,
+        control: Control,
     ) -> (Vm, oneshot::Receiver<()>) {
         let (jobs_tx, jobs_rx) = mpsc::channel(VM_QUEUE);
         let (done_tx, done_rx) = oneshot::channel();
@@ -131,6 +137,7 @@ impl Vm {
                 dir,
                 workspace,
                 log,
+                control,
                 jobs: jobs_tx,
             }),
         };
@@ -156,6 +163,11 @@ impl Vm {
 
     pub fn log(&self) -> &Log {
         &self.inner.log
+    }
+
+    /// Presence and the control lock.
+    pub fn control(&self) -> &Control {
+        &self.inner.control
     }
 
     /// A handle that does not keep the VM open (for what the VM itself owns,

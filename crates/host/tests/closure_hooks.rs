@@ -12,11 +12,12 @@ use tokio::sync::oneshot;
 
 type Seen = Arc<Mutex<Vec<SessionHookEvent>>>;
 
-/// Starts a host on 127.0.0.1:0 with a session hook recording into `seen`.
+/// Starts a host on 127.0.0.1:0 with a session hook recording into `seen`;
+/// answers an owner's client.
 async fn start(
     dir: &std::path::Path,
     seen: Seen,
-) -> (String, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+) -> (Client, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let mut config = HostConfig::new(dir);
     config.test_actions = true;
     config
@@ -27,7 +28,8 @@ async fn start(
         }));
     let host = Host::start(config).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
+    let client = Client::new(format!("ws://{}", listener.local_addr().unwrap()))
+        .with_token(host.owner_token());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         host.serve(listener, async {
@@ -36,7 +38,7 @@ async fn start(
         .await
         .unwrap();
     });
-    (url, stop_tx, task)
+    (client, stop_tx, task)
 }
 
 async fn wait_len(seen: &Seen, n: usize) {
@@ -55,8 +57,7 @@ async fn wait_len(seen: &Seen, n: usize) {
 async fn session_hook_runs_once_per_event_and_resumes_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let seen: Seen = Arc::default();
-    let (url, stop, task) = start(dir.path(), seen.clone()).await;
-    let client = Client::new(&url);
+    let (client, stop, task) = start(dir.path(), seen.clone()).await;
     let mut vms = Vec::new();
     for _ in 0..4 {
         vms.push(client.get_or_create(["hooked"]).await.unwrap());
@@ -87,8 +88,8 @@ async fn session_hook_runs_once_per_event_and_resumes_after_restart() {
 
     // A new host on the same data: the hook starts where it stopped.
     let seen_again: Seen = Arc::default();
-    let (url, stop, task) = start(dir.path(), seen_again.clone()).await;
-    let vm = Client::new(&url).get_or_create(["hooked"]).await.unwrap();
+    let (client, stop, task) = start(dir.path(), seen_again.clone()).await;
+    let vm = client.get_or_create(["hooked"]).await.unwrap();
     vm.call(
         "emit",
         json!([{"name": "sessionEvent", "sessionId": "s1", "data": {"i": 30}}]),

@@ -16,11 +16,13 @@ pub mod args;
 pub mod frame;
 pub mod key;
 pub mod message;
+pub mod people;
 
 pub use args::Args;
 pub use frame::{BinaryHeader, BinaryKind, EventFrame, FrameError};
 pub use key::{Key, KeyError};
 pub use message::{ClientMessage, ErrorBody, ErrorCode, Limits, ServerMessage, VmInfo};
+pub use people::{Holder, Participant, Role};
 
 /// The protocol version a client names in `hello`. Bumped on any change that
 /// an existing client could misread.
@@ -68,6 +70,7 @@ pub const ACTIONS: &[&str] = &[
     "listShells",
     "getShellSnapshot",
     "createSession",
+    "resumeSession",
     "listSessions",
     "getSession",
     "sendPrompt",
@@ -75,7 +78,59 @@ pub const ACTIONS: &[&str] = &[
     "setMode",
     "closeSession",
     "respondPermission",
+    "takeControl",
+    "requestControl",
+    "grantControl",
+    "denyControl",
+    "releaseControl",
+    "handToAgent",
+    "listParticipants",
+    "updateParticipant",
+    "setRole",
+    "removeParticipant",
+    "listJoinRequests",
+    "approveJoin",
+    "denyJoin",
+    "createJoinCode",
+    "listJoinCodes",
+    "revokeJoinCode",
     "emit",
+];
+
+/// Actions that change what runs in a VM: only the control holder may call
+/// them (`not_in_control` otherwise; viewers get `forbidden`). While the
+/// agent holds control, its supervisor may still answer its permission
+/// requests and cancel its turn.
+pub const INPUT_ACTIONS: &[&str] = &[
+    "exec",
+    "spawn",
+    "writeProcessStdin",
+    "closeProcessStdin",
+    "stopProcess",
+    "killProcess",
+    "openShell",
+    "writeShell",
+    "resizeShell",
+    "closeShell",
+    "createSession",
+    "resumeSession",
+    "sendPrompt",
+    "cancelPrompt",
+    "setMode",
+    "closeSession",
+    "respondPermission",
+];
+
+/// Actions only the owner may call (`forbidden` otherwise).
+pub const OWNER_ACTIONS: &[&str] = &[
+    "setRole",
+    "removeParticipant",
+    "listJoinRequests",
+    "approveJoin",
+    "denyJoin",
+    "createJoinCode",
+    "listJoinCodes",
+    "revokeJoinCode",
 ];
 
 /// Every event name the host produces today.
@@ -88,10 +143,19 @@ pub const EVENTS: &[&str] = &[
     "shellResized",
     "shellExit",
     "sessionCreated",
+    "sessionResumed",
     "sessionEvent",
     "permissionRequest",
     "permissionTimeout",
     "sessionEnded",
+    "participantJoined",
+    "participantLeft",
+    "participantUpdated",
+    "controlRequested",
+    "controlDenied",
+    "controlChanged",
+    "joinRequested",
+    "joinResolved",
     "testEvent",
     "testBytes",
 ];

@@ -3,20 +3,31 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::Key;
+use crate::{Holder, Key, Participant};
 
 /// What a client sends, as a text frame.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub enum ClientMessage {
-    /// First message: opens the VM named by `key` (`getOrCreate`).
+    /// First message: opens the VM named by `key` (`getOrCreate`), with one
+    /// credential: a `token`, a `joinCode`, the owner's one-time `loginCode`,
+    /// or `requestJoin` (the owner decides; the host answers `joinPending`).
+    #[serde(rename_all = "camelCase")]
     Hello {
         protocol: u32,
         /// A string or an array of strings; validated by [`Key::from_value`].
         key: Value,
-        /// Display name of the client, for logs.
+        /// Display name: a new member's name, and the client's name in logs.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        join_code: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        login_code: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        request_join: bool,
     },
     /// Starts (or changes the filter of) the event stream. The first
     /// `subscribe` of a connection sets the cursor: every event with
@@ -57,6 +68,22 @@ pub enum ServerMessage {
         /// been pruned to keep the log within its budget; other events remain.
         output_from: u64,
         limits: Limits,
+        /// The participant this connection is.
+        you: Participant,
+        /// Everyone this VM has seen since it opened, with presence.
+        participants: Vec<Participant>,
+        /// Who holds control (`null`: nobody).
+        control: Option<Holder>,
+        /// A token just issued (by a join code, a login code or an approved
+        /// join request): keep it and send it in the next `hello`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// A join request waits for the owner; `welcome` or an `error`
+    /// (`join_denied`) follows on this connection.
+    #[serde(rename_all = "camelCase")]
+    JoinPending {
+        request_id: String,
     },
     /// All events up to `seq` have been delivered; what follows is live.
     CaughtUp {
@@ -100,6 +127,9 @@ impl Default for Limits {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// Details for programs, by code (`not_in_control`: `{holder}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
 }
 
 impl ErrorBody {
@@ -107,7 +137,13 @@ impl ErrorBody {
         ErrorBody {
             code,
             message: message.into(),
+            data: None,
         }
+    }
+
+    pub fn with_data(mut self, data: Value) -> ErrorBody {
+        self.data = Some(data);
+        self
     }
 }
 
@@ -149,12 +185,25 @@ pub enum ErrorCode {
     Exited,
     /// A command that does not start (not found, not executable).
     SpawnFailed,
-    /// The caller may not do this (for example resize a shell it does not own).
+    /// The caller's role does not allow this (a viewer sending input, a
+    /// member calling an owner action).
     Forbidden,
     /// A session is already running a turn.
     Busy,
     /// An agent that does not start, does not answer `initialize`, or exits.
     AgentFailed,
+    /// `resumeSession` of a session whose agent cannot load it.
+    CannotResume,
+    /// An input action from someone who does not hold control; `data.holder`
+    /// says who does.
+    NotInControl,
+    /// No credential, or a token, join code or login code that is unknown,
+    /// expired, revoked or already used.
+    Unauthorized,
+    /// The owner denied the join request.
+    JoinDenied,
+    /// Too many failed attempts from this address; wait and try again.
+    RateLimited,
     /// A code this client does not know yet (sent by a newer host). Never
     /// sent by this version; lets clients read codes added later.
     #[serde(other)]
@@ -183,6 +232,11 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::Busy,
         ErrorCode::AgentFailed,
+        ErrorCode::CannotResume,
+        ErrorCode::NotInControl,
+        ErrorCode::Unauthorized,
+        ErrorCode::JoinDenied,
+        ErrorCode::RateLimited,
     ];
 
     /// The code as it appears on the wire.
@@ -208,6 +262,11 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Busy => "busy",
             ErrorCode::AgentFailed => "agent_failed",
+            ErrorCode::CannotResume => "cannot_resume",
+            ErrorCode::NotInControl => "not_in_control",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::JoinDenied => "join_denied",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unknown => "unknown",
         }
     }

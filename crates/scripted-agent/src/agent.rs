@@ -1,6 +1,7 @@
 //! The ACP agent side: the handlers for what a client sends (`initialize`,
-//! `session/new`, `session/set_mode`, `session/prompt`, `session/cancel`) and
-//! the state they share: the client's capabilities and the sessions.
+//! `session/new`, `session/load`, `session/set_mode`, `session/prompt`,
+//! `session/cancel`) and the state they share: the client's capabilities,
+//! the sessions and, if kept, their journals.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,16 +10,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use agent_client_protocol::schema::ProtocolVersion;
 use agent_client_protocol::v1::schema::{
-    AgentCapabilities, CancelNotification, ClientCapabilities, ContentBlock, Implementation,
-    InitializeRequest, InitializeResponse, NewSessionRequest, NewSessionResponse, PromptRequest,
-    PromptResponse, SessionId, SessionMode, SessionModeId, SessionModeState, SetSessionModeRequest,
-    SetSessionModeResponse, ToolCallId,
+    AgentCapabilities, CancelNotification, ClientCapabilities, ContentBlock, ContentChunk,
+    Implementation, InitializeRequest, InitializeResponse, LoadSessionRequest, LoadSessionResponse,
+    NewSessionRequest, NewSessionResponse, PromptRequest, PromptResponse, SessionId, SessionMode,
+    SessionModeId, SessionModeState, SessionNotification, SessionUpdate, SetSessionModeRequest,
+    SetSessionModeResponse, TextContent, ToolCallId,
 };
 use agent_client_protocol::v1::{ConnectionTo, Responder};
 use agent_client_protocol::{Agent, Client, ConnectTo, Error};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::journal::{Journal, Journals, Record, SESSION_PREFIX};
 use crate::stdio::Output;
 use crate::turn::Turn;
 use crate::Exit;
@@ -40,9 +43,13 @@ pub(crate) struct State {
     /// Only short, synchronous critical sections: never held across `.await`.
     sessions: Mutex<HashMap<SessionId, Session>>,
     next_session: AtomicU64,
+    /// With `--journal-dir`: sessions are journaled and can be loaded.
+    journals: Option<Journals>,
 }
 
 struct Session {
+    /// Where the session's transcript is appended, if journals are kept.
+    journal: Option<Arc<Journal>>,
     cwd: PathBuf,
     mode: SessionModeId,
     /// The number of the last tool call this session reported.
@@ -53,13 +60,18 @@ struct Session {
 }
 
 impl State {
-    pub(crate) fn new(output: Arc<Output>, exit_tx: mpsc::Sender<Exit>) -> Arc<Self> {
+    pub(crate) fn new(
+        output: Arc<Output>,
+        exit_tx: mpsc::Sender<Exit>,
+        journals: Option<Journals>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             output,
             exit_tx,
             client_capabilities: Mutex::new(ClientCapabilities::default()),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            journals,
         })
     }
 
@@ -96,7 +108,7 @@ impl State {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = request.client_capabilities;
         InitializeResponse::new(ProtocolVersion::V1)
-            .agent_capabilities(AgentCapabilities::new().load_session(false))
+            .agent_capabilities(AgentCapabilities::new().load_session(self.journals.is_some()))
             .agent_info(Implementation::new(AGENT_NAME, env!("CARGO_PKG_VERSION")))
     }
 
@@ -106,8 +118,18 @@ impl State {
             return Err(Error::invalid_params().data("cwd must be an absolute path"));
         }
         // MCP servers are accepted and ignored: no command uses tools.
-        let number = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let session_id = SessionId::new(format!("scripted-{number}"));
+        let next = self.next_session.load(Ordering::Relaxed);
+        let (number, journal) = match &self.journals {
+            Some(journals) => {
+                let (number, journal) = journals
+                    .create(next)
+                    .map_err(|e| Error::internal_error().data(format!("journal: {e}")))?;
+                (number, Some(Arc::new(journal)))
+            }
+            None => (next, None),
+        };
+        self.next_session.store(number + 1, Ordering::Relaxed);
+        let session_id = SessionId::new(format!("{SESSION_PREFIX}{number}"));
         let mode = SessionModeId::new(MODES[0].0);
         self.sessions
             .lock()
@@ -115,6 +137,7 @@ impl State {
             .insert(
                 session_id.clone(),
                 Session {
+                    journal,
                     cwd: request.cwd,
                     mode: mode.clone(),
                     tool_calls: 0,
@@ -122,11 +145,80 @@ impl State {
                     turns: 0,
                 },
             );
-        let modes = MODES
-            .iter()
-            .map(|(id, name)| SessionMode::new(*id, *name))
-            .collect();
-        Ok(NewSessionResponse::new(session_id).modes(SessionModeState::new(mode, modes)))
+        Ok(NewSessionResponse::new(session_id).modes(mode_state(mode)))
+    }
+
+    /// `session/load`: reads the session's journal, restores its state (turns,
+    /// tool calls, mode), replays the transcript as `session/update`
+    /// notifications (each prompt as a `user_message_chunk`), then answers.
+    fn load_session(
+        &self,
+        request: LoadSessionRequest,
+        cx: &ConnectionTo<Client>,
+    ) -> Result<LoadSessionResponse, Error> {
+        let Some(journals) = &self.journals else {
+            return Err(Error::method_not_found()
+                .data("this agent keeps no journals (start it with --journal-dir)"));
+        };
+        if !request.cwd.is_absolute() {
+            return Err(Error::invalid_params().data("cwd must be an absolute path"));
+        }
+        let running = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&request.session_id)
+            .is_some_and(|s| s.turn.is_some());
+        if running {
+            return Err(Error::invalid_request().data("a prompt turn is running in this session"));
+        }
+        let (records, journal) = journals.load(&request.session_id)?;
+        let mut session = Session {
+            journal: Some(Arc::new(journal)),
+            cwd: request.cwd,
+            mode: SessionModeId::new(MODES[0].0),
+            tool_calls: 0,
+            turn: None,
+            turns: 0,
+        };
+        let mut replay = Vec::with_capacity(records.len());
+        for record in records {
+            match record {
+                Record::Prompt { text } => {
+                    session.turns += 1;
+                    replay.push(SessionUpdate::UserMessageChunk(ContentChunk::new(
+                        ContentBlock::Text(TextContent::new(text)),
+                    )));
+                }
+                Record::Update { update } => {
+                    if let SessionUpdate::ToolCall(_) = *update {
+                        session.tool_calls += 1;
+                    }
+                    replay.push(*update);
+                }
+                Record::Mode { mode_id } => session.mode = mode_id,
+            }
+        }
+        let mode = session.mode.clone();
+        // Numbers of later sessions stay clear of this one's.
+        if let Some(number) = request
+            .session_id
+            .0
+            .strip_prefix(SESSION_PREFIX)
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            self.next_session.fetch_max(number + 1, Ordering::Relaxed);
+        }
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(request.session_id.clone(), session);
+        // Queued before the answer, so the client has the whole transcript
+        // when session/load returns, as ACP requires.
+        for update in replay {
+            cx.send_notification(SessionNotification::new(request.session_id.clone(), update))?;
+        }
+        Ok(LoadSessionResponse::new().modes(mode_state(mode)))
     }
 
     fn set_mode(&self, request: SetSessionModeRequest) -> Result<SetSessionModeResponse, Error> {
@@ -140,6 +232,11 @@ impl State {
         let Some(session) = sessions.get_mut(&request.session_id) else {
             return Err(session_not_found(request.session_id));
         };
+        if let Some(journal) = &session.journal {
+            journal.append(&Record::Mode {
+                mode_id: request.mode_id.clone(),
+            })?;
+        }
         session.mode = request.mode_id;
         Ok(SetSessionModeResponse::new())
     }
@@ -151,25 +248,6 @@ impl State {
         responder: Responder<PromptResponse>,
         cx: &ConnectionTo<Client>,
     ) -> Result<(), Error> {
-        let started = {
-            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            match sessions.get_mut(&request.session_id) {
-                None => Err(session_not_found(request.session_id.clone())),
-                Some(session) if session.turn.is_some() => Err(Error::invalid_request()
-                    .data("a prompt turn is already running in this session")),
-                Some(session) => {
-                    session.turns += 1;
-                    let cancel = CancellationToken::new();
-                    session.turn = Some((session.turns, cancel.clone()));
-                    Ok((session.turns, session.cwd.clone(), cancel))
-                }
-            }
-        };
-        let (turn_number, cwd, cancel) = match started {
-            Ok(started) => started,
-            Err(error) => return responder.respond_with_error(error),
-        };
-
         // Text blocks are joined with newlines so that each block starts a
         // line of its own; other content is ignored.
         let script = request
@@ -181,8 +259,45 @@ impl State {
             })
             .collect::<Vec<_>>()
             .join("\n");
+        let started = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            match sessions.get_mut(&request.session_id) {
+                None => Err(session_not_found(request.session_id.clone())),
+                Some(session) if session.turn.is_some() => Err(Error::invalid_request()
+                    .data("a prompt turn is already running in this session")),
+                Some(session) => {
+                    let journaled = match &session.journal {
+                        Some(journal) => journal
+                            .append(&Record::Prompt {
+                                text: script.clone(),
+                            })
+                            .map(|()| Some(journal.clone())),
+                        None => Ok(None),
+                    };
+                    journaled.map(|journal| {
+                        session.turns += 1;
+                        let cancel = CancellationToken::new();
+                        session.turn = Some((session.turns, cancel.clone()));
+                        (session.turns, session.cwd.clone(), cancel, journal)
+                    })
+                }
+            }
+        };
+        let (turn_number, cwd, cancel, journal) = match started {
+            Ok(started) => started,
+            Err(error) => return responder.respond_with_error(error),
+        };
+
         let session_id = request.session_id;
-        let turn = Turn::new(cx.clone(), self.clone(), session_id.clone(), cwd, cancel);
+        let turn = Turn {
+            cx: cx.clone(),
+            state: self.clone(),
+            session_id: session_id.clone(),
+            cwd,
+            cancel,
+            number: turn_number,
+            journal,
+        };
         let state = self.clone();
         // The turn waits on client responses, so it must run outside the
         // dispatch loop that delivers them.
@@ -236,6 +351,14 @@ impl State {
     }
 }
 
+fn mode_state(current: SessionModeId) -> SessionModeState {
+    let modes = MODES
+        .iter()
+        .map(|(id, name)| SessionMode::new(*id, *name))
+        .collect();
+    SessionModeState::new(current, modes)
+}
+
 fn session_not_found(session_id: SessionId) -> Error {
     agent_client_protocol::v1::schema::Error::session_not_found(session_id).into()
 }
@@ -262,6 +385,15 @@ pub(crate) async fn run(
                 let state = state.clone();
                 async move |request: NewSessionRequest, responder, _cx| {
                     responder.respond_with_result(state.new_session(request))
+                }
+            },
+            agent_client_protocol::on_receive_request!(),
+        )
+        .on_receive_request(
+            {
+                let state = state.clone();
+                async move |request: LoadSessionRequest, responder, cx| {
+                    responder.respond_with_result(state.load_session(request, &cx))
                 }
             },
             agent_client_protocol::on_receive_request!(),

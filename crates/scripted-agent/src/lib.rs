@@ -1,7 +1,9 @@
 //! A deterministic ACP agent: it speaks the Agent Client Protocol (v1,
 //! JSON-RPC 2.0 over newline-delimited stdio) as the *agent*, and treats each
 //! prompt as a small script, one command per line (`say`, `think`, `plan`,
-//! `run`, `write`, `read`, `wait`, `sleep`, `env`, `crash`, `garbage`).
+//! `run`, `write`, `read`, `wait`, `sleep`, `env`, `turn`, `crash`,
+//! `garbage`). With a journal directory it keeps each session's transcript
+//! on disk and supports `session/load`, also after it restarts.
 //! The host's tests drive it, and a new user can try Ensemble with it and no
 //! API key. Every command and the exact traffic it produces are in
 //! `docs/scripted-agent.md`.
@@ -10,6 +12,7 @@
 //! * `main.rs`: flags, logging, the process exit code.
 //! * [`serve`]: one connection over a reader and a writer, until EOF or a crash.
 //! * `agent`: the ACP handlers and the session table.
+//! * `journal`: per-session transcripts on disk, for `session/load`.
 //! * `turn`: one prompt turn, command by command, with cancellation.
 //! * `script`: the command language (pure parsing).
 //! * `stdio`: newline-delimited lines in; the single writer of stdout out,
@@ -17,9 +20,12 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod journal;
 mod script;
 mod stdio;
 mod turn;
+
+use std::path::PathBuf;
 
 use agent_client_protocol::Lines;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,12 +39,15 @@ pub use turn::{ALLOW_OPTION, REJECT_OPTION};
 pub const CRASH_EXIT_CODE: i32 = 3;
 
 /// How [`serve`] behaves apart from the scripts it runs.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Read the input but never answer anything, `initialize` included.
     pub hang_initialize: bool,
     /// Print [`GARBAGE_LINES`] before anything else.
     pub garbage_at_start: bool,
+    /// Keep each session's transcript in this directory (created if needed)
+    /// and advertise `loadSession`. Without it sessions live in memory only.
+    pub journal_dir: Option<PathBuf>,
 }
 
 /// Why [`serve`] returned.
@@ -76,7 +85,12 @@ pub async fn serve(
 
     // Capacity 1: a crash is the only message, and the first one ends serve.
     let (exit_tx, mut exit_rx) = mpsc::channel(1);
-    let state = agent::State::new(output.clone(), exit_tx);
+    let journals = options
+        .journal_dir
+        .map(journal::Journals::open)
+        .transpose()
+        .map_err(agent_client_protocol::Error::into_internal_error)?;
+    let state = agent::State::new(output.clone(), exit_tx, journals);
     let transport = Lines::new(output.sink(), stdio::lines(input));
     tokio::select! {
         result = agent::run(state, transport) => result.map(|()| Exit::InputClosed),

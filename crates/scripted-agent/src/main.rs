@@ -10,7 +10,7 @@ use ensemble_scripted_agent::{serve, Exit, Options};
 ///
 /// Speaks the Agent Client Protocol (v1, newline-delimited JSON-RPC) on stdin
 /// and stdout. Commands: say, think, plan, run, write, read, wait, sleep, env,
-/// crash, garbage. See docs/scripted-agent.md.
+/// turn, crash, garbage. See docs/scripted-agent.md.
 #[derive(Debug, Parser)]
 #[command(name = "ensemble-scripted-agent", version)]
 struct Args {
@@ -26,6 +26,11 @@ struct Args {
     /// Print a few non-JSON lines on stdout before anything else.
     #[arg(long)]
     garbage_at_start: bool,
+
+    /// Keep each session's transcript in DIR/<sessionId>.jsonl (DIR is
+    /// created if needed) and support `session/load`, also after a restart.
+    #[arg(long, value_name = "DIR")]
+    journal_dir: Option<std::path::PathBuf>,
 
     /// Log to stderr with this tracing filter (for example `debug` or
     /// `ensemble_scripted_agent=trace`). Off by default; never read from the
@@ -55,6 +60,7 @@ fn main() {
     let options = Options {
         hang_initialize: args.hang_initialize,
         garbage_at_start: args.garbage_at_start,
+        journal_dir: args.journal_dir,
     };
     let code = match run(options) {
         Ok(Exit::InputClosed) => 0,

@@ -24,6 +24,8 @@ pub(crate) enum Command<'a> {
     Sleep(Duration),
     /// `env <NAME>`: say whether a variable is set, never its value.
     Env(&'a str),
+    /// `turn`: say which turn of the session this is.
+    Turn,
     /// `crash`: exit the process mid-turn.
     Crash,
     /// `garbage`: print non-JSON lines on stdout.
@@ -78,6 +80,7 @@ fn parse_line(line: &str) -> Command<'_> {
             .ok()
             .map(|ms| Command::Sleep(Duration::from_millis(ms))),
         "env" if is_one_word(rest) => Some(Command::Env(rest)),
+        "turn" if rest.is_empty() => Some(Command::Turn),
         "crash" if rest.is_empty() => Some(Command::Crash),
         "garbage" if rest.is_empty() => Some(Command::Garbage),
         _ => None,
@@ -134,6 +137,7 @@ mod tests {
                       wait\n\
                       sleep 250\n\
                       env API_KEY\n\
+                      turn\n\
                       crash\n\
                       garbage\n";
         assert_eq!(
@@ -155,6 +159,7 @@ mod tests {
                 Command::Wait,
                 Command::Sleep(Duration::from_millis(250)),
                 Command::Env("API_KEY"),
+                Command::Turn,
                 Command::Crash,
                 Command::Garbage,
             ]
@@ -188,6 +193,7 @@ mod tests {
             "sleep 1.5",
             "env",
             "env A B",
+            "turn 2",
             "crash now",
             "garbage please",
         ] {

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::State;
+use crate::journal::{Journal, Record};
 use crate::script::{self, Command};
 use crate::stdio::GARBAGE_LINES;
 use crate::{Exit, CRASH_EXIT_CODE};
@@ -28,12 +29,17 @@ pub const ALLOW_OPTION: &str = "allow";
 pub const REJECT_OPTION: &str = "reject";
 
 pub(crate) struct Turn {
-    cx: ConnectionTo<Client>,
-    state: Arc<State>,
-    session_id: SessionId,
+    pub(crate) cx: ConnectionTo<Client>,
+    pub(crate) state: Arc<State>,
+    pub(crate) session_id: SessionId,
     /// The session's working directory, which relative paths are resolved against.
-    cwd: PathBuf,
-    cancel: CancellationToken,
+    pub(crate) cwd: PathBuf,
+    pub(crate) cancel: CancellationToken,
+    /// Which turn of the session this is, from 1 (counting turns before a
+    /// `session/load`).
+    pub(crate) number: u64,
+    /// Where every update is also recorded, if the session is journaled.
+    pub(crate) journal: Option<Arc<Journal>>,
 }
 
 /// Whether the turn goes on after a command.
@@ -52,22 +58,6 @@ enum Reply<T> {
 }
 
 impl Turn {
-    pub(crate) fn new(
-        cx: ConnectionTo<Client>,
-        state: Arc<State>,
-        session_id: SessionId,
-        cwd: PathBuf,
-        cancel: CancellationToken,
-    ) -> Self {
-        Self {
-            cx,
-            state,
-            session_id,
-            cwd,
-            cancel,
-        }
-    }
-
     pub(crate) async fn run(&self, script: &str) -> Result<StopReason, Error> {
         for command in script::parse(script) {
             if self.cancel.is_cancelled() {
@@ -102,6 +92,7 @@ impl Turn {
                 }
             }
             Command::Env(name) => self.message(env_report(name))?,
+            Command::Turn => self.message(format!("turn {}", self.number))?,
             Command::Crash => {
                 self.message("crashing")?;
                 // The chunk must be on the pipe before the process goes.
@@ -410,6 +401,11 @@ impl Turn {
     }
 
     fn update(&self, update: SessionUpdate) -> Result<(), Error> {
+        if let Some(journal) = &self.journal {
+            journal.append(&Record::Update {
+                update: Box::new(update.clone()),
+            })?;
+        }
         self.cx
             .send_notification(SessionNotification::new(self.session_id.clone(), update))
     }

@@ -1141,3 +1141,135 @@ async fn help_lists_the_flags() {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
 }
+
+/// Sends `session/load` and collects what the agent sends until it answers.
+async fn load(agent: &mut Agent, session: &str, cwd: &str) -> Transcript {
+    let id = agent
+        .send_request(
+            "session/load",
+            json!({"sessionId": session, "cwd": cwd, "mcpServers": []}),
+        )
+        .await;
+    let mut transcript = Transcript::default();
+    while let Some(line) = agent.next_line().await {
+        if let Line::Json(message) = &line {
+            if message["id"] == id && message.get("method").is_none() {
+                transcript.response = Some(message.clone());
+                break;
+            }
+        }
+        transcript.lines.push(line);
+    }
+    transcript
+}
+
+#[tokio::test]
+async fn a_journaled_session_is_loaded_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let journal_arg = journal.to_str().unwrap();
+
+    let mut agent = Agent::spawn(&["--journal-dir", journal_arg]);
+    let init = agent.initialize(all_capabilities()).await;
+    assert_eq!(init["result"]["agentCapabilities"]["loadSession"], true);
+    let session = agent.new_session("/tmp").await;
+    assert_eq!(session, "scripted-1");
+    let first = agent
+        .prompt(&session, "say hello brave world\nturn", no_requests)
+        .await;
+    assert_eq!(first.chunks(), ["hello ", "brave ", "world", "turn 1"]);
+    let set = agent
+        .call(
+            "session/set_mode",
+            json!({"sessionId": session, "modeId": "plan"}),
+        )
+        .await;
+    assert!(set.get("result").is_some(), "{set}");
+    let second = agent
+        .prompt(&session, "turn\nrun echo hi", fake_terminal("hi\n", 0))
+        .await;
+    assert_eq!(second.chunks(), ["turn 2", "exit 0"]);
+    // Killed, not closed: the journal must already hold everything sent.
+    agent.child.kill().await.unwrap();
+
+    let mut agent = Agent::spawn(&["--journal-dir", journal_arg]);
+    agent.initialize(all_capabilities()).await;
+    assert_eq!(
+        agent.new_session("/tmp").await,
+        "scripted-2",
+        "a new session does not take the journaled one's id"
+    );
+    let loaded = load(&mut agent, &session, "/tmp").await;
+    let response = loaded.response.as_ref().unwrap();
+    assert_eq!(
+        response["result"]["modes"]["currentModeId"], "plan",
+        "{response}"
+    );
+    let tool_calls = loaded.updates_of("tool_call");
+    assert_eq!(tool_calls.len(), 1);
+    assert_eq!(tool_calls[0]["toolCallId"], "call-1");
+    let replayed: Vec<(String, String)> = loaded
+        .updates()
+        .into_iter()
+        .filter(|u| {
+            u["sessionUpdate"]
+                .as_str()
+                .unwrap()
+                .ends_with("message_chunk")
+        })
+        .map(|u| {
+            (
+                u["sessionUpdate"].as_str().unwrap().to_owned(),
+                u["content"]["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("user_message_chunk", "say hello brave world\nturn"),
+        ("agent_message_chunk", "hello "),
+        ("agent_message_chunk", "brave "),
+        ("agent_message_chunk", "world"),
+        ("agent_message_chunk", "turn 1"),
+        ("user_message_chunk", "turn\nrun echo hi"),
+        ("agent_message_chunk", "turn 2"),
+        ("agent_message_chunk", "exit 0"),
+    ];
+    assert_eq!(
+        replayed,
+        expected.map(|(k, t)| (k.to_owned(), t.to_owned())),
+        "the transcript is replayed in order before the answer"
+    );
+    assert!(loaded
+        .messages()
+        .all(|m| m["params"]["sessionId"] == session.as_str()));
+    let third = agent
+        .prompt(&session, "turn\nrun true", fake_terminal("", 0))
+        .await;
+    assert_eq!(
+        third.chunks(),
+        ["turn 3", "exit 0"],
+        "the loaded session goes on"
+    );
+    assert_eq!(third.updates_of("tool_call")[0]["toolCallId"], "call-2");
+
+    for unknown in [
+        "scripted-99",
+        "../journal/scripted-1",
+        "scripted-",
+        "other-1",
+    ] {
+        let missing = load(&mut agent, unknown, "/tmp").await;
+        let response = missing.response.unwrap();
+        assert_eq!(response["error"]["code"], -32002, "{unknown}: {response}");
+        assert!(missing.lines.is_empty());
+    }
+    let relative = load(&mut agent, &session, "relative").await;
+    assert_eq!(relative.response.unwrap()["error"]["code"], -32602);
+    let (code, _) = agent.finish().await;
+    assert_eq!(code, Some(0));
+
+    // Without a journal directory nothing is kept and nothing can be loaded.
+    let (mut agent, _) = Agent::ready("/tmp").await;
+    let refused = load(&mut agent, &session, "/tmp").await;
+    assert_eq!(refused.response.unwrap()["error"]["code"], -32601);
+}

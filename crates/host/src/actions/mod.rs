@@ -2,12 +2,16 @@
 //! out. Each action parses its own arguments and talks to the VM; the log
 //! and test actions are here, processes and shells in [`workload`].
 
+mod control;
 mod workload;
 
 use base64::Engine;
 use bytes::Bytes;
 use ensemble_protocol::frame::BinaryKind;
-use ensemble_protocol::{Args, ErrorBody, ErrorCode, DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use ensemble_protocol::{
+    Args, ErrorBody, ErrorCode, Role, DEFAULT_PAGE_LIMIT, INPUT_ACTIONS, MAX_PAGE_LIMIT,
+    OWNER_ACTIONS,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -26,8 +30,11 @@ pub const MAX_FILTER_NAMES: usize = 64;
 
 pub struct ActionContext<'a> {
     pub vm: &'a Vm,
-    /// The calling connection (owner of the shells it opens).
+    /// The calling connection, for logs.
     pub conn_id: u64,
+    /// The caller, as of this action.
+    pub me: crate::access::Member,
+    pub access: &'a crate::access::Access,
     /// Which command starts an agent of a given type.
     pub agents: &'a crate::agents::AgentRegistry,
     /// How long a new agent has to answer `initialize`.
@@ -38,6 +45,15 @@ pub struct ActionContext<'a> {
 
 /// Runs one action; the result is JSON text.
 pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<String, ErrorBody> {
+    if INPUT_ACTIONS.contains(&name) {
+        ctx.vm.control().check_input(&ctx.me, name)?;
+    }
+    if OWNER_ACTIONS.contains(&name) && ctx.me.role != Role::Owner {
+        return Err(ErrorBody::new(
+            ErrorCode::Forbidden,
+            format!("{name} is for the host's owner"),
+        ));
+    }
     let args = Args::from_value(args).map_err(invalid)?;
     match name {
         "getEvents" => get_events(ctx.vm, args).await,
@@ -58,6 +74,7 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
         "listShells" => workload::list_shells(ctx, args).await,
         "getShellSnapshot" => workload::shell_snapshot(ctx, args).await,
         "createSession" => workload::create_session(ctx, args).await,
+        "resumeSession" => workload::resume_session(ctx, args).await,
         "listSessions" => workload::list_sessions(ctx, args).await,
         "getSession" => workload::get_session(ctx, args).await,
         "sendPrompt" => workload::send_prompt(ctx, args).await,
@@ -65,6 +82,22 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
         "setMode" => workload::set_mode(ctx, args).await,
         "closeSession" => workload::close_session(ctx, args).await,
         "respondPermission" => workload::respond_permission(ctx, args).await,
+        "takeControl" => control::take(ctx, args).await,
+        "requestControl" => control::request(ctx, args).await,
+        "grantControl" => control::grant(ctx, args).await,
+        "denyControl" => control::deny(ctx, args).await,
+        "releaseControl" => control::release(ctx, args).await,
+        "handToAgent" => control::hand_to_agent(ctx, args).await,
+        "listParticipants" => control::list_participants(ctx, args).await,
+        "updateParticipant" => control::update_participant(ctx, args).await,
+        "setRole" => control::set_role(ctx, args).await,
+        "removeParticipant" => control::remove_participant(ctx, args).await,
+        "listJoinRequests" => control::list_join_requests(ctx, args).await,
+        "approveJoin" => control::approve_join(ctx, args).await,
+        "denyJoin" => control::deny_join(ctx, args).await,
+        "createJoinCode" => control::create_join_code(ctx, args).await,
+        "listJoinCodes" => control::list_join_codes(ctx, args).await,
+        "revokeJoinCode" => control::revoke_join_code(ctx, args).await,
         "emit" if ctx.test_actions => emit(ctx.vm, args).await,
         "emit" => Err(ErrorBody::new(
             ErrorCode::Disabled,

@@ -1,5 +1,5 @@
-//! Process and shell actions (agentOS names): arguments in, the VM actor
-//! does the bookkeeping, waiting and logging happen here.
+//! Process, shell and session actions (agentOS names): arguments in, the VM
+//! actor does the bookkeeping, waiting and logging happen here.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -264,8 +264,7 @@ pub async fn open_shell(ctx: &ActionContext<'_>, args: Args) -> Result<String, E
         cols: opts.cols.unwrap_or(80),
         rows: opts.rows.unwrap_or(24),
     };
-    let owner = ctx.conn_id;
-    let (info, start) = on_vm(vm, move |s| s.shells.open(shell_opts, owner)).await?;
+    let (info, start) = on_vm(vm, move |s| s.shells.open(shell_opts)).await?;
     let seq = log_json(
         vm,
         "shellOpened",
@@ -295,15 +294,14 @@ pub async fn resize_shell(ctx: &ActionContext<'_>, args: Args) -> Result<String,
     let id: u32 = args.required(0, "shellId").map_err(invalid)?;
     let cols: u16 = args.required(1, "cols").map_err(invalid)?;
     let rows: u16 = args.required(2, "rows").map_err(invalid)?;
-    let by = ctx.conn_id;
-    on_vm(ctx.vm, move |s| s.shells.check_resize(id, cols, rows, by)).await?;
+    on_vm(ctx.vm, move |s| s.shells.check_resize(id, cols, rows)).await?;
     log_json(
         ctx.vm,
         "shellResized",
         json!({"shellId": id, "cols": cols, "rows": rows}),
     )
     .await?;
-    on_vm(ctx.vm, move |s| s.shells.resize(id, cols, rows, by)).await?;
+    on_vm(ctx.vm, move |s| s.shells.resize(id, cols, rows)).await?;
     ok_null()
 }
 
@@ -363,13 +361,6 @@ pub async fn create_session(ctx: &ActionContext<'_>, args: Args) -> Result<Strin
         .optional(1, "options")
         .map_err(invalid)?
         .unwrap_or_default();
-    let Some(agent) = ctx.agents.get(&agent_type).cloned() else {
-        let known: Vec<&str> = ctx.agents.names().collect();
-        return Err(invalid(format!(
-            "unknown agent type {agent_type:?}; known: {}",
-            known.join(", ")
-        )));
-    };
     if let Some(cwd) = &opts.cwd {
         ctx.vm.workspace().resolve_cwd(Some(cwd)).map_err(err)?;
     }
@@ -380,28 +371,30 @@ pub async fn create_session(ctx: &ActionContext<'_>, args: Args) -> Result<Strin
         crate::log::now_ms(),
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    let start = crate::session::SessionStart {
-        session_id,
-        agent_type,
-        agent,
-        env: ctx.vm.workspace().environment(&opts.env).map_err(err)?,
-        workspace: ctx.vm.workspace().clone(),
-        log: ctx.vm.log().clone(),
-        vm: ctx.vm.downgrade(),
-        init_timeout: ctx.agent_init_timeout,
-    };
+    let cwd = ctx.vm.workspace().root().to_owned();
+    let start = session_start(ctx, session_id, agent_type, &opts.env, cwd.clone(), None)?;
     let started = crate::session::start(start).await.map_err(err)?;
     let info = started.info.clone();
+    // What a resume needs, never the env (it may hold secrets).
     log_json(
         ctx.vm,
         "sessionCreated",
-        json!({"sessionId": info.session_id, "agentType": info.agent_type, "agentInfo": info.agent_info}),
+        json!({
+            "sessionId": info.session_id, "agentType": info.agent_type,
+            "agentInfo": info.agent_info, "capabilities": info.capabilities,
+            "agentSessionId": info.agent_session_id, "cwd": cwd.display().to_string(),
+        }),
     )
     .await?;
     ctx.vm
         .with(move |s| s.sessions.insert(started))
         .await
         .map_err(err)?;
+    session_answer(&info)
+}
+
+/// What `createSession` and `resumeSession` answer.
+fn session_answer(info: &crate::session::SessionInfo) -> Result<String, ErrorBody> {
     to_json(&json!({
         "sessionId": info.session_id,
         "agentType": info.agent_type,
@@ -410,12 +403,118 @@ pub async fn create_session(ctx: &ActionContext<'_>, args: Args) -> Result<Strin
     }))
 }
 
-/// `listSessions()`: live sessions, and ended ones from the log's history.
-pub async fn list_sessions(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
-    args.at_most("listSessions", 0).map_err(invalid)?;
-    let live = ctx.vm.with(|s| s.sessions.list()).await.map_err(err)?;
+/// Everything to start `agent_type`'s agent for a session; `load` is the
+/// agent's session id when resuming.
+fn session_start(
+    ctx: &ActionContext<'_>,
+    session_id: String,
+    agent_type: String,
+    env: &BTreeMap<String, String>,
+    cwd: std::path::PathBuf,
+    load: Option<String>,
+) -> Result<crate::session::SessionStart, ErrorBody> {
+    let Some(agent) = ctx.agents.get(&agent_type) else {
+        let known: Vec<&str> = ctx.agents.names().collect();
+        return Err(invalid(format!(
+            "unknown agent type {agent_type:?}; known: {}",
+            known.join(", ")
+        )));
+    };
+    let agent = agent.for_vm(&agent_type, ctx.vm.dir()).map_err(err)?;
+    Ok(crate::session::SessionStart {
+        session_id,
+        agent_type,
+        agent,
+        env: ctx.vm.workspace().environment(env).map_err(err)?,
+        workspace: ctx.vm.workspace().clone(),
+        log: ctx.vm.log().clone(),
+        vm: ctx.vm.downgrade(),
+        init_timeout: ctx.agent_init_timeout,
+        cwd,
+        load,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResumeOptions {
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// `resumeSession(sessionId, {env})` → `{sessionId, agentType, capabilities,
+/// agentInfo}`: a session whose agent has gone (the host restarted, the agent
+/// exited or was closed) is taken up again by a new agent process that loads
+/// it with ACP `session/load`. Same sessionId; its `sequenceNumber`s go on.
+pub async fn resume_session(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("resumeSession", 2).map_err(invalid)?;
+    let id: String = args.required(0, "sessionId").map_err(invalid)?;
+    let opts: ResumeOptions = args
+        .optional(1, "options")
+        .map_err(invalid)?
+        .unwrap_or_default();
+    let created = session_history(ctx)
+        .await?
+        .into_iter()
+        .find(|data| data["sessionId"] == id.as_str())
+        .ok_or_else(|| err(VmError::NoSuchSession(id.clone())))?;
+    let (Some(agent_type), Some(agent_session), Some(cwd)) = (
+        created["agentType"].as_str(),
+        created["agentSessionId"].as_str(),
+        created["cwd"].as_str(),
+    ) else {
+        return Err(err(VmError::CannotResume(format!(
+            "session {id} was created by a host that did not record the agent's session id"
+        ))));
+    };
+    let cwd = ctx.vm.workspace().resolve_cwd(Some(cwd)).map_err(|e| {
+        err(VmError::CannotResume(format!(
+            "its working directory is gone: {e}"
+        )))
+    })?;
+    let start = session_start(
+        ctx,
+        id.clone(),
+        agent_type.to_owned(),
+        &opts.env,
+        cwd,
+        Some(agent_session.to_owned()),
+    )?;
+    on_vm(ctx.vm, {
+        let id = id.clone();
+        move |s| s.sessions.reserve(&id)
+    })
+    .await?;
+    let started = match crate::session::start(start).await {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = ctx.vm.with(move |s| s.sessions.release(&id)).await;
+            return Err(err(e));
+        }
+    };
+    let info = started.info.clone();
+    let logged = log_json(
+        ctx.vm,
+        "sessionResumed",
+        json!({
+            "sessionId": info.session_id, "agentType": info.agent_type,
+            "agentSessionId": info.agent_session_id,
+        }),
+    )
+    .await;
+    // Inserted even if the log failed: the agent runs and must be closable.
+    ctx.vm
+        .with(move |s| s.sessions.insert(started))
+        .await
+        .map_err(err)?;
+    logged?;
+    session_answer(&info)
+}
+
+/// The `data` of every `sessionCreated` in the log, oldest first.
+async fn session_history(ctx: &ActionContext<'_>) -> Result<Vec<Value>, ErrorBody> {
     let head = ctx.vm.log().head();
-    let mut out: Vec<Value> = Vec::new();
+    let mut out = Vec::new();
     let mut since = 0;
     while since < head {
         let (page, reached) = ctx
@@ -427,23 +526,36 @@ pub async fn list_sessions(ctx: &ActionContext<'_>, args: Args) -> Result<String
         since = reached;
         for event in page {
             let Ok(frame) = event.json() else { continue };
-            let Ok(v) = serde_json::from_str::<Value>(&frame) else {
-                continue;
-            };
-            let data = &v["data"];
-            let id = data["sessionId"].as_str().unwrap_or_default();
-            match live.iter().find(|s| s.session_id == id) {
-                Some(info) => out.push(serde_json::to_value(info).unwrap_or(Value::Null)),
-                None => out.push(json!({
-                    "sessionId": id,
-                    "agentType": data["agentType"],
-                    "agentInfo": data["agentInfo"],
-                    "capabilities": null,
-                    "state": "ended",
-                })),
+            if let Ok(mut v) = serde_json::from_str::<Value>(&frame) {
+                out.push(v["data"].take());
             }
         }
     }
+    Ok(out)
+}
+
+/// `listSessions()`: live sessions, and ended ones from the log's history.
+pub async fn list_sessions(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("listSessions", 0).map_err(invalid)?;
+    let live = ctx.vm.with(|s| s.sessions.list()).await.map_err(err)?;
+    let out: Vec<Value> = session_history(ctx)
+        .await?
+        .into_iter()
+        .map(|data| {
+            let id = data["sessionId"].as_str().unwrap_or_default();
+            match live.iter().find(|s| s.session_id == id) {
+                Some(info) => serde_json::to_value(info).unwrap_or(Value::Null),
+                None => json!({
+                    "sessionId": id,
+                    "agentType": data["agentType"],
+                    "agentSessionId": data["agentSessionId"],
+                    "agentInfo": data["agentInfo"],
+                    "capabilities": data["capabilities"],
+                    "state": "ended",
+                }),
+            }
+        })
+        .collect();
     to_json(&out)
 }
 

@@ -1,0 +1,1081 @@
+//! Who may connect: the owner, members with a role, join codes and join
+//! requests, and the rate limit on failed attempts. One thread owns the
+//! state and `access.db` (tokens and codes stored as SHA-256 hashes only);
+//! callers send it closures, as they do the VM actor.
+//!
+//! The owner's token is written to `<data dir>/owner-token` (mode 0600) for
+//! local UIs; `ensemble serve` also prints a one-time login code that a
+//! browser exchanges for it. Changes to a member (role, name, removal) reach
+//! that member's open connections through a `watch` and every VM through a
+//! broadcast, so they take effect at once.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ensemble_protocol::people::participant_id;
+use ensemble_protocol::{ErrorBody, ErrorCode, Role};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{broadcast, oneshot, watch};
+
+use crate::log::now_ms;
+
+/// Failed credentials one address may present per [`FAILURE_WINDOW`].
+pub const MAX_FAILURES: u32 = 10;
+
+/// The window over which failures are counted.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Join requests waiting at once, in all and per address: enough for a team
+/// joining together, few enough that nobody can flood the owner.
+const MAX_PENDING_REQUESTS: usize = 32;
+const MAX_PENDING_PER_ADDRESS: usize = 3;
+
+/// Longest display name kept.
+const MAX_NAME_CHARS: usize = 64;
+
+/// Longest and default life of a join code.
+pub const MAX_CODE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_CODE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Member changes queued per VM. Changes are rare (an owner's clicks); a VM
+/// that still lagged would show stale names until the next change, while
+/// input is always checked against each connection's own, current member.
+const CHANGES_CAPACITY: usize = 64;
+
+/// Distinct, readable on dark and light backgrounds; assigned by id.
+const COLORS: &[&str] = &[
+    "#e5534b", "#57ab5a", "#539bf5", "#c69026", "#b083f0", "#39c5cf", "#f69d50", "#e275ad",
+    "#8ddb8c", "#6cb6ff", "#dcbdfb", "#96d0ff",
+];
+
+/// Join codes are read aloud and typed: no 0/O or 1/I.
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+const CODE_LEN: usize = 12;
+
+/// A participant of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub name: String,
+    pub color: String,
+    pub role: Role,
+}
+
+impl Member {
+    pub fn wire_id(&self) -> String {
+        participant_id(self.id)
+    }
+}
+
+/// A member's new state (`None`: removed), for VMs.
+#[derive(Debug, Clone)]
+pub struct MemberChange {
+    pub id: u64,
+    pub member: Option<Member>,
+}
+
+/// What `hello` presented.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Token(String),
+    JoinCode(String),
+    LoginCode(String),
+    RequestJoin,
+    None,
+}
+
+/// A connection let in.
+pub struct Admitted {
+    pub member: Member,
+    /// A token issued just now, for the client to keep.
+    pub issued: Option<String>,
+    /// The member's state from now on (`None` once removed).
+    pub watch: watch::Receiver<Option<Member>>,
+}
+
+/// The owner's answer to a join request.
+pub type Decision = Result<Admitted, ErrorBody>;
+
+pub enum Admission {
+    Admitted(Admitted),
+    /// A join request now waits for the owner.
+    Pending {
+        request_id: u64,
+        decision: oneshot::Receiver<Decision>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("access database {path}: {source}")]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot write the owner token to {path}: {source}")]
+    OwnerToken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no randomness from the OS: {0}")]
+    Random(String),
+}
+
+type Job = Box<dyn FnOnce(&mut State) + Send>;
+
+/// A handle on the access thread; cheap to clone.
+#[derive(Clone)]
+pub struct Access {
+    jobs: std::sync::mpsc::Sender<Job>,
+    changes: broadcast::Sender<MemberChange>,
+    owner_token: std::sync::Arc<str>,
+    login_code: std::sync::Arc<str>,
+}
+
+struct JoinRequest {
+    name: String,
+    address: IpAddr,
+    since_ms: u64,
+    reply: oneshot::Sender<Decision>,
+}
+
+struct State {
+    conn: Connection,
+    members: HashMap<u64, (Member, String)>,
+    /// token hash → member id
+    by_token: HashMap<String, u64>,
+    watchers: HashMap<u64, watch::Sender<Option<Member>>>,
+    changes: broadcast::Sender<MemberChange>,
+    /// Plain, for the one-time login exchange.
+    owner_token: String,
+    login_code: Option<String>,
+    requests: HashMap<u64, JoinRequest>,
+    next_request: u64,
+    failures: HashMap<IpAddr, (Instant, u32)>,
+}
+
+impl Access {
+    /// Opens `access.db` in `dir`, creating the owner (and its token file)
+    /// on first use, and a fresh one-time login code.
+    pub fn open(dir: &Path) -> Result<Access, AccessError> {
+        let path = dir.join("access.db");
+        let db = |source| AccessError::Db {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(db)?;
+        restrict(&path);
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA busy_timeout=5000;
+             CREATE TABLE IF NOT EXISTS members(
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 name TEXT NOT NULL,
+                 role TEXT NOT NULL,
+                 token_hash TEXT UNIQUE,
+                 created_ms INTEGER NOT NULL,
+                 removed_ms INTEGER);
+             CREATE TABLE IF NOT EXISTS join_codes(
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 code_hash TEXT NOT NULL UNIQUE,
+                 role TEXT NOT NULL,
+                 created_ms INTEGER NOT NULL,
+                 expires_ms INTEGER NOT NULL,
+                 revoked_ms INTEGER,
+                 uses INTEGER NOT NULL DEFAULT 0);",
+        )
+        .map_err(db)?;
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        let mut state = State {
+            conn,
+            members: HashMap::new(),
+            by_token: HashMap::new(),
+            watchers: HashMap::new(),
+            changes: changes.clone(),
+            owner_token: String::new(),
+            login_code: Some(random_token()?),
+            requests: HashMap::new(),
+            next_request: 1,
+            failures: HashMap::new(),
+        };
+        state.load().map_err(db)?;
+        state.owner_token = state.ensure_owner(&dir.join("owner-token"))?;
+        let owner_token = std::sync::Arc::from(state.owner_token.as_str());
+        let login_code = std::sync::Arc::from(state.login_code.clone().unwrap_or_default());
+        let (jobs, jobs_rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("ensemble-access".into())
+            .spawn(move || {
+                while let Ok(job) = jobs_rx.recv() {
+                    job(&mut state);
+                }
+            })
+            .map_err(|e| AccessError::Random(e.to_string()))?;
+        Ok(Access {
+            jobs,
+            changes,
+            owner_token,
+            login_code,
+        })
+    }
+
+    /// The owner's token, for a UI started by the same user (the desktop app).
+    pub fn owner_token(&self) -> &str {
+        &self.owner_token
+    }
+
+    /// The one-time code for the owner URL `ensemble serve` prints.
+    pub fn login_code(&self) -> &str {
+        &self.login_code
+    }
+
+    /// Member changes, for a VM's participant list.
+    pub fn changes(&self) -> broadcast::Receiver<MemberChange> {
+        self.changes.subscribe()
+    }
+
+    async fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> R + Send + 'static,
+    ) -> Result<R, ErrorBody> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |state| {
+            let _ = tx.send(f(state));
+        });
+        let gone = || ErrorBody::new(ErrorCode::Unavailable, "the host is shutting down");
+        self.jobs.send(job).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    /// Checks what `hello` presented.
+    pub async fn admit(
+        &self,
+        credential: Credential,
+        name: Option<String>,
+        address: IpAddr,
+    ) -> Result<Admission, ErrorBody> {
+        self.with(move |s| s.admit(credential, name, address))
+            .await?
+    }
+
+    /// A requester left before the owner decided.
+    pub async fn withdraw(&self, request_id: u64) {
+        let _ = self
+            .with(move |s| {
+                s.requests.remove(&request_id);
+            })
+            .await;
+    }
+
+    pub async fn member(&self, id: u64) -> Option<Member> {
+        self.with(move |s| s.members.get(&id).map(|(m, _)| m.clone()))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub async fn list_requests(&self) -> Result<Vec<JoinRequestInfo>, ErrorBody> {
+        self.with(|s| {
+            let mut out: Vec<JoinRequestInfo> = s
+                .requests
+                .iter()
+                .filter(|(_, r)| !r.reply.is_closed())
+                .map(|(id, r)| JoinRequestInfo {
+                    request_id: request_wire_id(*id),
+                    name: r.name.clone(),
+                    since: r.since_ms,
+                })
+                .collect();
+            out.sort_by_key(|r| r.since);
+            out
+        })
+        .await
+    }
+
+    /// Approves (with a role) or denies a join request; answers the member
+    /// approved, if any.
+    pub async fn decide(
+        &self,
+        request_id: u64,
+        role: Option<Role>,
+    ) -> Result<Option<Member>, ErrorBody> {
+        self.with(move |s| s.decide(request_id, role)).await?
+    }
+
+    pub async fn create_code(&self, role: Role, ttl: Duration) -> Result<JoinCodeInfo, ErrorBody> {
+        self.with(move |s| s.create_code(role, ttl)).await?
+    }
+
+    pub async fn list_codes(&self) -> Result<Vec<JoinCodeInfo>, ErrorBody> {
+        self.with(|s| s.list_codes()).await?
+    }
+
+    pub async fn revoke_code(&self, id: u64) -> Result<(), ErrorBody> {
+        self.with(move |s| s.revoke_code(id)).await?
+    }
+
+    pub async fn set_role(&self, id: u64, role: Role) -> Result<Member, ErrorBody> {
+        self.with(move |s| s.set_role(id, role)).await?
+    }
+
+    pub async fn remove(&self, id: u64) -> Result<(), ErrorBody> {
+        self.with(move |s| s.remove(id)).await?
+    }
+
+    pub async fn update_profile(
+        &self,
+        id: u64,
+        name: Option<String>,
+        color: Option<String>,
+    ) -> Result<Member, ErrorBody> {
+        self.with(move |s| s.update_profile(id, name, color))
+            .await?
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRequestInfo {
+    pub request_id: String,
+    pub name: String,
+    pub since: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinCodeInfo {
+    pub code_id: String,
+    /// Only in `createJoinCode`'s answer: the host keeps a hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub role: Role,
+    pub expires_at: u64,
+    pub revoked: bool,
+    pub uses: u64,
+}
+
+pub fn request_wire_id(id: u64) -> String {
+    format!("j{id}")
+}
+
+pub fn parse_request_id(s: &str) -> Option<u64> {
+    s.strip_prefix('j')?.parse().ok()
+}
+
+pub fn code_wire_id(id: u64) -> String {
+    format!("c{id}")
+}
+
+pub fn parse_code_id(s: &str) -> Option<u64> {
+    s.strip_prefix('c')?.parse().ok()
+}
+
+fn unauthorized(message: &str) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Unauthorized, message)
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, format!("access storage: {e}"))
+}
+
+fn not_found(what: String) -> ErrorBody {
+    ErrorBody::new(ErrorCode::NotFound, what)
+}
+
+fn hash(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], AccessError> {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).map_err(|e| AccessError::Random(e.to_string()))?;
+    Ok(buf)
+}
+
+/// 256 random bits, URL-safe.
+fn random_token() -> Result<String, AccessError> {
+    use base64::Engine;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
+}
+
+/// 12 characters of a 32-letter alphabet (60 bits), shown as `XXXX-XXXX-XXXX`.
+fn random_code() -> Result<String, AccessError> {
+    let bytes = random_bytes::<CODE_LEN>()?;
+    let letters: Vec<char> = bytes
+        .iter()
+        .map(|b| CODE_ALPHABET[usize::from(*b) % CODE_ALPHABET.len()] as char)
+        .collect();
+    Ok(letters
+        .chunks(4)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-"))
+}
+
+/// How people type a code: any case, with or without dashes and spaces.
+fn normalize_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+fn clean_name(name: Option<String>) -> Option<String> {
+    let name: String = name?
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_NAME_CHARS)
+        .collect();
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+fn color_for(id: u64) -> String {
+    let i = usize::try_from(id.saturating_sub(1)).unwrap_or(0) % COLORS.len();
+    COLORS[i].to_owned()
+}
+
+fn parse_role(s: &str) -> Role {
+    match s {
+        "owner" => Role::Owner,
+        "collaborator" => Role::Collaborator,
+        _ => Role::Viewer,
+    }
+}
+
+/// Best effort: the file holds secrets (or their hashes) of this user only.
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+impl State {
+    fn load(&mut self) -> Result<(), rusqlite::Error> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, role, token_hash FROM members WHERE removed_ms IS NULL")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, u64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        let mut loaded = Vec::new();
+        for row in rows {
+            loaded.push(row?);
+        }
+        drop(stmt);
+        for (id, name, role, token_hash) in loaded {
+            let member = Member {
+                id,
+                color: color_for(id),
+                name,
+                role: parse_role(&role),
+            };
+            let token_hash = token_hash.unwrap_or_default();
+            if !token_hash.is_empty() {
+                self.by_token.insert(token_hash.clone(), id);
+            }
+            self.members.insert(id, (member, token_hash));
+        }
+        Ok(())
+    }
+
+    /// The owner's token: the one in `file` if it still matches, else a new
+    /// one (first start, or the file was deleted to rotate it).
+    fn ensure_owner(&mut self, file: &Path) -> Result<String, AccessError> {
+        let db = |source| AccessError::Db {
+            path: file.with_file_name("access.db"),
+            source,
+        };
+        let owner = self
+            .members
+            .values()
+            .find(|(m, _)| m.role == Role::Owner)
+            .map(|(m, h)| (m.id, h.clone()));
+        if let Some((_, hash_now)) = &owner {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                let token = text.trim().to_owned();
+                if !token.is_empty() && hash(&token) == *hash_now {
+                    return Ok(token);
+                }
+            }
+        }
+        let token = random_token()?;
+        let token_hash = hash(&token);
+        let id = match owner {
+            Some((id, old)) => {
+                self.conn
+                    .execute(
+                        "UPDATE members SET token_hash = ?1 WHERE id = ?2",
+                        params![token_hash, id],
+                    )
+                    .map_err(db)?;
+                self.by_token.remove(&old);
+                id
+            }
+            None => {
+                let name = std::env::var("USER")
+                    .ok()
+                    .and_then(|u| clean_name(Some(u)))
+                    .unwrap_or_else(|| "Owner".to_owned());
+                self.conn
+                    .execute(
+                        "INSERT INTO members(name, role, token_hash, created_ms) VALUES (?1, 'owner', ?2, ?3)",
+                        params![name, token_hash, now_ms() as i64],
+                    )
+                    .map_err(db)?;
+                let id = self.conn.last_insert_rowid() as u64;
+                self.members.insert(
+                    id,
+                    (
+                        Member {
+                            id,
+                            color: color_for(id),
+                            name,
+                            role: Role::Owner,
+                        },
+                        String::new(),
+                    ),
+                );
+                id
+            }
+        };
+        if let Some(entry) = self.members.get_mut(&id) {
+            entry.1 = token_hash.clone();
+        }
+        self.by_token.insert(token_hash, id);
+        write_secret(file, &token).map_err(|source| AccessError::OwnerToken {
+            path: file.to_owned(),
+            source,
+        })?;
+        Ok(token)
+    }
+
+    fn admitted(&mut self, id: u64, issued: Option<String>) -> Result<Admission, ErrorBody> {
+        let member = self
+            .members
+            .get(&id)
+            .map(|(m, _)| m.clone())
+            .ok_or_else(|| unauthorized("this member was removed"))?;
+        let watch = self
+            .watchers
+            .entry(id)
+            .or_insert_with(|| watch::channel(Some(member.clone())).0)
+            .subscribe();
+        Ok(Admission::Admitted(Admitted {
+            member,
+            issued,
+            watch,
+        }))
+    }
+
+    fn failed(&mut self, address: IpAddr, message: &str) -> ErrorBody {
+        let now = Instant::now();
+        let entry = self.failures.entry(address).or_insert((now, 0));
+        if now.duration_since(entry.0) > FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        unauthorized(message)
+    }
+
+    fn rate_limited(&mut self, address: IpAddr) -> bool {
+        let now = Instant::now();
+        self.failures
+            .retain(|_, (start, _)| now.duration_since(*start) <= FAILURE_WINDOW);
+        self.failures
+            .get(&address)
+            .is_some_and(|(_, n)| *n >= MAX_FAILURES)
+    }
+
+    fn admit(
+        &mut self,
+        credential: Credential,
+        name: Option<String>,
+        address: IpAddr,
+    ) -> Result<Admission, ErrorBody> {
+        if self.rate_limited(address) {
+            return Err(ErrorBody::new(
+                ErrorCode::RateLimited,
+                format!("too many failed attempts from {address}; wait a minute and try again"),
+            ));
+        }
+        match credential {
+            Credential::Token(token) => match self.by_token.get(&hash(&token)).copied() {
+                Some(id) => self.admitted(id, None),
+                None => Err(self.failed(address, "unknown or revoked token; ask the owner for a join code")),
+            },
+            Credential::LoginCode(code) => {
+                if self.login_code.as_deref() == Some(code.as_str()) {
+                    self.login_code = None;
+                    let owner = self
+                        .members
+                        .values()
+                        .find(|(m, _)| m.role == Role::Owner)
+                        .map(|(m, _)| m.id)
+                        .ok_or_else(|| internal("no owner"))?;
+                    let token = self.owner_token.clone();
+                    self.admitted(owner, Some(token))
+                } else {
+                    Err(self.failed(
+                        address,
+                        "this login code is unknown or was already used; restart the host for a new owner URL",
+                    ))
+                }
+            }
+            Credential::JoinCode(code) => {
+                let code_hash = hash(&normalize_code(&code));
+                let row: Option<(u64, String)> = self
+                    .conn
+                    .query_row(
+                        "SELECT id, role FROM join_codes
+                         WHERE code_hash = ?1 AND revoked_ms IS NULL AND expires_ms > ?2",
+                        params![code_hash, now_ms() as i64],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(internal)?;
+                let Some((code_id, role)) = row else {
+                    return Err(self.failed(address, "join code unknown, expired or revoked; ask the owner for a new one"));
+                };
+                self.conn
+                    .execute(
+                        "UPDATE join_codes SET uses = uses + 1 WHERE id = ?1",
+                        [code_id],
+                    )
+                    .map_err(internal)?;
+                let (member, token) = self.new_member(name, parse_role(&role))?;
+                self.admitted(member.id, Some(token))
+            }
+            Credential::RequestJoin => {
+                self.requests.retain(|_, r| !r.reply.is_closed());
+                let from_here = self
+                    .requests
+                    .values()
+                    .filter(|r| r.address == address)
+                    .count();
+                if self.requests.len() >= MAX_PENDING_REQUESTS
+                    || from_here >= MAX_PENDING_PER_ADDRESS
+                {
+                    return Err(ErrorBody::new(
+                        ErrorCode::RateLimited,
+                        "too many join requests are waiting; try again once the owner has answered",
+                    ));
+                }
+                let request_id = self.next_request;
+                self.next_request += 1;
+                let (reply, decision) = oneshot::channel();
+                self.requests.insert(
+                    request_id,
+                    JoinRequest {
+                        name: clean_name(name).unwrap_or_else(|| "Guest".to_owned()),
+                        address,
+                        since_ms: now_ms(),
+                        reply,
+                    },
+                );
+                Ok(Admission::Pending {
+                    request_id,
+                    decision,
+                })
+            }
+            Credential::None => Err(unauthorized(
+                "this host needs a token: open the owner URL, use a join code, or send a join request",
+            )),
+        }
+    }
+
+    fn new_member(
+        &mut self,
+        name: Option<String>,
+        role: Role,
+    ) -> Result<(Member, String), ErrorBody> {
+        let token = random_token().map_err(internal)?;
+        let token_hash = hash(&token);
+        let name = clean_name(name);
+        self.conn
+            .execute(
+                "INSERT INTO members(name, role, token_hash, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    name.clone().unwrap_or_default(),
+                    role.as_str(),
+                    token_hash,
+                    now_ms() as i64
+                ],
+            )
+            .map_err(internal)?;
+        let id = self.conn.last_insert_rowid() as u64;
+        let name = match name {
+            Some(name) => name,
+            None => {
+                let name = format!("Guest {id}");
+                self.conn
+                    .execute(
+                        "UPDATE members SET name = ?1 WHERE id = ?2",
+                        params![name, id],
+                    )
+                    .map_err(internal)?;
+                name
+            }
+        };
+        let member = Member {
+            id,
+            color: color_for(id),
+            name,
+            role,
+        };
+        self.members
+            .insert(id, (member.clone(), token_hash.clone()));
+        self.by_token.insert(token_hash, id);
+        Ok((member, token))
+    }
+
+    fn decide(&mut self, request_id: u64, role: Option<Role>) -> Result<Option<Member>, ErrorBody> {
+        let request = self
+            .requests
+            .remove(&request_id)
+            .filter(|r| !r.reply.is_closed())
+            .ok_or_else(|| {
+                not_found(format!(
+                    "no join request {} is waiting (it was answered or withdrawn)",
+                    request_wire_id(request_id)
+                ))
+            })?;
+        let Some(role) = role else {
+            let _ = request.reply.send(Err(ErrorBody::new(
+                ErrorCode::JoinDenied,
+                "the owner denied your request to join",
+            )));
+            return Ok(None);
+        };
+        let (member, token) = self.new_member(Some(request.name), role)?;
+        let Admission::Admitted(admitted) = self.admitted(member.id, Some(token))? else {
+            return Err(internal("admission"));
+        };
+        // A requester that left just now: the member exists but nobody holds
+        // its token, which is harmless; the owner can remove it.
+        let _ = request.reply.send(Ok(admitted));
+        Ok(Some(member))
+    }
+
+    fn create_code(&mut self, role: Role, ttl: Duration) -> Result<JoinCodeInfo, ErrorBody> {
+        let code = random_code().map_err(internal)?;
+        let now = now_ms();
+        let expires_at = now + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
+        self.conn
+            .execute(
+                "INSERT INTO join_codes(code_hash, role, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![hash(&normalize_code(&code)), role.as_str(), now as i64, expires_at as i64],
+            )
+            .map_err(internal)?;
+        Ok(JoinCodeInfo {
+            code_id: code_wire_id(self.conn.last_insert_rowid() as u64),
+            code: Some(code),
+            role,
+            expires_at,
+            revoked: false,
+            uses: 0,
+        })
+    }
+
+    fn list_codes(&mut self) -> Result<Vec<JoinCodeInfo>, ErrorBody> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, role, expires_ms, revoked_ms IS NOT NULL, uses FROM join_codes ORDER BY id")
+            .map_err(internal)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(JoinCodeInfo {
+                    code_id: code_wire_id(r.get(0)?),
+                    code: None,
+                    role: parse_role(&r.get::<_, String>(1)?),
+                    expires_at: r.get(2)?,
+                    revoked: r.get(3)?,
+                    uses: r.get(4)?,
+                })
+            })
+            .map_err(internal)?;
+        rows.collect::<Result<_, _>>().map_err(internal)
+    }
+
+    fn revoke_code(&mut self, id: u64) -> Result<(), ErrorBody> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE join_codes SET revoked_ms = ?1 WHERE id = ?2 AND revoked_ms IS NULL",
+                params![now_ms() as i64, id],
+            )
+            .map_err(internal)?;
+        if changed == 0 {
+            return Err(not_found(format!(
+                "no join code {} (or it is already revoked)",
+                code_wire_id(id)
+            )));
+        }
+        Ok(())
+    }
+
+    fn member_mut(&mut self, id: u64) -> Result<&mut Member, ErrorBody> {
+        self.members
+            .get_mut(&id)
+            .map(|(m, _)| m)
+            .ok_or_else(|| not_found(format!("no participant {}", participant_id(id))))
+    }
+
+    fn publish(&mut self, id: u64, member: Option<Member>) {
+        if let Some(w) = self.watchers.get(&id) {
+            let _ = w.send(member.clone());
+        }
+        let _ = self.changes.send(MemberChange { id, member });
+    }
+
+    fn set_role(&mut self, id: u64, role: Role) -> Result<Member, ErrorBody> {
+        if self.member_mut(id)?.role == Role::Owner || role == Role::Owner {
+            return Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                "the owner's role cannot change, and there is only one owner",
+            ));
+        }
+        self.conn
+            .execute(
+                "UPDATE members SET role = ?1 WHERE id = ?2",
+                params![role.as_str(), id],
+            )
+            .map_err(internal)?;
+        let member = self.member_mut(id)?;
+        member.role = role;
+        let member = member.clone();
+        self.publish(id, Some(member.clone()));
+        Ok(member)
+    }
+
+    fn remove(&mut self, id: u64) -> Result<(), ErrorBody> {
+        if self.member_mut(id)?.role == Role::Owner {
+            return Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                "the owner cannot be removed",
+            ));
+        }
+        self.conn
+            .execute(
+                "UPDATE members SET removed_ms = ?1, token_hash = NULL WHERE id = ?2",
+                params![now_ms() as i64, id],
+            )
+            .map_err(internal)?;
+        if let Some((_, token_hash)) = self.members.remove(&id) {
+            self.by_token.remove(&token_hash);
+        }
+        self.publish(id, None);
+        self.watchers.remove(&id);
+        Ok(())
+    }
+
+    fn update_profile(
+        &mut self,
+        id: u64,
+        name: Option<String>,
+        color: Option<String>,
+    ) -> Result<Member, ErrorBody> {
+        let name = match name {
+            Some(n) => Some(clean_name(Some(n)).ok_or_else(|| {
+                ErrorBody::new(ErrorCode::InvalidArgs, "a name needs a visible character")
+            })?),
+            None => None,
+        };
+        if let Some(c) = &color {
+            let ok = c.len() == 7
+                && c.starts_with('#')
+                && c[1..].chars().all(|ch| ch.is_ascii_hexdigit());
+            if !ok {
+                return Err(ErrorBody::new(ErrorCode::InvalidArgs, "color is #rrggbb"));
+            }
+        }
+        if let Some(n) = &name {
+            self.conn
+                .execute("UPDATE members SET name = ?1 WHERE id = ?2", params![n, id])
+                .map_err(internal)?;
+        }
+        let member = self.member_mut(id)?;
+        if let Some(n) = name {
+            member.name = n;
+        }
+        if let Some(c) = color {
+            member.color = c.to_ascii_lowercase();
+        }
+        let member = member.clone();
+        self.publish(id, Some(member.clone()));
+        Ok(member)
+    }
+}
+
+/// Writes `secret` to `path` readable by this user only (created 0600, so
+/// it is never readable by others even for a moment).
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const HERE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn admitted(a: Result<Admission, ErrorBody>) -> Admitted {
+        match a {
+            Ok(Admission::Admitted(a)) => a,
+            Ok(Admission::Pending { .. }) => panic!("pending"),
+            Err(e) => panic!("refused: {e:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_owner_token_is_kept_hashed_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let access = Access::open(dir.path()).unwrap();
+        let token = access.owner_token().to_owned();
+        let file = dir.path().join("owner-token");
+        assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let owner = admitted(
+            access
+                .admit(Credential::Token(token.clone()), None, HERE)
+                .await,
+        );
+        assert_eq!(owner.member.role, Role::Owner);
+        drop(access);
+        let db = std::fs::read(dir.path().join("access.db")).unwrap();
+        assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
+        // Same token after a restart; a new one if the file is deleted.
+        let again = Access::open(dir.path()).unwrap();
+        assert_eq!(again.owner_token(), token);
+        drop(again);
+        std::fs::remove_file(&file).unwrap();
+        let rotated = Access::open(dir.path()).unwrap();
+        assert_ne!(rotated.owner_token(), token);
+        assert!(rotated
+            .admit(Credential::Token(token), None, HERE)
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_login_code_works_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = Access::open(dir.path()).unwrap();
+        let code = access.login_code().to_owned();
+        let first = admitted(
+            access
+                .admit(Credential::LoginCode(code.clone()), None, HERE)
+                .await,
+        );
+        assert_eq!(first.issued.as_deref(), Some(access.owner_token()));
+        let Err(e) = access.admit(Credential::LoginCode(code), None, HERE).await else {
+            panic!("a login code worked twice");
+        };
+        assert_eq!(e.code, ErrorCode::Unauthorized);
+    }
+
+    #[tokio::test]
+    async fn failures_are_rate_limited_per_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = Access::open(dir.path()).unwrap();
+        for _ in 0..MAX_FAILURES {
+            let Err(e) = access
+                .admit(Credential::Token("forged".into()), None, HERE)
+                .await
+            else {
+                panic!("forged token accepted");
+            };
+            assert_eq!(e.code, ErrorCode::Unauthorized);
+        }
+        let token = access.owner_token().to_owned();
+        let Err(e) = access
+            .admit(Credential::Token(token.clone()), None, HERE)
+            .await
+        else {
+            panic!("not rate limited");
+        };
+        assert_eq!(e.code, ErrorCode::RateLimited);
+        let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        admitted(
+            access
+                .admit(Credential::Token(token), None, elsewhere)
+                .await,
+        );
+    }
+
+    #[tokio::test]
+    async fn join_codes_expire_and_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = Access::open(dir.path()).unwrap();
+        let info = access
+            .create_code(Role::Viewer, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let code = info.code.clone().unwrap();
+        let typed = code.to_lowercase().replace('-', " ");
+        let guest = admitted(
+            access
+                .admit(Credential::JoinCode(typed), Some("Ann".into()), HERE)
+                .await,
+        );
+        assert_eq!(guest.member.role, Role::Viewer);
+        assert_eq!(guest.member.name, "Ann");
+        let token = guest.issued.clone().unwrap();
+        admitted(
+            access
+                .admit(Credential::Token(token.clone()), None, HERE)
+                .await,
+        );
+        access
+            .revoke_code(parse_code_id(&info.code_id).unwrap())
+            .await
+            .unwrap();
+        assert!(access
+            .admit(Credential::JoinCode(code), None, HERE)
+            .await
+            .is_err());
+        let expired = access
+            .create_code(Role::Collaborator, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(access
+            .admit(Credential::JoinCode(expired.code.unwrap()), None, HERE)
+            .await
+            .is_err());
+        // Removal revokes the member's token and tells its connections.
+        let mut watch = guest.watch;
+        access.remove(guest.member.id).await.unwrap();
+        watch.changed().await.unwrap();
+        assert!(watch.borrow().is_none());
+        assert!(access
+            .admit(Credential::Token(token), None, HERE)
+            .await
+            .is_err());
+    }
+}
