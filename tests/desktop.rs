@@ -50,13 +50,17 @@ fn the_window_shows_the_ui_as_owner_and_ending_the_app_stops_the_host() {
 
     let started = Instant::now();
     let session = driver.new_session(APP);
-    let page_url = session.wait_for_host_page();
-    let cold_start = started.elapsed();
-    println!(
-        "desktop: window showing {page_url} {} ms after launch",
-        cold_start.as_millis()
+    let host = session.wait_for_host_page();
+    let loaded = started.elapsed();
+    session.wait_until(
+        "the UI to be live",
+        "return document.querySelector('[data-status]')?.dataset.status === 'live'",
     );
-    let host = page_url.origin;
+    println!(
+        "desktop: window showing {host}/ {} ms after launch, the UI live after {} ms",
+        loaded.as_millis(),
+        started.elapsed().as_millis()
+    );
 
     // The page runs in the host's origin: its own fetch reaches the host.
     let health = session.execute_async(
@@ -111,7 +115,7 @@ fn owner_token(data_dir: &Path) -> String {
     token.trim().to_owned()
 }
 
-/// Starts `sleep 600` in a VM over the page's own WebSocket to the host (the
+/// Starts `sleep 120` in a VM over the page's own WebSocket to the host (the
 /// way the UI talks to it: same origin, as the owner) and returns its pid.
 fn spawn_sleeper(session: &Session, owner_token: &str) -> u32 {
     let answer = session.execute_async(
@@ -129,7 +133,7 @@ fn spawn_sleeper(session: &Session, owner_token: &str) -> u32 {
            if (typeof m.data !== 'string') return;
            const msg = JSON.parse(m.data);
            if (msg.type === 'result' && msg.id === 1) {
-             ws.send(JSON.stringify({type: 'action', id: 2, name: 'spawn', args: ['sleep', ['600']]}));
+             ws.send(JSON.stringify({type: 'action', id: 2, name: 'spawn', args: ['sleep', ['120']]}));
            } else if (msg.type === 'error' || msg.id === 2) {
              done(msg);
            }
@@ -166,15 +170,11 @@ fn wait_until_gone(pid: u32) {
     }
 }
 
-/// What a person sees: the UI connected as the owner, and a shell that
-/// echoes what they type. Ends with a screenshot, `ui.png`, that must not be
-/// a single colour (a blank one means the webview does not paint, a known
-/// failure mode of WebKit under Xvfb).
+/// What a person sees once the UI is live: connected as the owner, and a
+/// shell that echoes what they type. Ends with a screenshot, `ui.png`, that
+/// must not be a single colour (a blank one means the webview does not
+/// paint, a known failure mode of WebKit under Xvfb).
 fn check_ui(session: &Session, out: &Path) {
-    session.wait_until(
-        "the UI to be live",
-        "return document.querySelector('[data-status]')?.dataset.status === 'live'",
-    );
     session.wait_until(
         "the owner in the participants list",
         "return [...document.querySelectorAll('[data-participant]')].some(p =>
@@ -316,16 +316,6 @@ struct Session<'a> {
     id: String,
 }
 
-struct PageUrl {
-    origin: String,
-}
-
-impl std::fmt::Display for PageUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/", self.origin)
-    }
-}
-
 #[derive(Debug)]
 struct Screenshot {
     width: u32,
@@ -442,9 +432,9 @@ impl Session<'_> {
         );
     }
 
-    /// Waits until the window shows a loaded page from the embedded host:
-    /// `http://127.0.0.1:PORT/`, whatever its fragment.
-    fn wait_for_host_page(&self) -> PageUrl {
+    /// Waits until the window shows a loaded page from the embedded host,
+    /// `http://127.0.0.1:PORT/` whatever its fragment, and returns its origin.
+    fn wait_for_host_page(&self) -> String {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let url = self.driver.send("GET", &self.path("/url"), None);
@@ -455,9 +445,7 @@ impl Session<'_> {
                 assert_eq!(path, "/", "the window opens on the UI's root: {url}");
                 if self.execute("return document.readyState") == json!("complete") {
                     let port: u16 = port.parse().unwrap_or_else(|_| panic!("bad port in {url}"));
-                    return PageUrl {
-                        origin: format!("http://127.0.0.1:{port}"),
-                    };
+                    return format!("http://127.0.0.1:{port}");
                 }
             }
             assert!(
