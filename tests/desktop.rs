@@ -74,6 +74,21 @@ fn the_window_shows_the_ui_as_owner_and_ending_the_app_stops_the_host() {
         "the embedded host keeps its data in ENSEMBLE_DATA_DIR"
     );
 
+    // No IPC: the page may not call into the app, not even Tauri's core.
+    let ipc = session.execute_async(
+        "const done = arguments[arguments.length - 1];
+         const ipc = window.__TAURI_INTERNALS__;
+         if (!ipc) { done('no IPC'); return; }
+         ipc.invoke('plugin:app|version').then(v => done('allowed: ' + v), e => done('refused: ' + e));",
+        json!([]),
+    );
+    let ipc = ipc.as_str().unwrap_or_default();
+    println!("desktop: IPC from the page: {ipc}");
+    assert!(
+        ipc == "no IPC" || ipc.starts_with("refused"),
+        "the page reached the app over IPC: {ipc}"
+    );
+
     check_ui(&session, &out);
     let sleeper = spawn_sleeper(&session, &owner_token(data_dir.path()));
 
