@@ -10,25 +10,6 @@ use ensemble_client::{Event, VmClient};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-fn data(e: &Event) -> Value {
-    match e {
-        Event::Json(f) => f.data.clone(),
-        Event::Bytes { .. } => Value::Null,
-    }
-}
-
-async fn next_named(rx: &mut tokio::sync::mpsc::Receiver<Event>, name: &str) -> Value {
-    loop {
-        let e = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no {name} in time"))
-            .expect("open");
-        if e.name() == name {
-            return data(&e);
-        }
-    }
-}
-
 /// Who holds control now, as `listParticipants` says.
 async fn holder(vm: &VmClient) -> Value {
     vm.call("listParticipants", json!([])).await.unwrap()["control"].clone()
@@ -63,12 +44,17 @@ async fn people(host: &HostProcess, key: &str) -> People {
     let owner = open(host, json!([key]), None).await;
     let c = member_token(host, &owner, json!([key]), "collaborator", "Cleo").await;
     let v = member_token(host, &owner, json!([key]), "viewer", "Vic").await;
-    People {
+    let p = People {
         collaborator: open_as(host, &c, json!([key]), None).await,
         collaborator_token: c,
         viewer: open_as(host, &v, json!([key]), None).await,
         owner,
+    };
+    // Subscribed from the head: what anyone does from now on reaches them.
+    for vm in [&p.owner, &p.collaborator, &p.viewer] {
+        vm.caught_up().await.unwrap();
     }
+    p
 }
 
 /// Gated actions with arguments that pass once the gate lets them through:
@@ -158,6 +144,12 @@ async fn every_gated_action_by_role_and_control_state() {
                     .call("requestControl", json!([]))
                     .await
                     .unwrap();
+                let listed = p.owner.call("listParticipants", json!([])).await.unwrap();
+                assert_eq!(listed["requests"], json!([collab_id]));
+                // A newcomer's welcome says who is waiting, too.
+                let mut raw = Raw::connect(&host).await;
+                let welcome = raw.hello(json!(["gates"])).await;
+                assert_eq!(welcome["controlRequests"], json!([collab_id]));
             }
             State::Collaborator => {
                 p.owner
@@ -414,6 +406,7 @@ async fn a_disconnected_holder_keeps_control_for_the_grace_period_only() {
         },
     );
     let owner = open(&host, json!(["grace"]), None).await;
+    owner.caught_up().await.unwrap();
     let token = member_token(&host, &owner, json!(["grace"]), "collaborator", "Gus").await;
     let mut changes = owner.on("controlChanged");
     let mut left = owner.on("participantLeft");
@@ -470,6 +463,7 @@ async fn joining_by_request_and_code_and_what_the_owner_can_change() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path());
     let owner = open(&host, json!(["door"]), None).await;
+    owner.caught_up().await.unwrap();
     let mut requests = owner.on("joinRequested");
     let mut resolved = owner.on("joinResolved");
 

@@ -6,14 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use ensemble_client::Event;
-use serde_json::{json, Value};
-
-fn json_of(e: &Event) -> Value {
-    match e {
-        Event::Json(f) => f.data.clone(),
-        Event::Bytes { .. } => Value::Null,
-    }
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spawn_stdin_wait_and_events_in_order() {
@@ -35,7 +28,7 @@ async fn spawn_stdin_wait_and_events_in_order() {
     assert_eq!(exit, json!({"exitCode": 0, "signal": null}));
     let got = collect(&mut events, 3, Duration::from_secs(10)).await;
     assert_eq!(got[0].name(), "processStarted");
-    assert_eq!(json_of(&got[0])["pid"], pid);
+    assert_eq!(data(&got[0])["pid"], pid);
     match &got[1] {
         Event::Bytes { header, payload } => {
             assert_eq!(header.kind, ensemble_protocol::BinaryKind::ProcessStdout);
@@ -46,7 +39,7 @@ async fn spawn_stdin_wait_and_events_in_order() {
     }
     assert_eq!(got[2].name(), "processExit");
     assert_eq!(
-        json_of(&got[2]),
+        data(&got[2]),
         json!({"pid": pid, "exitCode": 0, "signal": null})
     );
     let info = vm.call("getProcess", json!([pid])).await.unwrap();

@@ -19,25 +19,6 @@ fn require_scripted_agent() {
     );
 }
 
-fn data(e: &Event) -> Value {
-    match e {
-        Event::Json(f) => f.data.clone(),
-        Event::Bytes { .. } => Value::Null,
-    }
-}
-
-async fn next_named(rx: &mut tokio::sync::mpsc::Receiver<Event>, name: &str) -> Value {
-    loop {
-        let e = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no {name} in time"))
-            .expect("open");
-        if e.name() == name {
-            return data(&e);
-        }
-    }
-}
-
 /// Sends a prompt from a connection of its own, so that this connection can
 /// answer the permission requests the turn raises meanwhile.
 fn prompt_in_background(

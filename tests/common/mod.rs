@@ -137,16 +137,7 @@ impl Drop for HostProcess {
 
 /// Opens `key` as the owner.
 pub async fn open(host: &HostProcess, key: Value, since: Option<u64>) -> VmClient {
-    host.client()
-        .open(
-            key,
-            OpenOptions {
-                since,
-                ..OpenOptions::default()
-            },
-        )
-        .await
-        .expect("open VM")
+    open_as(host, &host.owner_token, key, since).await
 }
 
 /// Opens `key` as the owner and takes control, so input actions work. (Add
@@ -187,7 +178,7 @@ pub async fn member_token(
         .to_owned()
 }
 
-/// Opens `key` with a member token.
+/// Opens `key` with a token (the owner's, or a member's).
 pub async fn open_as(host: &HostProcess, token: &str, key: Value, since: Option<u64>) -> VmClient {
     Client::new(host.url())
         .with_token(token)
@@ -199,7 +190,7 @@ pub async fn open_as(host: &HostProcess, token: &str, key: Value, since: Option<
             },
         )
         .await
-        .expect("open VM as a member")
+        .expect("open VM")
 }
 
 /// Takes control (the owner always may).
@@ -234,6 +225,30 @@ pub async fn emit_numbered(vm: &VmClient, from: u64, count: u64) -> (u64, u64) {
         last = r["last"].as_u64().unwrap();
     }
     (first, last)
+}
+
+/// An event's JSON data (`null` for a binary event).
+pub fn data(e: &ensemble_client::Event) -> Value {
+    match e {
+        ensemble_client::Event::Json(f) => f.data.clone(),
+        ensemble_client::Event::Bytes { .. } => Value::Null,
+    }
+}
+
+/// The data of the next event called `name` (others are skipped).
+pub async fn next_named(
+    rx: &mut tokio::sync::mpsc::Receiver<ensemble_client::Event>,
+    name: &str,
+) -> Value {
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {name} in time"))
+            .expect("open");
+        if e.name() == name {
+            return data(&e);
+        }
+    }
 }
 
 /// The wire code of a refused call (or the client error, for a failed one).

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ensemble_protocol::people::participant_id;
-use ensemble_protocol::{ErrorBody, ErrorCode, Role};
+use ensemble_protocol::{ErrorBody, ErrorCode, JoinRequest, Role};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -139,7 +139,7 @@ pub struct Access {
     login_code: std::sync::Arc<str>,
 }
 
-struct JoinRequest {
+struct Pending {
     name: String,
     address: IpAddr,
     since_ms: u64,
@@ -156,7 +156,7 @@ struct State {
     /// Plain, for the one-time login exchange.
     owner_token: String,
     login_code: Option<String>,
-    requests: HashMap<u64, JoinRequest>,
+    requests: HashMap<u64, Pending>,
     next_request: u64,
     failures: HashMap<IpAddr, (Instant, u32)>,
 }
@@ -281,13 +281,13 @@ impl Access {
             .flatten()
     }
 
-    pub async fn list_requests(&self) -> Result<Vec<JoinRequestInfo>, ErrorBody> {
+    pub async fn list_requests(&self) -> Result<Vec<JoinRequest>, ErrorBody> {
         self.with(|s| {
-            let mut out: Vec<JoinRequestInfo> = s
+            let mut out: Vec<JoinRequest> = s
                 .requests
                 .iter()
                 .filter(|(_, r)| !r.reply.is_closed())
-                .map(|(id, r)| JoinRequestInfo {
+                .map(|(id, r)| JoinRequest {
                     request_id: request_wire_id(*id),
                     name: r.name.clone(),
                     since: r.since_ms,
@@ -338,14 +338,6 @@ impl Access {
         self.with(move |s| s.update_profile(id, name, color))
             .await?
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JoinRequestInfo {
-    pub request_id: String,
-    pub name: String,
-    pub since: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -678,7 +670,7 @@ impl State {
                 let (reply, decision) = oneshot::channel();
                 self.requests.insert(
                     request_id,
-                    JoinRequest {
+                    Pending {
                         name: clean_name(name).unwrap_or_else(|| "Guest".to_owned()),
                         address,
                         since_ms: now_ms(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use ensemble_protocol::{
-    ClientMessage, ErrorBody, ErrorCode, Key, Limits, Participant, ServerMessage,
+    ClientMessage, ErrorBody, ErrorCode, Key, Limits, Participant, Role, ServerMessage,
     MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
 use futures_util::stream::{SplitSink, SplitStream};
@@ -431,6 +431,14 @@ async fn welcome(
             connected: true,
             last_seen: crate::log::now_ms(),
         });
+    // Listed after the head was read: a request made since is both listed
+    // and delivered live (the UI keys them by id), one answered since is
+    // neither.
+    let join_requests = if member.role == Role::Owner {
+        shared.access.list_requests().await.ok()
+    } else {
+        None
+    };
     let welcome = ServerMessage::Welcome {
         protocol: PROTOCOL_VERSION,
         server: shared.server.clone(),
@@ -442,6 +450,8 @@ async fn welcome(
         you,
         participants,
         control: snapshot.lock.to_wire(),
+        control_requests: snapshot.requests,
+        join_requests,
         token: admitted.issued,
     };
     state.vm = Some(vm);

@@ -73,13 +73,16 @@ pub struct Control {
 
 type Reply<T> = oneshot::Sender<Result<T, ErrorBody>>;
 
-/// What a new connection's `welcome` carries: the participants and the
-/// holder, and the log's head they are as of. Every participant and control
-/// event at or below `head` is reflected in them, none above.
+/// What a new connection's `welcome` carries: the participants, the holder
+/// and who asked for control, and the log's head they are as of. Every
+/// participant and control event at or below `head` is reflected in them,
+/// none above.
 #[derive(Debug)]
 pub struct Snapshot {
     pub participants: Vec<Participant>,
     pub lock: Lock,
+    /// Participants waiting for an answer to `requestControl`, by id.
+    pub requests: Vec<String>,
     pub head: u64,
 }
 
@@ -122,7 +125,7 @@ enum Request {
         session_id: String,
     },
     List {
-        reply: Reply<(Vec<Participant>, Lock)>,
+        reply: Reply<Snapshot>,
     },
 }
 
@@ -229,7 +232,7 @@ impl Control {
         let _ = self.tx.send(Request::TurnEnded { session_id }).await;
     }
 
-    pub async fn list(&self) -> Result<(Vec<Participant>, Lock), ErrorBody> {
+    pub async fn list(&self) -> Result<Snapshot, ErrorBody> {
         self.ask(|reply| Request::List { reply }).await
     }
 }
@@ -337,11 +340,16 @@ impl Task {
         self.lock.borrow().clone()
     }
 
-    fn listing(&self) -> (Vec<Participant>, Lock) {
-        (
-            self.people.values().map(Person::wire).collect(),
-            self.current(),
-        )
+    /// Read between requests: this task logs every participant and control
+    /// event, so none can fall between the listing and the head (a head
+    /// read later could cover a change the listing lacks).
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            participants: self.people.values().map(Person::wire).collect(),
+            lock: self.current(),
+            requests: self.asking.iter().map(|id| participant_id(*id)).collect(),
+            head: self.log.head(),
+        }
     }
 
     fn connected(&self, id: u64) -> bool {
@@ -417,7 +425,7 @@ impl Task {
             }
             Request::TurnEnded { session_id } => self.turn_ended(session_id).await,
             Request::List { reply } => {
-                let _ = reply.send(Ok(self.listing()));
+                let _ = reply.send(Ok(self.snapshot()));
             }
         }
     }
@@ -442,15 +450,7 @@ impl Task {
                 self.deadline = None;
             }
         }
-        let (participants, lock) = self.listing();
-        // Read here, between requests: this task logs every participant and
-        // control event, so none can fall between the listing and the head
-        // (a head read later could cover a change the listing lacks).
-        Ok(Snapshot {
-            participants,
-            lock,
-            head: self.log.head(),
-        })
+        Ok(self.snapshot())
     }
 
     async fn disconnect(&mut self, id: u64) {

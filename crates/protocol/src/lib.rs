@@ -22,7 +22,7 @@ pub use args::Args;
 pub use frame::{BinaryHeader, BinaryKind, EventFrame, FrameError};
 pub use key::{Key, KeyError};
 pub use message::{ClientMessage, ErrorBody, ErrorCode, Limits, ServerMessage, VmInfo};
-pub use people::{Holder, Participant, Role};
+pub use people::{Holder, JoinRequest, Participant, Role};
 
 /// The protocol version a client names in `hello`. Bumped on any change that
 /// an existing client could misread.

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{Holder, Key, Participant};
+use crate::{Holder, JoinRequest, Key, Participant};
 
 /// What a client sends, as a text frame.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +52,9 @@ pub enum ClientMessage {
 /// What the host sends, as a text frame. Events are not in this enum: they
 /// are encoded once per event by [`crate::frame::encode_event_frame`] and
 /// read back with [`crate::EventFrame`].
+// `Welcome` is large next to the others; a message is built once per
+// connection or reply and serialized at once, so its size costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ServerMessage {
@@ -74,6 +77,11 @@ pub enum ServerMessage {
         participants: Vec<Participant>,
         /// Who holds control (`null`: nobody).
         control: Option<Holder>,
+        /// Participants waiting for an answer to `requestControl`.
+        control_requests: Vec<String>,
+        /// For the owner only: join requests waiting for them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        join_requests: Option<Vec<JoinRequest>>,
         /// A token just issued (by a join code, a login code or an approved
         /// join request): keep it and send it in the next `hello`.
         #[serde(default, skip_serializing_if = "Option::is_none")]

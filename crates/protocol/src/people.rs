@@ -73,6 +73,16 @@ pub enum Holder {
     },
 }
 
+/// A join request waiting for the owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRequest {
+    pub request_id: String,
+    pub name: String,
+    /// Unix ms when it was made.
+    pub since: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,10 +16,10 @@ use std::path::Path;
 use ensemble_protocol::frame::BINARY_HEADER_LEN;
 use ensemble_protocol::key::{MAX_KEY_PARTS, MAX_KEY_PART_BYTES};
 use ensemble_protocol::{
-    BinaryHeader, BinaryKind, ClientMessage, ErrorBody, ErrorCode, EventFrame, Holder, Key, Limits,
-    Participant, Role, ServerMessage, VmInfo, ACTIONS, DEFAULT_PAGE_LIMIT, DEFAULT_PORT, EVENTS,
-    HARD_MAX_MESSAGE_BYTES, INPUT_ACTIONS, MAX_MESSAGE_BYTES, MAX_PAGE_LIMIT, OWNER_ACTIONS,
-    PROTOCOL_VERSION, WS_PATH,
+    BinaryHeader, BinaryKind, ClientMessage, ErrorBody, ErrorCode, EventFrame, Holder, JoinRequest,
+    Key, Limits, Participant, Role, ServerMessage, VmInfo, ACTIONS, DEFAULT_PAGE_LIMIT,
+    DEFAULT_PORT, EVENTS, HARD_MAX_MESSAGE_BYTES, INPUT_ACTIONS, MAX_MESSAGE_BYTES, MAX_PAGE_LIMIT,
+    OWNER_ACTIONS, PROTOCOL_VERSION, WS_PATH,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -39,6 +39,7 @@ const OVERRIDES: &[(&str, &str)] = &[
     ("Welcome.you", "Participant"),
     ("Welcome.participants", "Participant[]"),
     ("Welcome.control", "Holder | null"),
+    ("Welcome.joinRequests", "JoinRequest[]"),
     ("VmInfo.key", "string[]"),
     ("Welcome.vm", "VmInfo"),
     ("Welcome.limits", "Limits"),
@@ -147,7 +148,7 @@ fn client_shapes() -> Vec<Shape> {
 }
 
 fn server_shapes() -> Vec<Shape> {
-    let welcome = |token: Option<String>| ServerMessage::Welcome {
+    let welcome = |token: Option<String>, join_requests| ServerMessage::Welcome {
         protocol: 1,
         server: "s".into(),
         vm: VmInfo { id: 1, key: key() },
@@ -158,6 +159,8 @@ fn server_shapes() -> Vec<Shape> {
         you: participant(),
         participants: vec![participant()],
         control: Some(person()),
+        control_requests: vec!["p2".into()],
+        join_requests,
         token,
     };
     let error = |id| ServerMessage::Error {
@@ -169,7 +172,11 @@ fn server_shapes() -> Vec<Shape> {
         value: json!(null),
     };
     vec![
-        shape("Welcome", welcome(Some("t".into())), welcome(None)),
+        shape(
+            "Welcome",
+            welcome(Some("t".into()), Some(vec![join_request()])),
+            welcome(None, None),
+        ),
         shape(
             "JoinPending",
             ServerMessage::JoinPending {
@@ -189,6 +196,14 @@ fn server_shapes() -> Vec<Shape> {
     ]
 }
 
+fn join_request() -> JoinRequest {
+    JoinRequest {
+        request_id: "j1".into(),
+        name: "n".into(),
+        since: 1,
+    }
+}
+
 fn part_shapes() -> Vec<Shape> {
     let body = || ErrorBody::new(ErrorCode::Internal, "m");
     let with_data = || body().with_data(json!({ "holder": null }));
@@ -202,6 +217,7 @@ fn part_shapes() -> Vec<Shape> {
     vec![
         shape("ErrorBody", with_data(), body()),
         shape("Participant", participant(), participant()),
+        shape("JoinRequest", join_request(), join_request()),
         shape("VmInfo", vm(), vm()),
         shape("Limits", Limits::default(), Limits::default()),
         shape("EventFrame", frame(), frame()),

@@ -197,6 +197,12 @@ export interface Participant {
   role: Role;
 }
 
+export interface JoinRequest {
+  name: string;
+  requestId: string;
+  since: number;
+}
+
 export interface VmInfo {
   id: number;
   key: string[];
@@ -254,8 +260,10 @@ export interface Action {
 
 export interface Welcome {
   control: Holder | null;
+  controlRequests: string[];
   first: number;
   head: number;
+  joinRequests?: JoinRequest[];
   limits: Limits;
   outputFrom: number;
   participants: Participant[];

@@ -84,6 +84,7 @@ function welcome(head: number, extra: Partial<Welcome> = {}): Welcome {
     you: alice,
     participants: [alice],
     control: null,
+    controlRequests: [],
     type: "welcome",
     protocol: 1,
     server: "ensemble/test",
@@ -213,7 +214,15 @@ function accessLive(upTo = ACCESS.length): State {
   return s;
 }
 
-const comparable = (s: State) => ({ ...s, authSeq: 0, head: 0 });
+const comparable = (s: State) => ({ ...s, authSeq: 0, joinSeq: 0, head: 0 });
+
+/** What the owner's welcome carries for a host in state `then`. */
+const snapshotOf = (then: State): Partial<Welcome> => ({
+  participants: Object.values(then.participants),
+  control: then.control,
+  controlRequests: then.controlRequests,
+  joinRequests: Object.values(then.joinRequests).map((r) => ({ ...r, since: 0 })),
+});
 
 describe("access events", () => {
   it("fold as the host changes its state", () => {
@@ -236,18 +245,28 @@ describe("access events", () => {
     for (let head = 0; head <= ACCESS.length; head++) {
       // The welcome a page gets at `head`: the participants and holder then.
       const then = accessLive(head);
-      let replay = applyWelcome(initialState(), welcome(head, { participants: Object.values(then.participants), control: then.control }));
+      let replay = applyWelcome(initialState(), welcome(head, snapshotOf(then)));
       for (let i = 0; i < ACCESS.length; i++) replay = applyEvent(replay, accessFrame(i));
       replay = applyCaughtUp(replay, ACCESS.length);
       expect(comparable(replay), `welcome at ${head}`).toEqual(comparable(liveState));
     }
   });
 
+  it("trust the welcome over old requests in the log (a host restart forgets them)", () => {
+    const before = accessLive();
+    expect(before.controlRequests).not.toEqual([]);
+    // A restarted host: nobody is waiting, whatever the history says.
+    let s = applyWelcome(initialState(), welcome(ACCESS.length, { ...snapshotOf(before), controlRequests: [], joinRequests: [] }));
+    for (let i = 0; i < ACCESS.length; i++) s = applyEvent(s, accessFrame(i));
+    expect(s.controlRequests).toEqual([]);
+    expect(s.joinRequests).toEqual({});
+  });
+
   it("a resume across changes ends where the live stream does", () => {
     const liveState = accessLive();
     let s = accessLive(7);
     const mid = accessLive(12);
-    s = applyWelcome(s, welcome(12, { participants: Object.values(mid.participants), control: mid.control }));
+    s = applyWelcome(s, welcome(12, snapshotOf(mid)));
     for (let i = 5; i < ACCESS.length; i++) s = applyEvent(s, accessFrame(i));
     expect(comparable(s)).toEqual(comparable(liveState));
   });

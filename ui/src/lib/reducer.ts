@@ -98,6 +98,9 @@ export interface State {
    * holder, or the agent's supervisor) may grant or deny it. */
   controlRequests: string[];
   joinRequests: Record<string, { requestId: string; name: string }>;
+  /** The owner's welcome lists the join requests waiting as of this seq;
+   * older join events are already in it (0: no such welcome yet). */
+  joinSeq: number;
 }
 
 /** Output kept per process for its log view. */
@@ -119,6 +122,7 @@ export function initialState(): State {
     authSeq: 0,
     controlRequests: [],
     joinRequests: {},
+    joinSeq: 0,
   };
 }
 
@@ -134,7 +138,14 @@ export function applyWelcome(prev: State, w: Welcome): State {
     you: w.you,
     participants: Object.fromEntries(w.participants.map((p) => [p.id, p])),
     control: w.control,
+    controlRequests: w.controlRequests,
     authSeq: Math.max(s.authSeq, w.head),
+    ...(w.joinRequests
+      ? {
+          joinRequests: Object.fromEntries(w.joinRequests.map((r) => [r.requestId, { requestId: r.requestId, name: r.name }])),
+          joinSeq: Math.max(s.joinSeq, w.head),
+        }
+      : {}),
   };
 }
 
@@ -424,10 +435,13 @@ const withoutRequest = (s: State, id: string): State =>
 
 /** Participant and control events (docs/protocol.md, Events), folded as the
  * host's control task changes its own state. Welcome's snapshot holds the
- * participants and the holder as of `authSeq`, so older events change
- * neither; requests are not in the snapshot and are always folded. */
+ * participants, the holder and the control requests as of `authSeq`, so
+ * older events change none of them; the owner's welcome holds the join
+ * requests as of `joinSeq`. */
 function applyAccessEvent(s: State, name: string, d: Record<string, unknown>, seq: number): State {
   const inSnapshot = seq <= s.authSeq;
+  if (inSnapshot && name !== "joinRequested" && name !== "joinResolved") return s;
+  if (seq <= s.joinSeq && (name === "joinRequested" || name === "joinResolved")) return s;
   switch (name) {
     case "participantJoined":
       return applyParticipant(s, d, inSnapshot);

@@ -235,8 +235,12 @@ fn tail_chars(s: &str, n: usize) -> &str {
 
 pub async fn list_participants(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
     args.at_most("listParticipants", 0).map_err(invalid)?;
-    let (participants, lock) = ctx.vm.control().list().await?;
-    to_json(&json!({"participants": participants, "control": lock.to_wire()}))
+    let now = ctx.vm.control().list().await?;
+    to_json(&json!({
+        "participants": now.participants,
+        "control": now.lock.to_wire(),
+        "requests": now.requests,
+    }))
 }
 
 #[derive(Deserialize)]
