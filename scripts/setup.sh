@@ -4,8 +4,12 @@
 set -euo pipefail
 
 # Debian packages: a C toolchain for SQLite (bundled), tmux for the
-# benchmark's reference figures, and Chromium for the browser test.
-packages=(build-essential pkg-config ca-certificates tmux chromium)
+# benchmark's reference figures, Chromium for the browser test, what Tauri 2
+# builds against (WebKitGTK and friends), Xvfb for running the window
+# headless, and WebKitWebDriver for driving it in the desktop test.
+packages=(build-essential pkg-config ca-certificates tmux chromium
+  libssl-dev libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
+  xvfb xauth webkit2gtk-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,4 +43,11 @@ ui="$(dirname "$0")/../ui"
 if [ ! -f "$ui/node_modules/.package-lock.json" ] || [ "$ui/package-lock.json" -nt "$ui/node_modules/.package-lock.json" ]; then
   echo "setup: npm ci in ui/"
   (cd "$ui" && npm ci --no-audit --no-fund)
+fi
+
+# tauri-driver relays WebDriver sessions to WebKitWebDriver for the desktop
+# test; it ships as a crate.
+if ! command -v tauri-driver >/dev/null 2>&1; then
+  echo "setup: installing tauri-driver"
+  cargo install tauri-driver --locked
 fi

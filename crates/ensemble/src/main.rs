@@ -80,9 +80,8 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = match args.data_dir {
         Some(dir) => dir,
-        None => dirs::data_dir()
-            .context("no data directory known for this user; pass --data-dir")?
-            .join("ensemble"),
+        None => ensemble_host::store::default_data_dir()
+            .context("no data directory known for this user; pass --data-dir")?,
     };
     let mut config = HostConfig::new(&data_dir);
     config.test_actions = args.test_actions;

@@ -29,6 +29,14 @@ pub enum StoreError {
     BadKey(String),
 }
 
+/// Where a host keeps its data unless told otherwise, shared by `ensemble
+/// serve` and the desktop app so both open the same VMs:
+/// `$XDG_DATA_HOME/ensemble`, usually `~/.local/share/ensemble`. `None` when
+/// the user has no known data directory.
+pub fn default_data_dir() -> Option<PathBuf> {
+    dirs::data_dir().map(|dir| dir.join("ensemble"))
+}
+
 pub struct Store {
     dir: PathBuf,
     conn: Connection,

@@ -1,0 +1,100 @@
+//! Ensemble's desktop app, a thin Tauri shell: it starts the embedded host
+//! ([`embedded`]), opens one window on the host's UI as the owner, and stops
+//! the host cleanly when the app exits (window closed, SIGINT or SIGTERM).
+//!
+//! The webview gets no IPC (no capabilities are granted): the UI talks to the
+//! host over WebSocket exactly as it does in a browser, so the app and
+//! `ensemble serve` show the same UI.
+#![forbid(unsafe_code)]
+
+mod embedded;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use embedded::EmbeddedHost;
+use tauri::webview::PageLoadEvent;
+use tauri::{WebviewUrl, WebviewWindowBuilder};
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run() {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ensemble-desktop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<i32> {
+    let started = Instant::now();
+    // Same place and variable as `ensemble serve`, so both open the same VMs.
+    let data_dir = match std::env::var_os("ENSEMBLE_DATA_DIR") {
+        Some(dir) => dir.into(),
+        None => ensemble_host::store::default_data_dir()
+            .context("no data directory known for this user; set ENSEMBLE_DATA_DIR")?,
+    };
+    // The host runs on its own runtime so that it outlives Tauri's event loop
+    // and can be stopped after the window is gone.
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let host = runtime.block_on(EmbeddedHost::start(data_dir))?;
+    let url = host.owner_url();
+    let origin = url.origin();
+
+    let app = tauri::Builder::default()
+        .setup(move |app| {
+            WebviewWindowBuilder::new(app, "main", WebviewUrl::External(url))
+                .title("Ensemble")
+                .inner_size(1280.0, 800.0)
+                .min_inner_size(640.0, 400.0)
+                // The window shows the host's UI and nothing else.
+                .on_navigation(move |to| to.origin() == origin)
+                .on_page_load(move |_, page| {
+                    if page.event() == PageLoadEvent::Finished {
+                        // The path only: the fragment holds the owner token.
+                        tracing::info!(
+                            path = page.url().path(),
+                            ms = started.elapsed().as_millis() as u64,
+                            "page loaded"
+                        );
+                    }
+                })
+                .build()?;
+            Ok(())
+        })
+        .build(tauri::generate_context!("../tauri.conf.json"))
+        .context("cannot start the window")?;
+
+    // A signal ends the app the way closing its window does.
+    let handle = app.handle().clone();
+    runtime.spawn(async move {
+        shutdown_signal().await;
+        handle.exit(0);
+    });
+    let code = app.run_return(|_, _| {});
+    runtime.block_on(host.stop());
+    Ok(code)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
