@@ -436,12 +436,21 @@ async fn a_snapshot_during_a_flood_comes_at_once_and_fits_the_bytes_after_it() {
 
     // Exactly the bytes after the snapshot's seq make the joiner's screen
     // the early client's.
+    // Read to the end of the flood and at least to the snapshot's seq (on a
+    // slow machine the flood may end before it), keeping the bytes after
+    // the snapshot.
     let mut after = Vec::new();
-    while !contains(&after, "__DONE__") {
+    let mut last_bytes = Vec::new();
+    let mut read_to = last_seq;
+    while !contains(&last_bytes, "__DONE__") || read_to < snap_seq {
         let (seq, payload) = next(&mut tail).await;
+        read_to = seq;
         if seq > snap_seq {
             after.extend_from_slice(&payload);
         }
+        let keep = last_bytes.len().saturating_sub(16);
+        last_bytes.drain(..keep);
+        last_bytes.extend_from_slice(&payload);
     }
     joiner.process(&after);
     let tail: Vec<u8> = tail.into();
