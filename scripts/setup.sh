@@ -45,6 +45,16 @@ if [ ! -f "$ui/node_modules/.package-lock.json" ] || [ "$ui/package-lock.json" -
   (cd "$ui" && npm ci --no-audit --no-fund)
 fi
 
+# Real ACP agents the tests start (tests/real_agents.rs), pinned by
+# tests/agents/package-lock.json so that no test downloads anything. The
+# claude package asks for Node 22 but runs on 20: its engine warning is
+# expected.
+agents="$(dirname "$0")/../tests/agents"
+if [ ! -f "$agents/node_modules/.package-lock.json" ] || [ "$agents/package-lock.json" -nt "$agents/node_modules/.package-lock.json" ]; then
+  echo "setup: npm ci in tests/agents/"
+  (cd "$agents" && npm ci --no-audit --no-fund)
+fi
+
 # tauri-driver relays WebDriver sessions to WebKitWebDriver for the desktop
 # test; it ships as a crate.
 if ! command -v tauri-driver >/dev/null 2>&1; then
