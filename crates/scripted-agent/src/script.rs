@@ -239,7 +239,10 @@ mod tests {
 
     #[test]
     fn stream_chunks_carry_index_and_time() {
-        assert_eq!(stream_chunk(7, 1_700_000_000_123_456), "stream 7 t=1700000000123456\n");
+        assert_eq!(
+            stream_chunk(7, 1_700_000_000_123_456),
+            "stream 7 t=1700000000123456\n"
+        );
     }
 
     #[test]

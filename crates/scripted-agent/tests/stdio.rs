@@ -867,7 +867,9 @@ async fn sleep_is_cancellable() {
 async fn stream_sends_numbered_timestamped_chunks() {
     let (mut agent, session) = Agent::ready("/tmp").await;
     let before = unix_micros();
-    let turn = agent.prompt(&session, "stream 1000\nsay done", no_requests).await;
+    let turn = agent
+        .prompt(&session, "stream 1000\nsay done", no_requests)
+        .await;
     let after = unix_micros();
     let chunks = turn.chunks();
     assert_eq!(chunks.len(), 1001);
@@ -884,7 +886,9 @@ async fn stream_sends_numbered_timestamped_chunks() {
         last_sent = sent;
     }
     assert_eq!(turn.stop_reason(), "end_turn");
-    let turn = agent.prompt(&session, "stream 0\nstream x", no_requests).await;
+    let turn = agent
+        .prompt(&session, "stream 0\nstream x", no_requests)
+        .await;
     assert_eq!(turn.chunks(), ["unknown command: stream x"]);
 
     // Cancelled part-way: no chunk after the cancel is acted on, the turn ends.
@@ -902,7 +906,11 @@ async fn stream_sends_numbered_timestamped_chunks() {
         .await;
     assert_eq!(turn.stop_reason(), "cancelled");
     let chunks = turn.chunks();
-    assert!(chunks.len() >= 100 && chunks.len() < 100_000_000, "{}", chunks.len());
+    assert!(
+        chunks.len() >= 100 && chunks.len() < 100_000_000,
+        "{}",
+        chunks.len()
+    );
     assert!(chunks.iter().all(|c| c.starts_with("stream ")));
 }
 
