@@ -2,15 +2,17 @@
 //! "Processes and shared PTY shells", measured against the real release host
 //! binary over loopback. This file owns the command line, the sections and
 //! their order (fan-out to 1/10/50 clients, catch-up of a 1,000,000-event
-//! log, host memory; shell throughput, keystroke echo, late join; then the
-//! references) and the final table; `host` runs the host process, `client`
-//! speaks the protocol, `shell` measures shells, `reference` runs the anchor
-//! script. docs/benchmarks.md records the figures.
+//! log, host memory; shell throughput, keystroke echo, late join; session
+//! event throughput; then the references) and the final table; `host` runs
+//! the host process, `client` speaks the protocol, `shell` measures shells,
+//! `session` measures an agent session's event stream, `reference` runs the
+//! anchor script. docs/benchmarks.md records the figures.
 #![forbid(unsafe_code)]
 
 mod client;
 mod host;
 mod reference;
+mod session;
 mod shell;
 
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use crate::client::Ws;
 use crate::host::{HostProcess, Memory};
 use crate::reference::{TcpReference, TerminalReference};
+use crate::session::SessionFigures;
 use crate::shell::ShellFigures;
 
 /// The small JSON event every producer emits; its frame is about 90 bytes.
@@ -39,11 +42,14 @@ const TARGET_DELIVERIES_50: f64 = 1_000_000.0;
 const TARGET_CATCH_UP_SECS: f64 = 2.0;
 
 /// The sections, in the order they run; `--only` picks some.
-const SECTIONS: [&str; 6] = ["fanout", "catchup", "tcp", "shell", "echo", "latejoin"];
+const SECTIONS: [&str; 7] = [
+    "fanout", "catchup", "tcp", "shell", "echo", "latejoin", "session",
+];
 
 const HELP: &str = "\
 ensemble-bench: performance figures of the Ensemble host (fan-out, catch-up,
-memory; shell throughput, keystroke echo, late join) with references
+memory; shell throughput, keystroke echo, late join; session events) with
+references
 
 Starts target/release/ensemble (next to this binary) on 127.0.0.1:0 with a
 temporary data directory and --test-actions, measures it, and prints a table.
@@ -56,6 +62,8 @@ Sections (all by default):
              byte checked; host memory; reference: raw PTY and tmux (anchors.py pty,tmux)
   echo       keystroke echo to 20 observers, p50/p99; reference: anchors.py lat
   latejoin   a fresh connection's snapshot after 1 GiB of shell output
+  session    the scripted agent streams 100,000 message chunks to 10 subscribers:
+             events/s logged, deliveries/s, order, agent write -> receipt p50/p99
 
 Options:
   --only LIST         comma-separated sections to run (default: all)
@@ -198,6 +206,11 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    let session_figures = if opts.runs("session") {
+        Some(runtime.block_on(session::measure(&opts.host_bin))?)
+    } else {
+        None
+    };
     drop(runtime);
     // After every host has stopped, so that the two never share the CPUs.
     let tcp = if opts.runs("tcp") {
@@ -231,6 +244,7 @@ fn main() -> Result<()> {
     print_table(
         host_figures.as_ref(),
         shell_figures.as_ref(),
+        session_figures.as_ref(),
         tcp.as_ref(),
         terminal.as_ref(),
     );
@@ -704,6 +718,7 @@ impl Table {
 fn print_table(
     h: Option<&HostFigures>,
     sh: Option<&ShellFigures>,
+    se: Option<&SessionFigures>,
     tcp: Option<&TcpReference>,
     term: Option<&TerminalReference>,
 ) {
@@ -715,6 +730,9 @@ fn print_table(
     }
     if let Some(sh) = sh {
         shell::table_rows(&mut t, sh, term);
+    }
+    if let Some(se) = se {
+        session::table_rows(&mut t, se);
     }
     println!(
         "\n== summary: medians of the runs (ratio: how far from the target, >= 1.00 meets it)"
@@ -746,6 +764,9 @@ fn print_table(
                 None => format!("{name} not judged (no reference)"),
             });
         }
+    }
+    if let Some(se) = se {
+        session::notes(se);
     }
     if let Some(tcp) = tcp {
         println!("# reference machine: {}", tcp.machine);

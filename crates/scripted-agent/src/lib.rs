@@ -2,7 +2,7 @@
 //! JSON-RPC 2.0 over newline-delimited stdio) as the *agent*, and treats each
 //! prompt as a small script, one command per line (`say`, `think`, `plan`,
 //! `run`, `write`, `read`, `wait`, `sleep`, `env`, `turn`, `crash`,
-//! `garbage`). With a journal directory it keeps each session's transcript
+//! `garbage`, `stream`). With a journal directory it keeps each session's transcript
 //! on disk and supports `session/load`, also after it restarts.
 //! The host's tests drive it, and a new user can try Ensemble with it and no
 //! API key. Every command and the exact traffic it produces are in

@@ -10,7 +10,7 @@ use ensemble_scripted_agent::{serve, Exit, Options};
 ///
 /// Speaks the Agent Client Protocol (v1, newline-delimited JSON-RPC) on stdin
 /// and stdout. Commands: say, think, plan, run, write, read, wait, sleep, env,
-/// turn, crash, garbage. See docs/scripted-agent.md.
+/// turn, crash, garbage, stream. See docs/scripted-agent.md.
 #[derive(Debug, Parser)]
 #[command(name = "ensemble-scripted-agent", version)]
 struct Args {

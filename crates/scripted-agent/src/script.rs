@@ -30,6 +30,9 @@ pub(crate) enum Command<'a> {
     Crash,
     /// `garbage`: print non-JSON lines on stdout.
     Garbage,
+    /// `stream <count>`: that many numbered, timestamped message chunks, as
+    /// fast as the output takes them (the session throughput benchmark).
+    Stream(u64),
     /// Anything else, kept whole for the "unknown command" message.
     Unknown(&'a str),
 }
@@ -83,6 +86,7 @@ fn parse_line(line: &str) -> Command<'_> {
         "turn" if rest.is_empty() => Some(Command::Turn),
         "crash" if rest.is_empty() => Some(Command::Crash),
         "garbage" if rest.is_empty() => Some(Command::Garbage),
+        "stream" => rest.parse::<u64>().ok().map(Command::Stream),
         _ => None,
     };
     command.unwrap_or(Command::Unknown(line))
@@ -90,6 +94,15 @@ fn parse_line(line: &str) -> Command<'_> {
 
 fn is_one_word(text: &str) -> bool {
     !text.is_empty() && !text.contains(char::is_whitespace)
+}
+
+/// The text of `stream`'s chunk number `index` (from 1), sent at
+/// `sent_us` microseconds since the Unix epoch:
+/// `stream 7 t=1700000000123456` and a newline, so that the chunks of a
+/// turn read as one line each, and a client on the same clock can tell how
+/// long the chunk took to reach it.
+pub(crate) fn stream_chunk(index: u64, sent_us: u128) -> String {
+    format!("stream {index} t={sent_us}\n")
 }
 
 /// Cut `text` into the chunks `say` streams: the text is split into words
@@ -139,7 +152,8 @@ mod tests {
                       env API_KEY\n\
                       turn\n\
                       crash\n\
-                      garbage\n";
+                      garbage\n\
+                      stream 100000\n";
         assert_eq!(
             parse(script),
             vec![
@@ -162,6 +176,7 @@ mod tests {
                 Command::Turn,
                 Command::Crash,
                 Command::Garbage,
+                Command::Stream(100_000),
             ]
         );
     }
@@ -196,6 +211,10 @@ mod tests {
             "turn 2",
             "crash now",
             "garbage please",
+            "stream",
+            "stream -1",
+            "stream 1e5",
+            "stream 10 20",
         ] {
             assert_eq!(parse(line), vec![Command::Unknown(line)], "{line}");
         }
@@ -215,6 +234,14 @@ mod tests {
         assert_eq!(
             say_chunks("héllo wörld ünïcode"),
             ["héllo ", "wörld ", "ünïcode"]
+        );
+    }
+
+    #[test]
+    fn stream_chunks_carry_index_and_time() {
+        assert_eq!(
+            stream_chunk(7, 1_700_000_000_123_456),
+            "stream 7 t=1700000000123456\n"
         );
     }
 

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use agent_client_protocol::v1::schema::{
     ContentBlock, ContentChunk, CreateTerminalRequest, Diff, PermissionOption,
@@ -27,6 +28,13 @@ use crate::{Exit, CRASH_EXIT_CODE};
 /// The option ids of the permission request `write` makes.
 pub const ALLOW_OPTION: &str = "allow";
 pub const REJECT_OPTION: &str = "reject";
+
+/// `stream` waits for its chunks to be written every this many chunks: the
+/// SDK's outgoing queue is unbounded, so without the wait a long stream
+/// would pile up in memory, and a chunk's timestamp (taken when it is
+/// queued) would run ahead of its write by the whole queue. With it, a
+/// timestamp is at most this many chunks early.
+const STREAM_FLUSH_EVERY: u64 = 16;
 
 pub(crate) struct Turn {
     pub(crate) cx: ConnectionTo<Client>,
@@ -112,7 +120,23 @@ impl Turn {
                     .map_err(Error::into_internal_error)?;
                 self.say("still here")?;
             }
+            Command::Stream(count) => return self.stream(count).await,
             Command::Unknown(line) => self.message(format!("unknown command: {line}"))?,
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// `count` chunks, each with its number and the time it was sent, as
+    /// fast as standard output takes them; cancellable between chunks.
+    async fn stream(&self, count: u64) -> Result<Flow, Error> {
+        for index in 1..=count {
+            if self.cancel.is_cancelled() {
+                return Ok(Flow::Cancelled);
+            }
+            self.message(script::stream_chunk(index, unix_micros()))?;
+            if index % STREAM_FLUSH_EVERY == 0 {
+                self.state.output.flush(&self.cx).await?;
+            }
         }
         Ok(Flow::Continue)
     }
@@ -413,6 +437,13 @@ impl Turn {
 
 fn text_block(text: impl Into<String>) -> ContentBlock {
     ContentBlock::Text(TextContent::new(text))
+}
+
+/// Microseconds since the Unix epoch; 0 on a clock set before it.
+fn unix_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
 }
 
 /// `env <NAME>`'s answer. The value is only measured, never copied anywhere.

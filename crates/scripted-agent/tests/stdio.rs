@@ -864,6 +864,64 @@ async fn sleep_is_cancellable() {
 }
 
 #[tokio::test]
+async fn stream_sends_numbered_timestamped_chunks() {
+    let (mut agent, session) = Agent::ready("/tmp").await;
+    let before = unix_micros();
+    let turn = agent
+        .prompt(&session, "stream 1000\nsay done", no_requests)
+        .await;
+    let after = unix_micros();
+    let chunks = turn.chunks();
+    assert_eq!(chunks.len(), 1001);
+    assert_eq!(chunks[1000], "done");
+    let mut last_sent = before;
+    for (i, chunk) in chunks[..1000].iter().enumerate() {
+        let rest = chunk
+            .strip_prefix(&format!("stream {} t=", i + 1))
+            .and_then(|rest| rest.strip_suffix('\n'))
+            .unwrap_or_else(|| panic!("chunk {i}: {chunk:?}"));
+        let sent: u128 = rest.parse().unwrap_or_else(|_| panic!("{chunk:?}"));
+        // Same clock: sent during the turn, never earlier than the chunk before.
+        assert!(sent >= last_sent && sent <= after, "{chunk:?}");
+        last_sent = sent;
+    }
+    assert_eq!(turn.stop_reason(), "end_turn");
+    let turn = agent
+        .prompt(&session, "stream 0\nstream x", no_requests)
+        .await;
+    assert_eq!(turn.chunks(), ["unknown command: stream x"]);
+
+    // Cancelled part-way: no chunk after the cancel is acted on, the turn ends.
+    let turn = agent
+        .prompt(&session, "stream 100000000\nsay never", |message| {
+            if message["params"]["update"]["content"]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("stream 100 "))
+            {
+                vec![cancel(&session)]
+            } else {
+                no_requests(message)
+            }
+        })
+        .await;
+    assert_eq!(turn.stop_reason(), "cancelled");
+    let chunks = turn.chunks();
+    assert!(
+        chunks.len() >= 100 && chunks.len() < 100_000_000,
+        "{}",
+        chunks.len()
+    );
+    assert!(chunks.iter().all(|c| c.starts_with("stream ")));
+}
+
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+}
+
+#[tokio::test]
 async fn cancel_while_waiting_for_permission() {
     let (mut agent, session) = Agent::ready("/tmp").await;
     let mut permission = None;
