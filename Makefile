@@ -51,7 +51,7 @@ browser: ui
 test: ui-check ui lint unit browser
 
 bench: setup
-	$(CARGO) build --release -p ensemble -p ensemble-bench
+	$(CARGO) build --release -p ensemble -p ensemble-bench -p ensemble-scripted-agent
 	./target/release/ensemble-bench
 
 clean:
