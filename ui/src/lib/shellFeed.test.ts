@@ -37,11 +37,16 @@ class Sim {
   }
   emit(e: BytesEvent): void {
     this.log.push(e);
-    this.run(this.plan.bytes(e));
+    this.run(this.plan.bytes(e, e.ts));
+  }
+  /** The event arrives `late` ms after the host logged it. */
+  emitLate(e: BytesEvent, late: number): void {
+    this.log.push(e);
+    this.run(this.plan.bytes(e, e.ts + late));
   }
   /** A resume delivering an event again (the host logged it once). */
   resend(e: BytesEvent): void {
-    this.run(this.plan.bytes(e));
+    this.run(this.plan.bytes(e, e.ts));
   }
   /** xterm parses `n` queued writes. */
   parse(n = Infinity): void {
@@ -152,6 +157,26 @@ describe("shell feed", () => {
     sim.emit(ev(8, "v"));
     expect(sim.requests).toBe(3);
     sim.run(plan.snapshotFailed());
+    sim.parse();
+    expect(sim.screen).toBe(sim.full());
+  });
+
+  it("skips when the stream arrives late, whatever the clocks' offset", () => {
+    const sim = started(1000);
+    const plan = sim.plan;
+    // The page's clock is 5 s ahead of the host's: on time, not late.
+    for (let s = 1; s <= 5; s++) {
+      sim.emitLate(ev(s, "a"), 5000 + (s % 2) * 100);
+      sim.parse();
+    }
+    expect(sim.requests).toBe(1);
+    // Queued 300 ms beyond that, with nothing unparsed: skip.
+    sim.emitLate(ev(6, "b"), 5300);
+    expect(sim.requests).toBe(2);
+    expect(plan.backlog).toBe(0);
+    sim.emitLate(ev(7, "c"), 5400);
+    expect(sim.requests).toBe(2);
+    sim.run(plan.snapshot(sim.snapshotNow()));
     sim.parse();
     expect(sim.screen).toBe(sim.full());
   });

@@ -3,8 +3,9 @@
 // xterm.js parses more slowly than a flooding shell produces, and whatever
 // it has not parsed waits in its write queue: a command typed at the end of
 // a flood echoes only once everything before it is parsed. So the feed
-// counts the bytes handed to `term.write` whose callback has not fired; past
-// `BACKLOG_BOUND` it stops feeding, asks the host for `getShellSnapshot`
+// counts the bytes handed to `term.write` whose callback has not fired and
+// how late the bytes arrive; past `BACKLOG_BOUND` or `LAG_BOUND_MS` it stops
+// feeding, asks the host for `getShellSnapshot`
 // (the screen as of a seq: the host's terminal model saw every byte), resets
 // the terminal to it and carries on with the bytes after its seq. The screen
 // ends up as if every byte had been parsed; only the rendering of what
@@ -22,6 +23,11 @@ import { errorText } from "./util";
 /** Bytes the terminal may have queued unparsed before the feed skips to a
  * snapshot: a few hundred ms of xterm.js parsing on a slow machine. */
 export const BACKLOG_BOUND = 2 * 2 ** 20; // 2 MiB
+
+/** How far behind the host's log the stream may arrive before the feed
+ * skips: the page's own message queue backs up too when the main thread is
+ * busy parsing and drawing, and that queue is not in `term.write`'s count. */
+export const LAG_BOUND_MS = 250;
 
 /** Full reset (RIS): the snapshot is drawn on a fresh terminal, so whatever
  * was still queued before it is wiped once parsed. */
@@ -59,7 +65,14 @@ export class FeedPlan {
   #rearmAt = 0;
   #started = false;
 
-  constructor(readonly bound: number = BACKLOG_BOUND) {}
+  /** The least (arrival - log time) seen: the clock offset plus the
+   * network's delay; anything above it is time spent queued. */
+  #offset = Infinity;
+
+  constructor(
+    readonly bound: number = BACKLOG_BOUND,
+    readonly lagBound: number = LAG_BOUND_MS,
+  ) {}
 
   /** A fresh terminal starts from a snapshot (listen first, then ask). */
   start(): FeedCommand[] {
@@ -73,14 +86,18 @@ export class FeedPlan {
     return this.#held !== null;
   }
 
-  /** A shellData event of this shell, in stream order. */
-  bytes(ev: BytesEvent): FeedCommand[] {
+  /** A shellData event of this shell, in stream order, arriving at `now`
+   * (ms, the clock of the host's `ts`). */
+  bytes(ev: BytesEvent, now: number): FeedCommand[] {
+    const late = now - ev.ts;
+    this.#offset = Math.min(this.#offset, late);
     if (this.#held) {
       this.#held.push(ev);
       return [];
     }
     if (ev.seq <= this.lastSeq) return [];
-    if (this.backlog > this.bound && this.#parsedId >= this.#rearmAt) {
+    const behind = this.backlog > this.bound || late - this.#offset > this.lagBound;
+    if (behind && this.#parsedId >= this.#rearmAt) {
       this.#held = [ev];
       this.skips++;
       return [{ op: "requestSnapshot" }];
@@ -167,7 +184,7 @@ export function feedShell(term: Terminal, conn: VmConnection, shellId: number, o
     }
     term.element?.setAttribute("data-skips", String(plan.skips));
   };
-  const unsubscribe = conn.onShellData(shellId, (ev) => run(plan.bytes(ev)));
+  const unsubscribe = conn.onShellData(shellId, (ev) => run(plan.bytes(ev, Date.now())));
   run(plan.start());
   return () => {
     closed = true;
