@@ -72,7 +72,8 @@ try {
   const deltas = frames.slice(1).map((t, i) => t - /** @type {number} */ (frames[i])).sort((a, b) => a - b);
   const pct = (/** @type {number} */ p) => deltas[Math.min(deltas.length - 1, Math.floor(deltas.length * p))]?.toFixed(1);
   console.log(`frames: ${deltas.length}, frame time p50 ${pct(0.5)} ms, p95 ${pct(0.95)} ms, p99 ${pct(0.99)} ms, max ${deltas[deltas.length - 1]?.toFixed(1)} ms`);
-  console.log(`marker typed after ${SECONDS} s of flood echoed in ${echoMs} ms`);
+  const skips = await page.locator(".shell .xterm").getAttribute("data-skips");
+  console.log(`marker typed after ${SECONDS} s of flood echoed in ${echoMs} ms; backlog skips to a snapshot: ${skips ?? "n/a"}`);
   await page.screenshot({ path: join(root, "target/ui-test-output/perf-flood.png") });
 } finally {
   await browser.close();
