@@ -740,6 +740,12 @@ impl SessionTask {
                 },
                 finished = done_rx.recv() => {
                     let Some(finished) = finished else { continue };
+                    // Everything the turn logged is durable and delivered
+                    // before its answer: an empty append waits for the
+                    // writer to pass it.
+                    if let Err(e) = self.log.append(Vec::new()).await {
+                        tracing::error!(session = %self.session_id, error = %e, "the turn's events were not logged");
+                    }
                     self.set_state("ready");
                     let text = self.turn_text.lock().map(|t| t.clone()).unwrap_or_default();
                     let result = finished
@@ -852,9 +858,12 @@ impl SessionTask {
             "method": "session/update",
             "params": notification,
         });
+        // Not waiting for each commit: the writer keeps order and batches
+        // a stream of chunks into few commits (waiting held the agent to
+        // one commit per chunk). The turn's answer waits for them instead.
         let appended = self
             .log
-            .append(vec![NewEvent::Session {
+            .append_nowait(vec![NewEvent::Session {
                 session_id: self.session_id.clone(),
                 event: event.to_string(),
             }])
