@@ -76,25 +76,10 @@ fn run() -> anyhow::Result<i32> {
     // A signal ends the app the way closing its window does.
     let handle = app.handle().clone();
     runtime.spawn(async move {
-        shutdown_signal().await;
+        ensemble_host::shutdown_signal().await;
         handle.exit(0);
     });
     let code = app.run_return(|_, _| {});
     runtime.block_on(host.stop());
     Ok(code)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -130,24 +130,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let _ = out.flush();
     drop(out);
-    host.serve(listener, shutdown_signal())
+    host.serve(listener, ensemble_host::shutdown_signal())
         .await
         .context("server failed")?;
     tracing::info!("host stopped; logs committed");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

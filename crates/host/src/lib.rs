@@ -118,6 +118,23 @@ impl HostError {
     }
 }
 
+/// Resolves on SIGINT or SIGTERM: how a host run as a program is asked to
+/// stop (`ensemble serve`, the desktop app).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// A started host: its data directory is open and hooks are running.
 pub struct Host {
     shared: Arc<Shared>,
