@@ -274,13 +274,6 @@ impl Access {
             .await;
     }
 
-    pub async fn member(&self, id: u64) -> Option<Member> {
-        self.with(move |s| s.members.get(&id).map(|(m, _)| m.clone()))
-            .await
-            .ok()
-            .flatten()
-    }
-
     pub async fn list_requests(&self) -> Result<Vec<JoinRequest>, ErrorBody> {
         self.with(|s| {
             let mut out: Vec<JoinRequest> = s

@@ -7,9 +7,9 @@ use std::time::Duration;
 use ensemble_protocol::people::{parse_participant_id, participant_id};
 use ensemble_protocol::{Args, ErrorBody, ErrorCode, Role};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{internal, invalid, ActionContext};
+use super::{invalid, ok_null, to_json, ActionContext};
 use crate::access::{parse_code_id, parse_request_id, DEFAULT_CODE_TTL, MAX_CODE_TTL};
 use crate::control::{holder_json, Effects};
 use crate::session::SessionCommand;
@@ -21,10 +21,6 @@ const CONTEXT_CHARS_PER_SHELL: usize = 4000;
 const CONTEXT_CHARS: usize = 8000;
 /// Output events read back for the context, newest first.
 const CONTEXT_EVENTS: u32 = 2048;
-
-fn to_json(v: &Value) -> Result<String, ErrorBody> {
-    serde_json::to_string(v).map_err(internal)
-}
 
 fn participant_arg(args: &Args, at: usize) -> Result<u64, ErrorBody> {
     let id: String = args.required(at, "participantId").map_err(invalid)?;
@@ -145,7 +141,7 @@ pub async fn hand_to_agent(ctx: &ActionContext<'_>, args: Args) -> Result<String
     };
     control.turn_ended(session_id).await;
     let result = result?.map_err(|e| e.to_body())?;
-    serde_json::to_string(&result).map_err(internal)
+    to_json(&result)
 }
 
 /// What the caller's shells printed since `since`, as plain text, for the
@@ -277,13 +273,13 @@ pub async fn remove_participant(ctx: &ActionContext<'_>, args: Args) -> Result<S
     args.at_most("removeParticipant", 1).map_err(invalid)?;
     let id = participant_arg(&args, 0)?;
     ctx.access.remove(id).await?;
-    Ok("null".to_owned())
+    ok_null()
 }
 
 pub async fn list_join_requests(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
     args.at_most("listJoinRequests", 0).map_err(invalid)?;
     let requests = ctx.access.list_requests().await?;
-    serde_json::to_string(&requests).map_err(internal)
+    to_json(&requests)
 }
 
 fn request_arg(args: &Args) -> Result<u64, ErrorBody> {
@@ -312,7 +308,7 @@ pub async fn deny_join(ctx: &ActionContext<'_>, args: Args) -> Result<String, Er
     args.at_most("denyJoin", 1).map_err(invalid)?;
     let id = request_arg(&args)?;
     ctx.access.decide(id, None).await?;
-    Ok("null".to_owned())
+    ok_null()
 }
 
 #[derive(Deserialize)]
@@ -336,13 +332,13 @@ pub async fn create_join_code(ctx: &ActionContext<'_>, args: Args) -> Result<Str
         )));
     }
     let info = ctx.access.create_code(role, ttl).await?;
-    serde_json::to_string(&info).map_err(internal)
+    to_json(&info)
 }
 
 pub async fn list_join_codes(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
     args.at_most("listJoinCodes", 0).map_err(invalid)?;
     let codes = ctx.access.list_codes().await?;
-    serde_json::to_string(&codes).map_err(internal)
+    to_json(&codes)
 }
 
 pub async fn revoke_join_code(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
@@ -350,7 +346,7 @@ pub async fn revoke_join_code(ctx: &ActionContext<'_>, args: Args) -> Result<Str
     let id: String = args.required(0, "codeId").map_err(invalid)?;
     let id = parse_code_id(&id).ok_or_else(|| invalid(format!("{id:?} is not a join code id")))?;
     ctx.access.revoke_code(id).await?;
-    Ok("null".to_owned())
+    ok_null()
 }
 
 #[cfg(test)]

@@ -118,6 +118,15 @@ fn internal(e: impl std::fmt::Display) -> ErrorBody {
     ErrorBody::new(ErrorCode::Internal, e.to_string())
 }
 
+/// An action's answer as JSON text.
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, ErrorBody> {
+    serde_json::to_string(v).map_err(internal)
+}
+
+fn ok_null() -> Result<String, ErrorBody> {
+    Ok("null".to_owned())
+}
+
 fn page_limit(limit: Option<u32>) -> Result<u32, ErrorBody> {
     match limit.unwrap_or(DEFAULT_PAGE_LIMIT) {
         0 => Err(invalid("limit must be at least 1")),

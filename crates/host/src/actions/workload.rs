@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{invalid, ActionContext};
+use super::{invalid, ok_null, to_json, ActionContext};
 use crate::log::NewEvent;
 use crate::process::{signal_group, StdinOp};
 use crate::session::SessionCommand;
@@ -45,14 +45,6 @@ async fn log_json(vm: &Vm, name: &str, data: Value) -> Result<u64, ErrorBody> {
         }])
         .await
         .map_err(|e| err(e.into()))
-}
-
-fn ok_null() -> Result<String, ErrorBody> {
-    Ok("null".to_owned())
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String, ErrorBody> {
-    serde_json::to_string(v).map_err(|e| err(VmError::Internal(e.to_string())))
 }
 
 #[derive(Deserialize, Default)]
