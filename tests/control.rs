@@ -112,14 +112,7 @@ async fn every_gated_action_by_role_and_control_state() {
         .unwrap()["shellId"]
         .as_u64()
         .unwrap();
-    let session = p
-        .owner
-        .call("createSession", json!(["scripted"]))
-        .await
-        .unwrap()["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session = scripted(&p.owner, json!({})).await;
     let calls = gated_calls(shell);
     let mut checked = 0;
 
@@ -260,14 +253,7 @@ async fn hand_to_agent_take_over_and_hand_back_with_what_was_done() {
         next_named(&mut changes, "controlChanged").await["reason"],
         "taken"
     );
-    let session = p
-        .collaborator
-        .call("createSession", json!(["scripted"]))
-        .await
-        .unwrap()["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session = scripted(&p.collaborator, json!({})).await;
 
     // A whole turn: the agent holds control, then it comes back.
     let r = p

@@ -34,16 +34,6 @@ fn prompt_in_background(
     })
 }
 
-async fn scripted(vm: &VmClient, env: Value) -> String {
-    let r = vm
-        .call("createSession", json!(["scripted", {"env": env}]))
-        .await
-        .unwrap();
-    assert_eq!(r["agentType"], "scripted");
-    assert_eq!(r["agentInfo"]["name"], "scripted");
-    r["sessionId"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_watch_one_session_and_a_late_client_catches_up() {
     require_scripted_agent();

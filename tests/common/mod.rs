@@ -251,6 +251,17 @@ pub async fn next_named(
     }
 }
 
+/// Creates a session with the scripted agent and `env`; answers its id.
+pub async fn scripted(vm: &VmClient, env: Value) -> String {
+    let r = vm
+        .call("createSession", json!(["scripted", {"env": env}]))
+        .await
+        .unwrap();
+    assert_eq!(r["agentType"], "scripted");
+    assert_eq!(r["agentInfo"]["name"], "scripted");
+    r["sessionId"].as_str().unwrap().to_owned()
+}
+
 /// The wire code of a refused call (or the client error, for a failed one).
 pub fn error_code(e: ensemble_client::ClientError) -> String {
     e.body()
