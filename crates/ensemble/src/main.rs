@@ -1,4 +1,6 @@
-//! The `ensemble` command: `ensemble serve` runs a headless host.
+//! The `ensemble` command: `ensemble serve` runs a headless host;
+//! `ensemble nearby` lists hosts shared on the LAN; `ensemble join` pairs
+//! this install with one of them.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -9,6 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ensemble_host::{Host, HostConfig};
+
+mod lan_cli;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +29,11 @@ struct Cli {
 enum Command {
     /// Run a host without a window: VMs, the event log and the WebSocket endpoint.
     Serve(ServeArgs),
+    /// List the Ensemble hosts shared on this network (mDNS).
+    Nearby(lan_cli::NearbyArgs),
+    /// Ask a host on the LAN to let this install in; prints the code to
+    /// compare with its owner and waits for their answer.
+    Join(lan_cli::JoinArgs),
 }
 
 #[derive(clap::Args)]
@@ -61,6 +70,23 @@ struct ServeArgs {
     /// reconnect does not lose it.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     control_grace: f64,
+    /// Share on the LAN: listen with TLS on --lan-bind and announce this
+    /// host by mDNS. Off by default: the host then listens on loopback only.
+    #[arg(long)]
+    lan: bool,
+    /// Where the LAN (TLS) listener binds while sharing.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], ensemble_host::lan::DEFAULT_LAN_PORT)), value_name = "ADDR")]
+    lan_bind: SocketAddr,
+    #[command(flatten)]
+    mdns: lan_cli::MdnsArgs,
+    /// Also serve plain HTTP on the LAN (the LAN port + 1) so that teammates
+    /// can use a browser, which cannot pin this host's certificate. Tokens
+    /// and events then cross the network unencrypted.
+    #[arg(long)]
+    lan_insecure_http: bool,
+    /// The name this host is announced with (default: the owner's name).
+    #[arg(long, value_name = "NAME")]
+    lan_name: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +100,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Nearby(args) => runtime.block_on(lan_cli::nearby(args)),
+        Command::Join(args) => runtime.block_on(lan_cli::join(args)),
     }
 }
 
@@ -93,6 +121,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("--agent-init-timeout takes a positive number of seconds")?;
     config.control_grace = Duration::try_from_secs_f64(args.control_grace)
         .context("--control-grace takes a positive number of seconds")?;
+    config.lan = ensemble_host::lan::LanConfig {
+        bind: args.lan_bind,
+        interfaces: args.mdns.interfaces(),
+        insecure_http: args.lan_insecure_http,
+        display_name: args.lan_name,
+        share: args.lan,
+    };
+    let lan_requested = args.lan;
     let host = Host::start(config)
         .await
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
@@ -130,6 +166,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let _ = out.flush();
     drop(out);
+    if lan_requested {
+        let lan = host.lan().clone();
+        tokio::spawn(async move {
+            // Sharing starts once serving begins; report where it listens.
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match lan.status(false).await {
+                    Ok(s) if s.sharing => {
+                        let addrs: Vec<String> =
+                            s.addresses.iter().map(|a| a.to_string()).collect();
+                        println!(
+                            "Sharing on the LAN (TLS) at {} as {:?}, fingerprint {}",
+                            if addrs.is_empty() {
+                                "(no LAN address yet)".to_owned()
+                            } else {
+                                addrs.join(", ")
+                            },
+                            s.display_name,
+                            s.fingerprint
+                        );
+                        if let Some(http) = s.insecure_http {
+                            println!(
+                                "WARNING: plain HTTP for browsers at http://{http}/ (unencrypted)"
+                            );
+                        }
+                        return;
+                    }
+                    Ok(s) if s.error.is_some() => break,
+                    _ => {}
+                }
+            }
+            eprintln!("LAN sharing did not start; see the log above");
+        });
+    }
     host.serve(listener, ensemble_host::shutdown_signal())
         .await
         .context("server failed")?;

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{request_wire_id, Access, Admission, Admitted, Credential, Member};
+use crate::access::{request_wire_id, Access, Admission, Admitted, Credential, Member, TlsPeer};
 use crate::actions::{self, ActionContext, MAX_FILTER_NAMES};
 use crate::log::{Frame, Log, LogError, LoggedEvent, NewEvent};
 use crate::registry::Registry;
@@ -62,6 +62,8 @@ pub struct Shared {
     pub stall_timeout: Duration,
     pub shutdown: CancellationToken,
     pub server: String,
+    /// LAN sharing, nearby hosts, joins and peers.
+    pub lan: crate::lan::Lan,
 }
 
 enum Out {
@@ -76,13 +78,23 @@ enum Out {
     Filter(Option<HashSet<String>>),
 }
 
-/// Serves one upgraded WebSocket from `peer` until either side closes it.
-pub async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: IpAddr) {
+/// Serves one upgraded WebSocket from `peer` (with the certificate it
+/// presented, over the LAN's TLS) until either side closes it.
+///
+/// `stop` ends it (the host's shutdown, or sharing switched off for a LAN
+/// connection).
+pub async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    peer: IpAddr,
+    tls: Option<TlsPeer>,
+    stop: CancellationToken,
+) {
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-    let done = shared.shutdown.child_token();
+    let done = stop.child_token();
     let mut writer = tokio::spawn(write_half(sink, out_rx, shared.stall_timeout, done.clone()));
-    let state = read_half(stream, out_tx, shared, done.clone(), peer).await;
+    let state = read_half(stream, out_tx, shared, done.clone(), peer, tls).await;
     if let (Some(vm), Some(me)) = (&state.vm, &state.me) {
         let id = me.borrow().as_ref().map(|m| m.id);
         if let Some(id) = id {
@@ -103,6 +115,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: IpAddr) {
 struct ReadState {
     conn_id: u64,
     peer: IpAddr,
+    tls: Option<TlsPeer>,
     vm: Option<Vm>,
     /// Who this connection is, kept current by the access thread (`None`
     /// once removed). Set together with `vm`: no VM, no events.
@@ -116,6 +129,7 @@ async fn read_half(
     shared: Arc<Shared>,
     done: CancellationToken,
     peer: IpAddr,
+    tls: Option<TlsPeer>,
 ) -> ReadState {
     let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_ACTIONS));
     let mut state = ReadState {
@@ -123,6 +137,7 @@ async fn read_half(
             .next_conn_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         peer,
+        tls,
         vm: None,
         me: None,
         subscribed: false,
@@ -358,7 +373,7 @@ async fn open_hello(hello: Hello, state: &mut ReadState, shared: &Arc<Shared>) -
     };
     let admission = match shared
         .access
-        .admit(credential, name.clone(), state.peer)
+        .admit(credential, name.clone(), state.peer, state.tls.clone())
         .await
     {
         Ok(a) => a,
@@ -387,6 +402,8 @@ async fn open_hello(hello: Hello, state: &mut ReadState, shared: &Arc<Shared>) -
                 data: json!({
                     "requestId": request_wire_id(request_id),
                     "name": name.as_deref().map(str::trim).filter(|n| !n.is_empty()).unwrap_or("Guest"),
+                    "code": state.tls.as_ref().map(|t| &t.code),
+                    "fingerprint": state.tls.as_ref().map(|t| &t.fingerprint),
                 })
                 .to_string(),
             };
@@ -595,6 +612,7 @@ async fn handle(
                     conn_id,
                     me,
                     access: &shared.access,
+                    lan: &shared.lan,
                     agents: &shared.agents,
                     agent_init_timeout: shared.agent_init_timeout,
                     test_actions,

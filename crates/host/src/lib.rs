@@ -2,6 +2,8 @@
 //!
 //! Layout (data flows down):
 //! * [`server`]: HTTP and the WebSocket endpoint; [`ui`]: the web UI it serves.
+//! * [`lan`]: sharing on the LAN (TLS listener, mDNS), joins to other
+//!   hosts and the relay to their VMs.
 //! * [`connection`]: one client: parses frames, runs actions, streams the log.
 //! * [`access`]: who may connect (owner, members, join codes and requests).
 //! * [`actions`]: each action's arguments and effect.
@@ -23,6 +25,7 @@ pub mod agents;
 pub mod connection;
 pub mod control;
 pub mod hook;
+pub mod lan;
 pub mod log;
 pub mod output;
 pub mod process;
@@ -76,6 +79,8 @@ pub struct HostConfig {
     pub agent_init_timeout: Duration,
     /// How long a holder who disconnects keeps control.
     pub control_grace: Duration,
+    /// Sharing on the LAN.
+    pub lan: lan::LanConfig,
 }
 
 impl HostConfig {
@@ -90,6 +95,7 @@ impl HostConfig {
             agents_file: None,
             agent_init_timeout: session::DEFAULT_INIT_TIMEOUT,
             control_grace: control::DEFAULT_GRACE,
+            lan: lan::LanConfig::default(),
         }
     }
 }
@@ -106,6 +112,8 @@ pub enum HostError {
     Agents(#[from] agents::AgentRegistryError),
     #[error(transparent)]
     Access(#[from] access::AccessError),
+    #[error(transparent)]
+    Identity(#[from] ensemble_lan::identity::IdentityError),
 }
 
 impl HostError {
@@ -161,6 +169,12 @@ impl Host {
             hooks.push(Hook::command(command, shutdown.child_token()));
         }
         let hooks = Hooks::new(hooks, shutdown.child_token());
+        let lan = lan::Lan::start(
+            config.data_dir.clone(),
+            config.lan,
+            access.owner_name().to_owned(),
+            shutdown.child_token(),
+        )?;
         let wake_all = !hooks.is_empty();
         let registry = Registry::start(
             store,
@@ -185,6 +199,7 @@ impl Host {
                 stall_timeout: config.stall_timeout,
                 shutdown,
                 server: format!("ensemble/{}", env!("CARGO_PKG_VERSION")),
+                lan,
             }),
         })
     }
@@ -193,6 +208,11 @@ impl Host {
     /// owner starts locally, such as the desktop app.
     pub fn owner_token(&self) -> &str {
         self.shared.access.owner_token()
+    }
+
+    /// The LAN side of this host: sharing, nearby hosts, peers.
+    pub fn lan(&self) -> &lan::Lan {
+        &self.shared.lan
     }
 
     /// A code that logs a browser in as the owner once (`/#login=CODE`).
@@ -209,6 +229,7 @@ impl Host {
     ) -> std::io::Result<()> {
         let token = self.shared.shutdown.clone();
         let app = server::router(self.shared.clone());
+        self.shared.lan.attach(app.clone()).await;
         let stop = token.clone();
         tokio::spawn(async move {
             shutdown.await;

@@ -212,6 +212,12 @@ pub enum ErrorCode {
     JoinDenied,
     /// Too many failed attempts from this address; wait and try again.
     RateLimited,
+    /// The relay cannot reach the paired host (it is off, unreachable, or
+    /// refused this install's token).
+    PeerUnavailable,
+    /// The host at a paired address presented another certificate than the
+    /// one pinned: nothing was sent to it.
+    FingerprintMismatch,
     /// A code this client does not know yet (sent by a newer host). Never
     /// sent by this version; lets clients read codes added later.
     #[serde(other)]
@@ -245,6 +251,8 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::JoinDenied,
         ErrorCode::RateLimited,
+        ErrorCode::PeerUnavailable,
+        ErrorCode::FingerprintMismatch,
     ];
 
     /// The code as it appears on the wire.
@@ -275,6 +283,8 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::JoinDenied => "join_denied",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::PeerUnavailable => "peer_unavailable",
+            ErrorCode::FingerprintMismatch => "fingerprint_mismatch",
             ErrorCode::Unknown => "unknown",
         }
     }
