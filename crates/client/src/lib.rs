@@ -99,6 +99,7 @@ impl Event {
 #[derive(Debug, Clone)]
 pub struct Client {
     url: String,
+    path: String,
     token: Option<String>,
 }
 
@@ -128,8 +129,16 @@ impl Client {
     pub fn new(url: impl Into<String>) -> Client {
         Client {
             url: url.into(),
+            path: WS_PATH.to_owned(),
             token: None,
         }
+    }
+
+    /// Opens VMs at another WebSocket path of the same host: for a paired
+    /// host's VM through this host's relay, `/v1/peers/{peerId}/ws`.
+    pub fn with_path(mut self, path: impl Into<String>) -> Client {
+        self.path = path.into();
+        self
     }
 
     /// Authenticates with `token` (the owner's, from `<data dir>/owner-token`,
@@ -150,7 +159,7 @@ impl Client {
         key: K,
         options: OpenOptions,
     ) -> Result<VmClient, ClientError> {
-        let url = format!("{}{}", self.url.trim_end_matches('/'), WS_PATH);
+        let url = format!("{}{}", self.url.trim_end_matches('/'), self.path);
         let key = key.into().0;
         let shared = Arc::new(Shared {
             listeners: Mutex::new(Vec::new()),

@@ -38,8 +38,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on. The default is loopback only; use 0.0.0.0 to let
-    /// teammates on the LAN connect.
+    /// Address the local listener (this machine's UI and clients) binds: a
+    /// loopback address. Teammates on other machines come in through
+    /// --lan (TLS), never through this one.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], ensemble_protocol::DEFAULT_PORT)))]
     bind: SocketAddr,
     /// Where the event logs and the key registry live
@@ -111,6 +112,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => ensemble_host::store::default_data_dir()
             .context("no data directory known for this user; pass --data-dir")?,
     };
+    if !args.bind.ip().is_loopback() {
+        anyhow::bail!(
+            "--bind {} is not a loopback address: the local listener serves this machine only. \
+             To let teammates in, share on the LAN with --lan (TLS, pinned certificates; \
+             add --lan-insecure-http for browsers on other machines)",
+            args.bind
+        );
+    }
     let mut config = HostConfig::new(&data_dir);
     config.test_actions = args.test_actions;
     config.hook_command = args.hook_command;
@@ -150,13 +159,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
     // The owner opens this in a browser on this machine; the code works once.
-    let mut local = addr;
-    if local.ip().is_unspecified() {
-        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
     let _ = writeln!(
         out,
-        "Owner URL (works once): http://{local}/#login={}",
+        "Owner URL (works once): http://{addr}/#login={}",
         host.login_code()
     );
     let _ = writeln!(
@@ -176,7 +181,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     Ok(s) if s.sharing => {
                         let addrs: Vec<String> =
                             s.addresses.iter().map(|a| a.to_string()).collect();
-                        println!(
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(
+                            out,
                             "Sharing on the LAN (TLS) at {} as {:?}, fingerprint {}",
                             if addrs.is_empty() {
                                 "(no LAN address yet)".to_owned()
@@ -187,17 +194,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                             s.fingerprint
                         );
                         if let Some(http) = s.insecure_http {
-                            println!(
+                            let _ = writeln!(
+                                out,
                                 "WARNING: plain HTTP for browsers at http://{http}/ (unencrypted)"
                             );
                         }
+                        let _ = out.flush();
                         return;
                     }
                     Ok(s) if s.error.is_some() => break,
                     _ => {}
                 }
             }
-            eprintln!("LAN sharing did not start; see the log above");
+            tracing::error!("LAN sharing did not start; see the log above");
         });
     }
     host.serve(listener, ensemble_host::shutdown_signal())

@@ -152,8 +152,12 @@ pub fn allowed_names(bound: SocketAddr, host_name: &str) -> Arc<Vec<String>> {
     Arc::new(names)
 }
 
-/// Addresses teammates can use (non-loopback first).
+/// Addresses teammates can use: the non-loopback ones, or the bound address
+/// itself when it is a loopback one (tests, demos on one machine).
 pub fn reachable(bound: SocketAddr) -> Vec<SocketAddr> {
+    if bound.ip().is_loopback() {
+        return vec![bound];
+    }
     let mut out: Vec<SocketAddr> = ips(bound)
         .into_iter()
         .filter(|ip| !ip.is_loopback())
