@@ -247,6 +247,7 @@ impl Host {
             .with_graceful_shutdown(token.clone().cancelled_owned())
             .await;
         token.cancel();
+        self.shared.lan.stop().await;
         self.shared.registry.close().await;
         served
     }

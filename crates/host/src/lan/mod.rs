@@ -167,6 +167,7 @@ enum Cmd {
         peer_id: String,
         reply: oneshot::Sender<Result<PeerRoute, ErrorBody>>,
     },
+    Stop(oneshot::Sender<()>),
 }
 
 /// `joinPeer`'s arguments.
@@ -265,6 +266,12 @@ impl Lan {
             .unwrap_or_else(|| Err(unavailable()))
     }
 
+    /// Stops sharing (the goodbye packets are sent before this returns) and
+    /// ends the task; the host calls it as it shuts down.
+    pub async fn stop(&self) {
+        let _ = self.ask(Cmd::Stop).await;
+    }
+
     /// Where and how to reach a paired peer.
     pub async fn route(&self, peer_id: String) -> Result<PeerRoute, ErrorBody> {
         self.ask(|reply| Cmd::Route { peer_id, reply })
@@ -302,12 +309,13 @@ const KEEP_JOINS: usize = 16;
 
 impl State {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        loop {
-            let cmd = tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                cmd = rx.recv() => match cmd { Some(cmd) => cmd, None => break },
-            };
+        let mut stopped = None;
+        while let Some(cmd) = rx.recv().await {
             match cmd {
+                Cmd::Stop(reply) => {
+                    stopped = Some(reply);
+                    break;
+                }
                 Cmd::Attach(router) => {
                     self.router = Some(router);
                     if self.config.share {
@@ -341,9 +349,18 @@ impl State {
                 }
             }
         }
-        self.stop_sharing();
+        if let Some(sharing) = self.sharing.take() {
+            sharing.stop.cancel();
+            if let Some(a) = sharing.announced {
+                let _ = tokio::task::spawn_blocking(move || a.withdraw()).await;
+            }
+        }
+        self.nearby = None;
         if let Some(d) = self.discovery.take() {
-            tokio::task::spawn_blocking(move || d.shutdown());
+            let _ = tokio::task::spawn_blocking(move || d.shutdown()).await;
+        }
+        if let Some(reply) = stopped {
+            let _ = reply.send(());
         }
     }
 
