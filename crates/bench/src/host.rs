@@ -35,8 +35,37 @@ pub struct Memory {
     pub threads: u64,
 }
 
+/// Where the shell benches connect, and which process serves them: a host,
+/// or a paired host's VM through another host's relay.
+pub trait Target {
+    fn ws_url(&self) -> String;
+    fn token(&self) -> &str;
+    /// The process whose memory and CPU time are sampled.
+    fn pid(&self) -> u32;
+    fn cpu_secs(&self) -> f64 {
+        cpu_secs(&format!("/proc/{}/stat", self.pid()))
+    }
+}
+
+impl Target for HostProcess {
+    fn ws_url(&self) -> String {
+        HostProcess::ws_url(self)
+    }
+    fn token(&self) -> &str {
+        HostProcess::token(self)
+    }
+    fn pid(&self) -> u32 {
+        HostProcess::pid(self)
+    }
+}
+
 impl HostProcess {
     pub fn start(bin: &Path) -> Result<HostProcess> {
+        HostProcess::start_with(bin, &[])
+    }
+
+    /// Starts the host with `extra` arguments after the usual ones.
+    pub fn start_with(bin: &Path, extra: &[&str]) -> Result<HostProcess> {
         let data_dir = tempfile::Builder::new()
             .prefix("ensemble-bench-")
             .tempdir()
@@ -48,6 +77,7 @@ impl HostProcess {
             .arg("--data-dir")
             .arg(data_dir.path())
             .arg("--test-actions")
+            .args(extra)
             // Info logs would cost the host time per connection; warnings
             // still show up on our stderr.
             .env("RUST_LOG", "warn")
@@ -173,6 +203,14 @@ impl HostProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!("the host did not exit within 10 s of SIGTERM");
+    }
+}
+
+impl HostProcess {
+    /// SIGKILL, as a crash: the host gets no chance to say goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod client;
 mod host;
+mod lan;
 mod reference;
 mod session;
 mod shell;
@@ -42,8 +43,8 @@ const TARGET_DELIVERIES_50: f64 = 1_000_000.0;
 const TARGET_CATCH_UP_SECS: f64 = 2.0;
 
 /// The sections, in the order they run; `--only` picks some.
-const SECTIONS: [&str; 7] = [
-    "fanout", "catchup", "tcp", "shell", "echo", "latejoin", "session",
+const SECTIONS: [&str; 8] = [
+    "fanout", "catchup", "tcp", "shell", "echo", "latejoin", "session", "lan",
 ];
 
 const HELP: &str = "\
@@ -62,6 +63,9 @@ Sections (all by default):
              byte checked; host memory; reference: raw PTY and tmux (anchors.py pty,tmux)
   echo       keystroke echo to 20 observers, p50/p99; reference: anchors.py lat
   latejoin   a fresh connection's snapshot after 1 GiB of shell output
+  lan        two hosts on 127.0.0.1, mDNS on lo: time to appear nearby, Join ->
+             first relayed byte, removal after quit and kill -9; cat to 1 and 10
+             clients and echo p50/p99, relayed against direct
   session    the scripted agent streams 100,000 message chunks to 10 subscribers:
              events/s logged, deliveries/s, order, agent write -> receipt p50/p99
 
@@ -211,6 +215,11 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    let lan_figures = if opts.runs("lan") {
+        Some(runtime.block_on(lan::measure(&opts))?)
+    } else {
+        None
+    };
     drop(runtime);
     // After every host has stopped, so that the two never share the CPUs.
     let tcp = if opts.runs("tcp") {
@@ -248,6 +257,9 @@ fn main() -> Result<()> {
         tcp.as_ref(),
         terminal.as_ref(),
     );
+    if let Some(f) = &lan_figures {
+        lan::summary(f);
+    }
     println!("\n# total {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -300,10 +300,8 @@ async fn follow(
                         entry.fingerprint = host.fingerprint;
                         publish(&hosts);
                     }
-                    ServiceEvent::ServiceRemoved(_, fullname) => {
-                        if hosts.remove(&fullname).is_some() {
-                            publish(&hosts);
-                        }
+                    ServiceEvent::ServiceRemoved(_, fullname) if hosts.remove(&fullname).is_some() => {
+                        publish(&hosts);
                     }
                     _ => {}
                 }
