@@ -397,15 +397,18 @@ async fn open_hello(hello: Hello, state: &mut ReadState, shared: &Arc<Shared>) -
             request_id,
             decision,
         } => {
+            let mut data = json!({
+                "requestId": request_wire_id(request_id),
+                "name": name.as_deref().map(str::trim).filter(|n| !n.is_empty()).unwrap_or("Guest"),
+            });
+            // A request from another host over TLS: what both people compare.
+            if let Some(tls) = &state.tls {
+                data["code"] = json!(tls.code);
+                data["fingerprint"] = json!(tls.fingerprint);
+            }
             let event = NewEvent::Json {
                 name: "joinRequested".to_owned(),
-                data: json!({
-                    "requestId": request_wire_id(request_id),
-                    "name": name.as_deref().map(str::trim).filter(|n| !n.is_empty()).unwrap_or("Guest"),
-                    "code": state.tls.as_ref().map(|t| &t.code),
-                    "fingerprint": state.tls.as_ref().map(|t| &t.fingerprint),
-                })
-                .to_string(),
+                data: data.to_string(),
             };
             if let Err(e) = vm.log().append(vec![event]).await {
                 shared.access.withdraw(request_id).await;
