@@ -279,8 +279,16 @@ async fn hello_with_join(
             msg = stream.next() => match msg {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(_)) => {
-                    let text = error_text(None, ErrorBody::new(
+                Some(Ok(msg)) => {
+                    // An action keeps its id, so a client matching answers
+                    // by id is not left waiting.
+                    let id = match &msg {
+                        Message::Text(t) => serde_json::from_str::<Value>(t.as_str())
+                            .ok()
+                            .and_then(|v| v.get("id").and_then(Value::as_u64)),
+                        _ => None,
+                    };
+                    let text = error_text(id, ErrorBody::new(
                         ErrorCode::NotOpen,
                         "your join request waits for the owner; nothing else can be done until they answer",
                     ));
