@@ -152,8 +152,13 @@ pub fn allowed_names(bound: SocketAddr, host_name: &str) -> Arc<Vec<String>> {
     Arc::new(names)
 }
 
-/// Addresses teammates can use (non-loopback first).
+/// Addresses teammates can use (non-loopback ones, IPv4 first). A listener
+/// bound to a loopback address (tests, demos) reports that address, so the
+/// port it got is still known.
 pub fn reachable(bound: SocketAddr) -> Vec<SocketAddr> {
+    if bound.ip().is_loopback() {
+        return vec![bound];
+    }
     let mut out: Vec<SocketAddr> = ips(bound)
         .into_iter()
         .filter(|ip| !ip.is_loopback())
