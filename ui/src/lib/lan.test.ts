@@ -3,6 +3,7 @@ import {
   joinLink,
   joinStage,
   nearbyAddress,
+  peerWithNames,
   parseJoinTarget,
   relayRefusal,
   shortFingerprint,
@@ -55,6 +56,17 @@ describe("display helpers", () => {
     expect(nearbyAddress({ addresses: ["127.0.0.1", "::1"], port: 46271 })).toBe("127.0.0.1:46271");
     expect(nearbyAddress({ addresses: ["fe80::1"], port: 6421 })).toBe("[fe80::1]:6421");
     expect(nearbyAddress({ addresses: [], port: 6421 })).toBeNull();
+  });
+});
+
+describe("paired hosts", () => {
+  it("are named as they announce themselves when nearby", () => {
+    const peer = { peerId: "hd372", displayName: "Owner", hostName: "127.0.0.1", address: "127.0.0.1:1", fingerprint: FP, role: "collaborator", pairedMs: 0 };
+    const near = { instance: "i", displayName: "Alice", hostName: "alice-laptop", addresses: [], port: 1, fingerprint: FP, protocol: 1, peerId: "hd372" };
+    expect(peerWithNames({ peers: [peer], nearby: [] }, "hd372")?.displayName).toBe("Owner");
+    expect(peerWithNames({ peers: [peer], nearby: [near] }, "hd372")).toMatchObject({ displayName: "Alice", hostName: "alice-laptop" });
+    expect(peerWithNames({ peers: [peer], nearby: [{ ...near, fingerprint: "00" }] }, "hd372")?.displayName).toBe("Owner");
+    expect(peerWithNames({ peers: [], nearby: [] }, "hd372")).toBeUndefined();
   });
 });
 

@@ -153,6 +153,15 @@ function checkAddress(text: string): string {
   return port === null ? host : `${host}:${port}`;
 }
 
+/** A paired host with the names to show: the ones it announces now, when
+ * it is nearby (its owner's chosen name), else the ones stored at pairing. */
+export function peerWithNames(status: Pick<LanStatus, "peers" | "nearby">, peerId: string): Peer | undefined {
+  const peer = status.peers.find((p) => p.peerId === peerId);
+  if (!peer) return undefined;
+  const seen = status.nearby.find((n) => n.fingerprint === peer.fingerprint);
+  return seen ? { ...peer, displayName: seen.displayName || peer.displayName, hostName: seen.hostName || peer.hostName } : peer;
+}
+
 /** A join link for a host at `address` with `fingerprint` (and a join code). */
 export function joinLink(address: string, fingerprint: string, joinCode?: string): string {
   const code = joinCode ? `&code=${encodeURIComponent(joinCode)}` : "";

@@ -4,7 +4,7 @@
 // actions. Owner only: the host answers `forbidden` to anyone else.
 import { errorText } from "./util";
 import type { VmConnection } from "./connection.svelte";
-import type { JoinTarget, LanStatus, Peer } from "./lan";
+import { peerWithNames, type JoinTarget, type LanStatus, type Peer } from "./lan";
 
 const FAST_MS = 1000;
 const SLOW_MS = 5000;
@@ -51,8 +51,15 @@ export class LanStore {
     return this.#browsers > 0;
   }
 
+  /** A paired host, with the names it announces if it is nearby. */
   peer(peerId: string | null): Peer | undefined {
-    return peerId ? this.status?.peers.find((p) => p.peerId === peerId) : undefined;
+    return peerId && this.status ? peerWithNames(this.status, peerId) : undefined;
+  }
+
+  /** Every paired host, named as `peer` names them. */
+  get peers(): Peer[] {
+    const st = this.status;
+    return st ? st.peers.map((p) => peerWithNames(st, p.peerId) ?? p) : [];
   }
 
   async refresh(): Promise<void> {
