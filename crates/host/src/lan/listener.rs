@@ -175,3 +175,16 @@ fn ips(bound: SocketAddr) -> Vec<IpAddr> {
         vec![bound.ip()]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_bind_reports_its_own_address() {
+        let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+        assert_eq!(reachable(bound), vec![bound]);
+        let v6: SocketAddr = "[::1]:6421".parse().unwrap();
+        assert_eq!(reachable(v6), vec![v6]);
+    }
+}
