@@ -7,6 +7,9 @@
 //   bea     host B, not shared; she browses, joins Alice's host and opens
 //           Alice's VM through her own host's relay
 //
+// Alice's host also serves plain HTTP for browsers (--lan-insecure-http): a
+// page reaching it by the machine's name (mapped to 127.0.0.1 inside the
+// browser) warns that nothing is encrypted. Bea switches sharing on and off.
 // Bea's Nearby panel lists Alice's host within 2 s; she joins; the
 // verification code on her page equals the one on Alice's join request
 // card; Alice approves; Bea opens Alice's VM (a banner says whose host it
@@ -22,7 +25,7 @@
 // ENSEMBLE_BIN overrides the binary (default target/debug/ensemble).
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -37,10 +40,11 @@ const STEP_TIMEOUT_MS = 60_000;
 const DISCOVERY_MS = 2000;
 
 /** Starts a host on ephemeral ports; resolves with its HTTP base URL. */
-function startHost(dataDir, name, share, { bind = "127.0.0.1:0", lanBind = "127.0.0.1:0" } = {}) {
+function startHost(dataDir, name, share, { bind = "127.0.0.1:0", lanBind = "127.0.0.1:0", extra = [] } = {}) {
   const args = ["serve", "--bind", bind, "--data-dir", dataDir];
   args.push("--lan-bind", lanBind, "--mdns-interfaces", "lo", "--lan-name", name);
   if (share) args.push("--lan");
+  args.push(...extra);
   const child = spawn(bin, args, { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" } });
   return new Promise((resolvePromise, reject) => {
     const lines = createInterface({ input: child.stdout });
@@ -119,13 +123,15 @@ async function main() {
   };
   const shot = (who, name) => pages[who].screenshot({ path: join(outDir, `lan-${name}-${who}.png`) });
   try {
-    const a = await startHost(dirA, "Alice", true);
+    const a = await startHost(dirA, "Alice", true, { extra: ["--lan-insecure-http"] });
     hosts.push(a.child);
     const b = await startHost(dirB, "Bea", false);
     hosts.push(b.child);
     browser = await chromium.launch({
       executablePath: "/usr/bin/chromium",
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+      // The machine's own name reaches 127.0.0.1 in this browser only: how
+      // a teammate's browser would name Alice's host, without leaving lo.
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", `--host-resolver-rules=MAP ${hostname()} 127.0.0.1`],
     });
     const newPage = async (who) => {
       const context = await browser.newContext({ viewport: { width: 1400, height: 850 } });
@@ -154,10 +160,36 @@ async function main() {
       await shot("alice", "01-sharing");
     });
 
-    await step("bea's page: sharing is off, Nearby lists alice's host within 2 s", async () => {
+    await step("a browser reaching alice's host by name over plain HTTP is warned", async () => {
+      const plain = await alice.locator("[data-insecure-http]").getAttribute("data-insecure-http");
+      const port = /:(\d+)$/.exec(plain)?.[1];
+      if (!port) throw new Error(`plain HTTP address ${plain}`);
+      const carol = await newPage("carol");
+      await carol.goto(`http://${hostname()}:${port}/`);
+      const banner = carol.locator("[data-insecure-banner]");
+      await banner.getByText("Not encrypted.").waitFor();
+      await carol.locator('[data-join-state="form"]').waitFor();
+      await shot("carol", "02-not-encrypted");
+      if ((await alice.locator("[data-insecure-banner]").count()) !== 0) throw new Error("alice's loopback page warns");
+      await carol.context().close();
+      delete pages.carol;
+    });
+
+    await step("bea's page: sharing is off; she switches it on and off again", async () => {
       await bea.goto(`${b.base}/#token=${encodeURIComponent(token(dirB))}`);
       await live(bea);
+      const share = bea.locator(".people .share");
       await bea.locator('.people .share[data-sharing="false"]').waitFor();
+      await share.locator("label.switch").click();
+      await bea.locator('.people .share[data-sharing="true"]').waitFor();
+      const address = await share.locator("[data-lan-address]").first().getAttribute("data-lan-address");
+      if (!/^127\.0\.0\.1:\d+$/.test(address)) throw new Error(`bea's address ${address}`);
+      await shot("bea", "02-sharing-on");
+      await share.locator("label.switch").click();
+      await bea.locator('.people .share[data-sharing="false"]').waitFor();
+    });
+
+    await step("bea opens Nearby: alice's host is listed within 2 s", async () => {
       const opened = Date.now();
       await bea.getByRole("button", { name: "Nearby" }).click();
       const entry = bea.locator(`[data-nearby-host][data-fingerprint="${aliceFp}"]`);
@@ -264,7 +296,7 @@ async function main() {
       await waitFor("the reason on bea's page", async () => ((await bea.locator("header .error").textContent()) ?? "").includes("peer_unavailable"));
       await shot("bea", "08-alice-gone");
       if ((await bea.locator("[data-relay-state]").count()) !== 0) throw new Error("bea's page gave up");
-      const again = await startHost(dirA, "Alice", true, { bind: new URL(a.base).host, lanBind: aliceAddress });
+      const again = await startHost(dirA, "Alice", true, { bind: new URL(a.base).host, lanBind: aliceAddress, extra: ["--lan-insecure-http"] });
       hosts.push(again.child);
       a.child = again.child;
       await live(alice);

@@ -14,6 +14,10 @@ export class LanStore {
   /** The last failed call, in words. */
   error: string | null = $state(null);
   busy = $state(false);
+  /** The join started from this page, and whose host it asks (for the
+   * words), so the Nearby panel shows its progress whenever it is open. */
+  joinId: number | null = $state(null);
+  joinWho: string | null = $state(null);
 
   #browsers = 0;
   #timer: ReturnType<typeof setTimeout> | null = null;
@@ -102,9 +106,11 @@ export class LanStore {
     if (status) this.status = status;
   }
 
-  /** Asks the host at `target` to let this install in; returns the join's
-   * id (its progress is in `status.joins`). */
-  async join(target: JoinTarget, extra: { key?: string[]; hostName?: string }): Promise<number | null> {
+  /** Asks the host at `target` to let this install in; its progress is in
+   * `status.joins` under `joinId`. `who` names its owner, if known. */
+  async join(target: JoinTarget, extra: { key?: string[]; hostName?: string; who?: string }): Promise<number | null> {
+    this.joinId = null;
+    this.joinWho = extra.who ?? null;
     const args: Record<string, unknown> = { address: target.address };
     if (target.fingerprint) args.fingerprint = target.fingerprint;
     if (target.joinCode) args.joinCode = target.joinCode;
@@ -112,8 +118,9 @@ export class LanStore {
     if (extra.hostName) args.hostName = extra.hostName;
     if (this.status?.displayName) args.name = this.status.displayName;
     const r = await this.#act<{ joinId: number }>("joinPeer", args);
+    this.joinId = r?.joinId ?? null;
     void this.refresh();
-    return r?.joinId ?? null;
+    return this.joinId;
   }
 
   async forget(peerId: string): Promise<void> {
