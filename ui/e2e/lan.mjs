@@ -39,7 +39,14 @@ const STEP_TIMEOUT_MS = 60_000;
 /** The user story's promise: a shared host is listed within 2 s. */
 const DISCOVERY_MS = 2000;
 
-/** Starts a host on ephemeral ports; resolves with its HTTP base URL. */
+/**
+ * Starts a host (on ephemeral ports unless told); resolves with its HTTP
+ * base URL.
+ * @param {string} dataDir
+ * @param {string} name
+ * @param {boolean} share
+ * @param {{bind?: string, lanBind?: string, extra?: string[]}} [options]
+ */
 function startHost(dataDir, name, share, { bind = "127.0.0.1:0", lanBind = "127.0.0.1:0", extra = [] } = {}) {
   const args = ["serve", "--bind", bind, "--data-dir", dataDir];
   args.push("--lan-bind", lanBind, "--mdns-interfaces", "lo", "--lan-name", name);
@@ -346,8 +353,9 @@ async function main() {
 
     await step("a forgotten host: the relay refuses, the page says why and stops", async () => {
       await bea.getByRole("button", { name: "Nearby" }).click();
-      bea.once("dialog", (d) => void d.accept());
-      await bea.locator(`[data-lan-panel] [data-peer="${peerId}"]`).getByRole("button", { name: "Forget" }).click();
+      const paired = bea.locator(`[data-lan-panel] [data-peer="${peerId}"]`);
+      await paired.getByRole("button", { name: "Forget", exact: true }).click();
+      await paired.getByRole("button", { name: "Yes, forget" }).click();
       await waitFor("the pairing to go", async () => (await bea.locator(`[data-lan-panel] [data-peer="${peerId}"]`).count()) === 0);
       await bea.getByRole("button", { name: "Close Nearby" }).click();
       await bea.goto(`${b.base}/?peer=${peerId}`);
