@@ -351,6 +351,27 @@ async function main() {
       await waitFor("the panel to close", async () => (await bea.locator("[data-lan-panel]").count()) === 0);
     });
 
+    await step("alice's host comes back with another certificate: a hard stop, said clearly", async () => {
+      await bea.locator("[data-host-banner]").waitFor();
+      await live(bea);
+      const exited = new Promise((r) => a.child.once("exit", r));
+      a.child.kill("SIGTERM");
+      await exited;
+      // A new install identity answers on the same address.
+      for (const f of ["identity-cert.der", "identity-key.der"]) rmSync(join(dirA, f), { force: true });
+      const again = await startHost(dirA, "Alice", true, { bind: new URL(a.base).host, lanBind: aliceAddress, extra: ["--lan-insecure-http"] });
+      hosts.push(again.child);
+      a.child = again.child;
+      const card = bea.locator('[data-relay-state="refused"]');
+      await card.waitFor();
+      await card.getByText("presented a different certificate").waitFor();
+      await new Promise((r) => setTimeout(r, 1500));
+      if ((await card.count()) !== 1) throw new Error("the refusal did not stay");
+      await shot("bea", "11-fingerprint-changed");
+      await card.getByRole("button", { name: "Back to this computer" }).click();
+      await live(bea);
+    });
+
     await step("a forgotten host: the relay refuses, the page says why and stops", async () => {
       await bea.getByRole("button", { name: "Nearby" }).click();
       const paired = bea.locator(`[data-lan-panel] [data-peer="${peerId}"]`);
@@ -366,7 +387,7 @@ async function main() {
       // It stays refused: no reconnect loop.
       await new Promise((r) => setTimeout(r, 1500));
       if ((await card.count()) !== 1) throw new Error("the refusal did not stay");
-      await shot("bea", "11-refused");
+      await shot("bea", "12-refused");
       await card.getByRole("button", { name: "Back to this computer" }).click();
       await live(bea);
     });
