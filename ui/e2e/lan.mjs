@@ -391,6 +391,30 @@ async function main() {
       await card.getByRole("button", { name: "Back to this computer" }).click();
       await live(bea);
     });
+
+    await step("a join link with a join code: bea joins alice's host without approval", async () => {
+      // Alice's page learns her host's new certificate (step above).
+      await waitFor("alice's new fingerprint", async () => {
+        const fp = await alice.locator(".people .share [data-fingerprint]").getAttribute("data-fingerprint");
+        return fp !== aliceFp && /^[0-9a-f]{64}$/.test(fp ?? "") ? fp : null;
+      });
+      const newFp = await alice.locator(".people .share [data-fingerprint]").getAttribute("data-fingerprint");
+      await alice.getByLabel("Role for the join code").selectOption("collaborator");
+      await alice.getByRole("button", { name: "Create join code" }).click();
+      const link = await alice.getByLabel("Ensemble join link").inputValue();
+      if (!link.startsWith(`ensemble://${aliceAddress}/#fp=${newFp}&code=`)) throw new Error(`link ${link}`);
+      await shot("alice", "13-join-link");
+      await bea.getByRole("button", { name: "Nearby" }).click();
+      await bea.getByLabel("Address or join link").fill(link);
+      await bea.locator("[data-lan-panel] form").getByRole("button", { name: "Join" }).click();
+      await bea.locator('[data-join-stage="approved"]').waitFor();
+      await shot("bea", "13-joined-with-link");
+      await bea.locator("[data-lan-panel]").getByRole("button", { name: /^Open .*VM$/ }).click();
+      await bea.locator("[data-host-banner]").waitFor();
+      await live(bea);
+      await bea.locator(`.people li[data-role="collaborator"][data-connected="true"]`).getByText("(you)").waitFor();
+      if ((await alice.locator("[data-join-request]").count()) !== 0) throw new Error("a join code still asked alice");
+    });
   } finally {
     await browser?.close();
     for (const c of hosts) c.kill("SIGTERM");
