@@ -42,10 +42,13 @@ lint: setup
 unit: setup
 	$(CARGO) test --workspace --all-targets
 
-# Two Chromium pages against the real host (ui/e2e/multiplayer.mjs).
+# Chromium pages against real hosts: three participants of one VM
+# (ui/e2e/multiplayer.mjs), and a teammate joining over the LAN through her
+# own host's relay (ui/e2e/lan.mjs: two hosts, mDNS on lo only).
 browser: ui
 	$(CARGO) build -p ensemble -p ensemble-scripted-agent
 	cd ui && node e2e/multiplayer.mjs
+	cd ui && node e2e/lan.mjs
 
 # The UI is checked and built first: the host embeds the build.
 test: ui-check ui lint unit browser

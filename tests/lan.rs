@@ -144,6 +144,7 @@ async fn a_teammate_finds_joins_and_follows_a_shared_vm_through_the_relay() {
         .cloned()
         .unwrap();
     assert_eq!(peer["fingerprint"], a_fp);
+    assert_eq!(peer["displayName"], "Alice", "the announced name is kept");
     assert_eq!(peer["role"], "collaborator");
     assert!(peer.get("token").is_none(), "getLan shows no token");
     let stored = std::fs::read_to_string(db.path().join("peers.json")).unwrap();
