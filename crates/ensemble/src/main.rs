@@ -12,7 +12,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ensemble_host::{Host, HostConfig};
 
+mod attach;
+mod events;
 mod lan_cli;
+mod people;
+mod remote;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +38,19 @@ enum Command {
     /// Ask a host on the LAN to let this install in; prints the code to
     /// compare with its owner and waits for their answer.
     Join(lan_cli::JoinArgs),
+    /// Attach this terminal to a shared shell (Ctrl-] d detaches).
+    Attach(attach::AttachArgs),
+    /// Print a VM's events as JSON Lines (--follow for live ones).
+    Events(events::EventsArgs),
+    /// Who is in a VM, with roles and presence, and who drives.
+    Who(people::WhoArgs),
+    /// Create a join code for a teammate (owner only).
+    Invite(people::InviteArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, ...).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -103,6 +120,18 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Nearby(args) => runtime.block_on(lan_cli::nearby(args)),
         Command::Join(args) => runtime.block_on(lan_cli::join(args)),
+        Command::Attach(args) => runtime.block_on(attach::run(args)),
+        Command::Events(args) => runtime.block_on(events::run(args)),
+        Command::Who(args) => runtime.block_on(people::who(args)),
+        Command::Invite(args) => runtime.block_on(people::invite(args)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ensemble", &mut script);
+            // A reader that stops early (`| head`) is not an error.
+            let _ = std::io::stdout().write_all(&script);
+            Ok(())
+        }
     }
 }
 
