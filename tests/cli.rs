@@ -13,7 +13,7 @@ use common::*;
 use portable_pty::{CommandBuilder, PtySize};
 use serde_json::{json, Value};
 
-/// `ensemble ARGS` in a PTY of 100x30; its output arrives on a channel.
+/// A program in a PTY of 100x30; its output arrives on a channel.
 struct Attached {
     child: Box<dyn portable_pty::Child + Send + Sync>,
     writer: Box<dyn Write + Send>,
@@ -22,7 +22,12 @@ struct Attached {
 }
 
 impl Attached {
+    /// `ensemble ARGS`.
     fn start(args: &[&str]) -> Attached {
+        Attached::spawn(BIN, args)
+    }
+
+    fn spawn(program: &str, args: &[&str]) -> Attached {
         let pty = portable_pty::native_pty_system()
             .openpty(PtySize {
                 rows: 30,
@@ -31,7 +36,7 @@ impl Attached {
                 pixel_height: 0,
             })
             .expect("a PTY");
-        let mut cmd = CommandBuilder::new(BIN);
+        let mut cmd = CommandBuilder::new(program);
         cmd.args(args);
         cmd.env("RUST_LOG", "warn");
         let child = pty.slave.spawn_command(cmd).expect("start ensemble attach");
@@ -251,4 +256,92 @@ async fn events_prints_the_log_as_gap_free_json_lines_and_who_and_invite_work() 
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Cy"));
     assert!(joined_dir.path().join("client-tokens.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_json_lines_and_an_asciicast_that_asciinema_plays() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let owner = open(&host, json!("rec"), None).await;
+    drive(&owner).await;
+    let shell = owner
+        .call(
+            "openShell",
+            json!([{"command": "/bin/sh", "cols": 91, "rows": 27}]),
+        )
+        .await
+        .unwrap()["shellId"]
+        .as_u64()
+        .unwrap();
+    let mut events = owner.on("shellData");
+    owner
+        .call("writeShell", json!([shell, "echo rec-$((40+2)) é\n"]))
+        .await
+        .unwrap();
+    owner
+        .call("resizeShell", json!([shell, 100, 30]))
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("rec-42") {
+        if let Some(ensemble_client::Event::Bytes { payload, .. }) =
+            tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .unwrap()
+        {
+            seen.push_str(&String::from_utf8_lossy(&payload));
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let export = |args: &[&str]| {
+        let status = std::process::Command::new(BIN)
+            .arg("export")
+            .args(args)
+            .args(["--url", &host.url(), "--key", "rec", "--data-dir"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "export {args:?}");
+    };
+    let cast = out.path().join("shell.cast");
+    let jsonl = out.path().join("log.jsonl");
+    export(&[
+        "--asciicast",
+        "--shell",
+        &shell.to_string(),
+        "-o",
+        cast.to_str().unwrap(),
+    ]);
+    export(&["--jsonl", "-o", jsonl.to_str().unwrap()]);
+
+    let text = std::fs::read_to_string(&cast).unwrap();
+    let header: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (
+            header["version"].as_u64(),
+            header["width"].as_u64(),
+            header["height"].as_u64()
+        ),
+        (Some(2), Some(91), Some(27))
+    );
+    assert!(text.contains("\"r\",\"100x30\""), "no resize event: {text}");
+    // The real asciinema (it wants a terminal) reads it and prints what
+    // the shell showed.
+    tokio::task::block_in_place(|| {
+        let mut played = Attached::spawn("asciinema", &["cat", cast.to_str().unwrap()]);
+        played.expect("rec-42 é");
+        assert_eq!(played.wait(), 0, "asciinema cat failed");
+    });
+
+    let log = std::fs::read_to_string(&jsonl).unwrap();
+    let seqs: Vec<u64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs.first(), Some(&1));
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
 }

@@ -14,6 +14,7 @@ use ensemble_host::{Host, HostConfig};
 
 mod attach;
 mod events;
+mod export;
 mod lan_cli;
 mod people;
 mod remote;
@@ -42,6 +43,8 @@ enum Command {
     Attach(attach::AttachArgs),
     /// Print a VM's events as JSON Lines (--follow for live ones).
     Events(events::EventsArgs),
+    /// Export a VM's log as JSON Lines, or a shell as an asciicast recording.
+    Export(export::ExportArgs),
     /// Who is in a VM, with roles and presence, and who drives.
     Who(people::WhoArgs),
     /// Create a join code for a teammate (owner only).
@@ -122,6 +125,7 @@ fn main() -> anyhow::Result<()> {
         Command::Join(args) => runtime.block_on(lan_cli::join(args)),
         Command::Attach(args) => runtime.block_on(attach::run(args)),
         Command::Events(args) => runtime.block_on(events::run(args)),
+        Command::Export(args) => runtime.block_on(export::run(args)),
         Command::Who(args) => runtime.block_on(people::who(args)),
         Command::Invite(args) => runtime.block_on(people::invite(args)),
         Command::Completions { shell } => {
