@@ -345,3 +345,46 @@ async fn export_writes_json_lines_and_an_asciicast_that_asciinema_plays() {
     assert_eq!(seqs.first(), Some(&1));
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_streams_the_agents_answer_and_says_who_drives_when_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let prompt = |args: &[&str], token: Option<&str>| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("prompt")
+            .args(["--url", &host.url(), "--key", "ask", "--data-dir"])
+            .arg(dir.path());
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        cmd.args(args).output().unwrap()
+    };
+    let out = prompt(&["--agent", "scripted", "say hello from the agent"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from the agent"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("end_turn"));
+    // The same session again, handing the turn to the agent.
+    let out = prompt(&["--hand-off", "turn"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "turn 2");
+    // Someone else drives: a collaborator is told who.
+    let owner = open(&host, json!("ask"), None).await;
+    drive(&owner).await;
+    let token = member_token(&host, &owner, json!("ask"), "collaborator", "Bea").await;
+    let out = prompt(&["turn"], Some(&token));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(" drives ("), "{err}");
+}

@@ -17,6 +17,7 @@ mod events;
 mod export;
 mod lan_cli;
 mod people;
+mod prompt;
 mod remote;
 
 #[derive(Parser)]
@@ -45,6 +46,8 @@ enum Command {
     Events(events::EventsArgs),
     /// Export a VM's log as JSON Lines, or a shell as an asciicast recording.
     Export(export::ExportArgs),
+    /// Send a prompt to the VM's agent and print its answer as it comes.
+    Prompt(prompt::PromptArgs),
     /// Who is in a VM, with roles and presence, and who drives.
     Who(people::WhoArgs),
     /// Create a join code for a teammate (owner only).
@@ -126,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         Command::Attach(args) => runtime.block_on(attach::run(args)),
         Command::Events(args) => runtime.block_on(events::run(args)),
         Command::Export(args) => runtime.block_on(export::run(args)),
+        Command::Prompt(args) => runtime.block_on(prompt::run(args)),
         Command::Who(args) => runtime.block_on(people::who(args)),
         Command::Invite(args) => runtime.block_on(people::invite(args)),
         Command::Completions { shell } => {
