@@ -11,9 +11,15 @@ setup:
 	@./scripts/setup.sh
 
 # The web UI (ui/dist), which the host embeds: built before any cargo build
-# that should serve it.
-ui: setup
+# that should serve it, and only when its sources changed (a rebuild
+# rewrites ui/dist, which makes cargo rebuild the host).
+UI_SOURCES := $(shell find ui/src ui/index.html ui/package-lock.json ui/vite.config.ts ui/svelte.config.js ui/tsconfig.json -type f 2>/dev/null)
+
+ui: setup ui/dist/index.html
+
+ui/dist/index.html: $(UI_SOURCES)
 	cd ui && npm run build
+	@touch $@
 
 # svelte-check + tsc, then the Vitest unit tests.
 ui-check: setup
