@@ -226,8 +226,8 @@ async function main() {
     await step("the transcript sticks to the bottom during a stream; scrolled up, a pill jumps to the latest", async () => {
       const scroller = owner.locator(".session .scroll");
       await owner.evaluate(() => {
-        const el = document.querySelector(".session .scroll");
-        const w = window;
+        const el = /** @type {HTMLElement} */ (document.querySelector(".session .scroll"));
+        const w = /** @type {any} */ (window);
         w.__gaps = [];
         w.__heights = [];
         w.__sampler = setInterval(() => {
@@ -241,8 +241,10 @@ async function main() {
       await owner.locator('.turn-end[data-turn="3"]').waitFor();
       await new Promise((r) => setTimeout(r, 300));
       const { gaps, heights, client } = await owner.evaluate(() => {
-        clearInterval(window.__sampler);
-        return { gaps: window.__gaps, heights: window.__heights, client: document.querySelector(".session .scroll").clientHeight };
+        const w = /** @type {any} */ (window);
+        clearInterval(w.__sampler);
+        const el = /** @type {HTMLElement} */ (document.querySelector(".session .scroll"));
+        return { gaps: /** @type {number[]} */ (w.__gaps), heights: /** @type {number[]} */ (w.__heights), client: el.clientHeight };
       });
       const grew = Math.max(...heights) - Math.min(...heights);
       if (grew < client) throw new Error(`the transcript grew by only ${grew}px`);

@@ -14,6 +14,8 @@ export interface Toast {
   actions: ToastAction[];
   /** Still waiting for this person (stays, counts in the title). */
   waiting?: () => boolean;
+  /** A newer toast with the same key replaces it (one "turn ended" per session). */
+  key?: string;
 }
 
 const LIFETIME_MS = 6000;
@@ -24,7 +26,8 @@ export class Toasts {
 
   push(t: Omit<Toast, "id">): number {
     const id = this.#next++;
-    this.list = [...this.list.slice(-4), { ...t, id }];
+    const others = t.key ? this.list.filter((x) => x.key !== t.key) : this.list;
+    this.list = [...others.slice(-3), { ...t, id }];
     if (!t.waiting) setTimeout(() => this.dismiss(id), LIFETIME_MS);
     return id;
   }
