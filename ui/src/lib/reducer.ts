@@ -107,6 +107,8 @@ export interface SessionState {
   turn: number | null;
   /** What the first prompt said: with the agent's name, the session's name. */
   title: string | null;
+  /** The agent supports `session/load`: an ended session can be resumed. */
+  canResume: boolean;
 }
 
 export interface State {
@@ -298,6 +300,7 @@ export function applyEvent(s: State, ev: LogEvent): State {
           ended: null,
           turn: null,
           title: null,
+          canResume: obj(d.capabilities).loadSession === true,
         },
       };
       return next;
