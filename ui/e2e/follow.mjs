@@ -135,8 +135,14 @@ async function main() {
       await bea.getByRole("button", { name: "Join", exact: true }).click();
       await live(bea);
       await owner.getByRole("status").filter({ hasText: "Bea joined" }).waitFor();
-      await owner.getByRole("button", { name: "Take control" }).click();
+      // The first screen says what to do and offers the button.
+      await owner.locator(".first-run").getByText("take control first").waitFor();
+      await shot("owner", "00-first-run");
+      await owner.locator(".first-run").getByRole("button", { name: "Start driving" }).click();
       await owner.locator(".control").getByText("you are driving").waitFor();
+      await owner.locator(".first-run").getByRole("button", { name: "Start a scripted session" }).waitFor();
+      // Bea sees who drives in the participant list.
+      await bea.locator('.people li[data-participant="Owner"] [data-driving]').waitFor();
     });
 
     await step("a control request: toast with Grant/Deny, a count in the title, the denial reaches Bea", async () => {
@@ -308,6 +314,10 @@ async function main() {
       await waitFor("the replayed transcript", async () => (await owner.locator(".history .transcript").innerText()) === want).catch(async (e) => {
         throw new Error(`${e.message}\nlive:\n${want}\nreplay:\n${await owner.locator(".history .transcript").innerText()}`);
       });
+      const prompts = await owner.locator('.history [data-mark="prompt"]').count();
+      const turns = await owner.locator('.history [data-mark="turn"]').count();
+      if (prompts !== 5 || turns !== 5) throw new Error(`timeline markers: ${prompts} prompts, ${turns} turn ends`);
+      await owner.locator('.history [data-mark="shell"]').waitFor();
       await shot("owner", "07-history");
     });
 
