@@ -189,6 +189,8 @@ async function main() {
       // Bea does not drive: her terminal is read-only and Tab moves on.
       await tab(bea, /Shell 1/);
       await bea.locator(".shell .readonly").waitFor();
+      // Who types there is on the terminal.
+      await bea.locator('.shell [data-typist="Owner"]').waitFor();
       await bea.locator(".shell .xterm").click();
       if ((await focusIn(bea)) !== "xterm") throw new Error(`bea's click did not focus the terminal: ${await focusIn(bea)}`);
       await bea.keyboard.press("Tab");
@@ -318,6 +320,11 @@ async function main() {
       const turns = await owner.locator('.history [data-mark="turn"]').count();
       if (prompts !== 5 || turns !== 5) throw new Error(`timeline markers: ${prompts} prompts, ${turns} turn ends`);
       await owner.locator('.history [data-mark="shell"]').waitFor();
+      // The replayed screen fits its pane.
+      await waitFor("the replayed screen to fit", async () => {
+        const [screenBox, paneBox] = [await owner.locator(".history .screen").boundingBox(), await owner.locator(".history .screen-wrap").boundingBox()];
+        return !!screenBox && !!paneBox && screenBox.width <= paneBox.width + 1 && screenBox.height <= paneBox.height + 1;
+      });
       await shot("owner", "07-history");
     });
 
