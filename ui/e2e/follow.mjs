@@ -328,6 +328,22 @@ async function main() {
       await shot("owner", "07-history");
     });
 
+    await step("an ended session offers Resume; the turns go on", async () => {
+      await tab(owner, "Session");
+      const prompt = owner.getByLabel("Prompt", { exact: true });
+      await prompt.fill("crash");
+      await prompt.press("Enter");
+      await owner.locator('.turn-end[data-turn="6"][data-stop-reason="error"]').waitFor();
+      const resume = owner.getByRole("button", { name: "Resume" });
+      await resume.click();
+      await resume.waitFor({ state: "detached" });
+      await waitFor("the prompt box to be free", async () => !(await prompt.isDisabled()));
+      await prompt.fill("say resumed");
+      await prompt.press("Enter");
+      await owner.locator('.turn-end[data-turn="7"][data-stop-reason="end_turn"]').waitFor();
+      await shot("owner", "09-resumed");
+    });
+
     await step("an exited shell's tab can be closed; at 800 px the participants fold away", async () => {
       await tab(owner, /Shell 1/);
       await owner.locator(".shell .xterm").click();

@@ -172,6 +172,23 @@ describe("reducer", () => {
     expect(applyEvent(s, live(3))).toBe(before);
   });
 
+  it("closes a turn the session's end cut off, and a resume opens it again", () => {
+    let s = foldLive();
+    const at = (seq: number, name: string, data: unknown) =>
+      fromEventFrame(JSON.parse(JSON.stringify({ type: "event", seq, ts: 1_700_000_000_000 + seq, name, data })));
+    s = applyEvent(s, at(HEAD + 1, "sessionEnded", { sessionId: "s1", reason: "agent exited", exitCode: 3 }));
+    let ss = s.sessions.s1!;
+    expect(ss.ended).toEqual({ reason: "agent exited", exitCode: 3 });
+    expect(ss.turn).toBeNull();
+    expect(ss.items[ss.items.length - 1]).toMatchObject({ type: "turnEnd", turn: 2, stopReason: null, error: "the session ended (agent exited)" });
+    s = applyEvent(s, at(HEAD + 2, "sessionResumed", { sessionId: "s1", agentType: "scripted", agentSessionId: "x" }));
+    s = applyEvent(s, at(HEAD + 3, "prompt", { sessionId: "s1", turn: 3, participantId: "p1", name: "alice", color: "#e06c75", text: "again", shellContext: false, handed: false }));
+    ss = s.sessions.s1!;
+    expect(ss.ended).toBeNull();
+    expect(ss.turn).toBe(3);
+    expect(ss.title).toBe("list the files");
+  });
+
   it("starts afresh for another VM", () => {
     const s = applyWelcome(foldLive(), { ...welcome(0), vm: { id: 2, key: ["other"] } });
     expect(s.lastSeq).toBe(0);

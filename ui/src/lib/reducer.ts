@@ -344,6 +344,11 @@ export function applyEvent(s: State, ev: LogEvent): State {
     case "sessionEnded":
       return patchSession(next, str(d.sessionId), (ss) => ({
         ...ss,
+        // A turn the agent's exit cut off still gets its boundary.
+        items:
+          ss.turn === null
+            ? ss.items
+            : [...ss.items, { type: "turnEnd", seq: ev.seq, turn: ss.turn, stopReason: null, error: `the session ended (${str(d.reason, "ended")})` }],
         permissions: {},
         turn: null,
         ended: { reason: str(d.reason, "ended"), exitCode: numOrNull(d.exitCode) },
