@@ -344,7 +344,7 @@ async function main() {
       await shot("owner", "09-resumed");
     });
 
-    await step("an exited shell's tab can be closed; at 800 px the participants fold away", async () => {
+    await step("an exited shell's tab can be closed; at 800 px the participants fold away and many tabs stay on one line", async () => {
       await tab(owner, /Shell 1/);
       await owner.locator(".shell .xterm").click();
       await owner.keyboard.type("exit\n");
@@ -359,6 +359,19 @@ async function main() {
       await shot("bea", "08-narrow-people");
       await bea.getByRole("button", { name: /^People/ }).click();
       await shot("bea", "08-narrow");
+      // Many shells at 800 px: one line of tabs, and a menu of them all.
+      await owner.setViewportSize({ width: 800, height: 700 });
+      for (let i = 0; i < 9; i++) {
+        const before = await owner.locator(".shell-tab").count();
+        await owner.getByRole("button", { name: "+ Shell" }).click();
+        await waitFor("another shell tab", async () => (await owner.locator(".shell-tab").count()) === before + 1);
+      }
+      const bar = await owner.locator(".tabs").boundingBox();
+      if (!bar || bar.height > 48) throw new Error(`the tab bar wrapped: ${JSON.stringify(bar)}`);
+      const menu = owner.getByLabel("All tabs");
+      await menu.selectOption("session");
+      await owner.locator(".session .bar").waitFor();
+      await shot("owner", "10-many-tabs");
     });
   } finally {
     await browser.close();
