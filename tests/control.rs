@@ -379,6 +379,31 @@ async fn hand_to_agent_take_over_and_hand_back_with_what_was_done() {
         .await
         .unwrap();
     assert_eq!(r["text"], "plain");
+    // The log says who handed what, and whether the context went with it:
+    // the person's text, not the context.
+    let page = p
+        .collaborator
+        .call("getEvents", json!([{"since": 0, "names": ["prompt"]}]))
+        .await
+        .unwrap();
+    let prompts: Vec<&Value> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["data"])
+        .collect();
+    let handed: Vec<(&Value, &Value, &Value)> = prompts
+        .iter()
+        .filter(|d| d["handed"] == true)
+        .map(|d| (&d["text"], &d["shellContext"], &d["name"]))
+        .collect();
+    assert_eq!(
+        handed[handed.len() - 2..],
+        [
+            (&json!("say ok"), &json!(true), &json!("Cleo")),
+            (&json!("say plain"), &json!(false), &json!("Cleo")),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

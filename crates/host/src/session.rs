@@ -73,10 +73,26 @@ pub struct TurnResult {
     pub text: String,
 }
 
+/// Who sent a prompt and how, for the `prompt` event.
+#[derive(Debug, Clone)]
+pub struct PromptOrigin {
+    /// The author's participant id (`p1`), name and colour as of the prompt.
+    pub participant_id: String,
+    pub name: String,
+    pub color: String,
+    /// What the person wrote; the agent may get more (the shell context).
+    pub text: String,
+    /// The shell context was put before the person's text.
+    pub shell_context: bool,
+    /// Sent with `handToAgent` (the agent holds control for the turn).
+    pub handed: bool,
+}
+
 /// What a session's task is asked to do.
 pub enum SessionCommand {
     Prompt {
         text: String,
+        origin: PromptOrigin,
         reply: oneshot::Sender<Result<TurnResult, VmError>>,
     },
     Cancel,
@@ -207,12 +223,20 @@ impl Sessions {
 impl SessionCommand {
     pub fn prompt(
         text: String,
+        origin: PromptOrigin,
     ) -> (
         SessionCommand,
         oneshot::Receiver<Result<TurnResult, VmError>>,
     ) {
         let (reply, rx) = oneshot::channel();
-        (SessionCommand::Prompt { text, reply }, rx)
+        (
+            SessionCommand::Prompt {
+                text,
+                origin,
+                reply,
+            },
+            rx,
+        )
     }
 
     pub fn set_mode(mode: String) -> (SessionCommand, oneshot::Receiver<Result<(), VmError>>) {
@@ -285,6 +309,11 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
     let (commands_tx, commands_rx) = mpsc::channel(SESSION_QUEUE);
     let (ready_tx, ready_rx) = oneshot::channel();
     let turn_text: Arc<Mutex<String>> = Arc::default();
+    // A resumed session numbers its turns on from the ones it logged.
+    let turns = match &load {
+        Some(_) => logged_turns(&log, &session_id).await,
+        None => 0,
+    };
     let task = SessionTask {
         session_id: session_id.clone(),
         log: log.clone(),
@@ -292,6 +321,7 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         pending: pending.clone(),
         info: info.clone(),
         turn_text,
+        turns,
         vm,
         terminals: Arc::default(),
         loading: Arc::default(),
@@ -340,12 +370,29 @@ struct SessionTask {
     info: Arc<Mutex<SessionInfo>>,
     /// The agent's message text of the current turn.
     turn_text: Arc<Mutex<String>>,
+    /// Turns started before this task (a resumed session's).
+    turns: u64,
     vm: WeakVm,
     /// The agent's terminals: VM processes everyone can watch.
     terminals: Arc<Mutex<HashMap<String, Terminal>>>,
     /// True while `session/load` runs: the transcript the agent replays is
     /// already in the log, so its updates are not logged again.
     loading: Arc<AtomicBool>,
+}
+
+/// How many `prompt` events the log holds for `session_id`.
+async fn logged_turns(log: &Log, session_id: &str) -> u64 {
+    let id = session_id.to_owned();
+    log.read(move |conn| {
+        conn.query_row(
+            "SELECT count(*) FROM events WHERE name = 'prompt'
+             AND json_extract(CAST(body AS TEXT), '$.data.sessionId') = ?1",
+            [id],
+            |r| r.get::<_, u64>(0),
+        )
+    })
+    .await
+    .unwrap_or(0)
 }
 
 /// How the task opens its session: `session/new` in `cwd`, or `session/load`
@@ -695,6 +742,7 @@ impl SessionTask {
         commands: &mut mpsc::Receiver<SessionCommand>,
     ) -> Result<(), Error> {
         let mut turn: Option<oneshot::Sender<Result<TurnResult, VmError>>> = None;
+        let mut turns = self.turns;
         let (done_tx, mut done_rx) = mpsc::channel(1);
         loop {
             tokio::select! {
@@ -716,11 +764,18 @@ impl SessionTask {
                         self.cancel_pending();
                         cx.send_notification(CancelNotification::new(agent_session.clone()))?;
                     }
-                    Some(SessionCommand::Prompt { text, reply }) => {
+                    Some(SessionCommand::Prompt { text, origin, reply }) => {
                         if turn.is_some() {
                             let _ = reply.send(Err(VmError::Busy(self.session_id.clone())));
                             continue;
                         }
+                        turns += 1;
+                        self.log_json("prompt", json!({
+                            "sessionId": self.session_id, "turn": turns,
+                            "participantId": origin.participant_id, "name": origin.name,
+                            "color": origin.color, "text": origin.text,
+                            "shellContext": origin.shell_context, "handed": origin.handed,
+                        })).await;
                         if let Ok(mut t) = self.turn_text.lock() {
                             t.clear();
                         }
@@ -746,6 +801,14 @@ impl SessionTask {
                     if let Err(e) = self.log.append(Vec::new()).await {
                         tracing::error!(session = %self.session_id, error = %e, "the turn's events were not logged");
                     }
+                    let (stop_reason, error) = match &finished {
+                        Ok(r) => (serde_json::to_value(r.stop_reason).unwrap_or(Value::Null), None),
+                        Err(e) => (Value::Null, Some(e.to_string())),
+                    };
+                    self.log_json("turnEnded", json!({
+                        "sessionId": self.session_id, "turn": turns,
+                        "stopReason": stop_reason, "error": error,
+                    })).await;
                     self.set_state("ready");
                     let text = self.turn_text.lock().map(|t| t.clone()).unwrap_or_default();
                     let result = finished

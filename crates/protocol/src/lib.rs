@@ -153,6 +153,8 @@ pub const EVENTS: &[&str] = &[
     "sessionCreated",
     "sessionResumed",
     "sessionEvent",
+    "prompt",
+    "turnEnded",
     "permissionRequest",
     "permissionTimeout",
     "sessionEnded",

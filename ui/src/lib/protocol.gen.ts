@@ -110,6 +110,8 @@ export const EVENTS = [
   "sessionCreated",
   "sessionResumed",
   "sessionEvent",
+  "prompt",
+  "turnEnded",
   "permissionRequest",
   "permissionTimeout",
   "sessionEnded",

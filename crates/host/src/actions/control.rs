@@ -119,14 +119,23 @@ pub async fn hand_to_agent(ctx: &ActionContext<'_>, args: Args) -> Result<String
     let since = control
         .hand_to_agent(ctx.me.clone(), session_id.clone())
         .await?;
-    let text = match since.filter(|_| opts.shell_context) {
-        Some(since) => match shell_context(ctx, since).await {
-            Some(context) => format!("{context}\n\n{prompt}"),
-            None => prompt,
-        },
+    let context = match since.filter(|_| opts.shell_context) {
+        Some(since) => shell_context(ctx, since).await,
+        None => None,
+    };
+    let origin = crate::session::PromptOrigin {
+        participant_id: ctx.me.wire_id(),
+        name: ctx.me.name.clone(),
+        color: ctx.me.color.clone(),
+        text: prompt.clone(),
+        shell_context: context.is_some(),
+        handed: true,
+    };
+    let text = match context {
+        Some(context) => format!("{context}\n\n{prompt}"),
         None => prompt,
     };
-    let (command, reply) = SessionCommand::prompt(text);
+    let (command, reply) = SessionCommand::prompt(text, origin);
     let result = match commands.send(command).await {
         Ok(()) => reply.await.map_err(|_| {
             ErrorBody::new(
