@@ -379,9 +379,25 @@ async fn open_hello(hello: Hello, state: &mut ReadState, shared: &Arc<Shared>) -
             ))
         }
     };
+    // Whether the VM exists decides what a member may do: only the owner
+    // creates VMs, and a join request is made in an existing one.
+    let exists = match shared.registry.lookup(key.clone()).await {
+        Ok(id) => id.is_some(),
+        Err(e) => return Opened::Reply(error_text(None, e.to_body())),
+    };
+    let target = crate::access::Target {
+        key: key.canonical(),
+        exists,
+    };
     let admission = match shared
         .access
-        .admit(credential, name.clone(), state.peer, state.tls.clone())
+        .admit(
+            credential,
+            name.clone(),
+            state.peer,
+            state.tls.clone(),
+            Some(target),
+        )
         .await
     {
         Ok(a) => a,
@@ -623,6 +639,7 @@ async fn handle(
                     conn_id,
                     me,
                     access: &shared.access,
+                    registry: &shared.registry,
                     lan: &shared.lan,
                     agents: &shared.agents,
                     agent_init_timeout: shared.agent_init_timeout,

@@ -30,6 +30,15 @@ enum Msg {
         key: Key,
         reply: oneshot::Sender<Result<Vm, HostError>>,
     },
+    /// The id of `key`'s VM if the host has one (opened or not).
+    Lookup {
+        key: Key,
+        reply: oneshot::Sender<Result<Option<u64>, HostError>>,
+    },
+    /// Every VM the host has, by id.
+    List {
+        reply: oneshot::Sender<Result<Vec<(u64, Key)>, HostError>>,
+    },
     /// Drops every VM and answers once each log writer has exited.
     Close { reply: oneshot::Sender<()> },
 }
@@ -64,6 +73,26 @@ impl Registry {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Open { key, reply })
+            .await
+            .map_err(|_| HostError::ShuttingDown)?;
+        rx.await.map_err(|_| HostError::ShuttingDown)?
+    }
+
+    /// The id of `key`'s VM, if the host has one; creates nothing.
+    pub async fn lookup(&self, key: Key) -> Result<Option<u64>, HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Lookup { key, reply })
+            .await
+            .map_err(|_| HostError::ShuttingDown)?;
+        rx.await.map_err(|_| HostError::ShuttingDown)?
+    }
+
+    /// Every VM the host has (opened or not), by id.
+    pub async fn list(&self) -> Result<Vec<(u64, Key)>, HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::List { reply })
             .await
             .map_err(|_| HostError::ShuttingDown)?;
         rx.await.map_err(|_| HostError::ShuttingDown)?
@@ -142,6 +171,32 @@ async fn run(
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(result);
+            }
+            Msg::Lookup { key, reply } => {
+                if let Some(vm) = vms.get(&key) {
+                    let _ = reply.send(Ok(Some(vm.info().id)));
+                    continue;
+                }
+                // Answered off the actor's task: a slow disk delays only
+                // this caller's reply, never other opens.
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let found = store
+                        .lock()
+                        .map_err(|_| HostError::ShuttingDown)
+                        .and_then(|s| s.vm_id(&key).map_err(HostError::from));
+                    let _ = reply.send(found);
+                });
+            }
+            Msg::List { reply } => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let all = store
+                        .lock()
+                        .map_err(|_| HostError::ShuttingDown)
+                        .and_then(|s| s.all_vms().map_err(HostError::from));
+                    let _ = reply.send(all);
+                });
             }
             Msg::Close { reply } => {
                 vms.clear();

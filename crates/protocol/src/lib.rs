@@ -86,6 +86,7 @@ pub const ACTIONS: &[&str] = &[
     "handToAgent",
     "listParticipants",
     "updateParticipant",
+    "listVms",
     "setRole",
     "removeParticipant",
     "listJoinRequests",

@@ -46,6 +46,7 @@ export const ACTIONS = [
   "handToAgent",
   "listParticipants",
   "updateParticipant",
+  "listVms",
   "setRole",
   "removeParticipant",
   "listJoinRequests",

@@ -36,6 +36,8 @@ pub struct ActionContext<'a> {
     /// The caller, as of this action.
     pub me: crate::access::Member,
     pub access: &'a crate::access::Access,
+    /// The host's VMs (`listVms`).
+    pub registry: &'a crate::registry::Registry,
     /// LAN sharing and peers (the owner's LAN actions).
     pub lan: &'a crate::lan::Lan,
     /// Which command starts an agent of a given type.
@@ -92,6 +94,7 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
         "releaseControl" => control::release(ctx, args).await,
         "handToAgent" => control::hand_to_agent(ctx, args).await,
         "listParticipants" => control::list_participants(ctx, args).await,
+        "listVms" => control::list_vms(ctx, args).await,
         "updateParticipant" => control::update_participant(ctx, args).await,
         "setRole" => control::set_role(ctx, args).await,
         "removeParticipant" => control::remove_participant(ctx, args).await,
