@@ -645,7 +645,14 @@ async fn handle(
                     agent_init_timeout: shared.agent_init_timeout,
                     test_actions,
                 };
-                let text = match actions::call(&ctx, &name, args).await {
+                // When the host stops, running actions are dropped: one
+                // that waits (for a turn, an agent starting, a process) must
+                // not keep its VM, and so the host, from stopping.
+                let called = tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    called = actions::call(&ctx, &name, args) => called,
+                };
+                let text = match called {
                     Ok(value) => format!(r#"{{"type":"result","id":{id},"value":{value}}}"#),
                     Err(body) => error_text(Some(id), body),
                 };

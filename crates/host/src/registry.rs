@@ -199,6 +199,11 @@ async fn run(
                 });
             }
             Msg::Close { reply } => {
+                // Closed actively: a VM whose handle some task still holds
+                // would otherwise stay open until that task ends.
+                for vm in vms.values() {
+                    vm.close();
+                }
                 vms.clear();
                 hooks.detach_all();
                 // Bounded: a stuck VM must not keep the host from stopping.
