@@ -190,6 +190,7 @@ impl Host {
         }
         Ok(Host {
             shared: Arc::new(Shared {
+                slots: Arc::default(),
                 registry,
                 access,
                 agents,

@@ -55,6 +55,19 @@ pub enum Frame {
     Binary(Bytes),
 }
 
+impl Frame {
+    /// Its size on the wire.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(b) | Frame::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// An event to append. Data is already serialized JSON so that the writer
 /// thread only concatenates.
 #[derive(Debug)]
@@ -358,6 +371,24 @@ impl Log {
             .await
     }
 
+    /// Like [`Log::page`], but stops once the frames read reach `max_bytes`
+    /// (a page holds at least one event, so at most `max_bytes` plus one
+    /// event): what a reader holds is bounded in bytes, however large the
+    /// events. Also says whether it stopped for the bytes.
+    pub async fn page_bytes(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: u32,
+        names: Option<Vec<String>>,
+        max_bytes: usize,
+    ) -> Result<(Vec<LoggedEvent>, bool), LogError> {
+        self.read(move |conn| {
+            read_page_bytes(conn, after, upto, limit, names.as_deref(), max_bytes)
+        })
+        .await
+    }
+
     /// Like [`Log::page`], for readers that walk the log to `upto` with a name
     /// filter: also says how far the page reached (a short page means no
     /// further match up to `upto`), which is where the next page starts.
@@ -418,6 +449,19 @@ pub fn read_page(
     limit: u32,
     names: Option<&[String]>,
 ) -> Result<Vec<LoggedEvent>, rusqlite::Error> {
+    read_page_bytes(conn, after, upto, limit, names, usize::MAX).map(|(page, _)| page)
+}
+
+/// [`read_page`] that stops once `max_bytes` of frames are read; rows are
+/// read one at a time, so no more than that (plus one event) is held.
+pub fn read_page_bytes(
+    conn: &Connection,
+    after: u64,
+    upto: u64,
+    limit: u32,
+    names: Option<&[String]>,
+    max_bytes: usize,
+) -> Result<(Vec<LoggedEvent>, bool), rusqlite::Error> {
     let mut sql =
         String::from("SELECT seq, ts, name, kind, body FROM events WHERE seq > ?1 AND seq <= ?2");
     let mut values: Vec<rusqlite::types::Value> = vec![
@@ -452,7 +496,17 @@ pub fn read_page(
             },
         })
     })?;
-    rows.collect()
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let event = row?;
+        bytes = bytes.saturating_add(event.frame.len());
+        page.push(event);
+        if bytes >= max_bytes {
+            return Ok((page, true));
+        }
+    }
+    Ok((page, false))
 }
 
 impl LoggedEvent {
@@ -492,12 +546,15 @@ impl LoggedEvent {
 
 /// For `getSequencedEvents`: `(sequenceNumber, notification)` pairs of one
 /// session after `since`, at most `limit`.
+/// The notifications of a session after `since`, at most `limit`, stopping
+/// once `max_bytes` of them are read (then the flag is true).
 pub fn read_session_page(
     conn: &Connection,
     session_id: &str,
     since: u64,
     limit: u32,
-) -> Result<Vec<(u64, Box<RawValue>)>, rusqlite::Error> {
+    max_bytes: usize,
+) -> Result<(Vec<(u64, Box<RawValue>)>, bool), rusqlite::Error> {
     #[derive(serde::Deserialize)]
     struct FrameData {
         data: SessionData,
@@ -515,14 +572,19 @@ pub fn read_session_page(
         |r| Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?)),
     )?;
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     for row in rows {
         let (n, body) = row?;
         let frame: FrameData = serde_json::from_slice(&body).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Blob, Box::new(e))
         })?;
+        bytes = bytes.saturating_add(frame.data.event.get().len());
         out.push((n, frame.data.event));
+        if bytes >= max_bytes {
+            return Ok((out, true));
+        }
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 struct ReaderPool {

@@ -182,8 +182,11 @@ async fn get_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
     // Read before the page: pruning commits, then raises `outputFrom`, so
     // no output event in the page is older than this value.
     let output_from = log.output_from();
-    let page = log
-        .page(since, head, limit, opts.names)
+    // Read no more than one answer's worth (binary events grow by 4/3 as
+    // base64): a page of 10000 events of 64 KiB would otherwise be read
+    // whole (640 MiB) to send 4 MiB of it.
+    let (page, full) = log
+        .page_bytes(since, head, limit, opts.names, MAX_RESULT_BYTES / 4 * 3)
         .await
         .map_err(internal)?;
     let mut out = String::from(r#"{"events":["#);
@@ -198,7 +201,7 @@ async fn get_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
         out.push_str(&event.json().map_err(internal)?);
         taken += 1;
     }
-    let cut = taken < page.len();
+    let cut = taken < page.len() || full;
     let more =
         (cut || page.len() == limit as usize) && page[..taken].last().is_some_and(|e| e.seq < head);
     let next = if more {
@@ -241,7 +244,7 @@ async fn get_sequenced_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> 
                 [&session_id],
                 |r| r.get(0),
             )?;
-            let page = read_session_page(&tx, &session_id, since, limit)?;
+            let page = read_session_page(&tx, &session_id, since, limit, MAX_RESULT_BYTES)?;
             Ok((page, head))
         })
         .await
@@ -252,7 +255,9 @@ async fn get_sequenced_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> 
             format!("since {since} is beyond the session's last sequenceNumber ({session_head})"),
         ));
     }
-    let more = page.len() == limit as usize && page.last().is_some_and(|(n, _)| *n < session_head);
+    let (page, full) = page;
+    let more = (page.len() == limit as usize || full)
+        && page.last().is_some_and(|(n, _)| *n < session_head);
     let next = page.last().map_or(since, |(n, _)| *n);
     let mut out = String::from(r#"{"events":["#);
     for (i, (n, notification)) in page.iter().enumerate() {
