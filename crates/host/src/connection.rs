@@ -255,6 +255,12 @@ async fn read_half(
                     let _ = out_tx
                         .send(Out::Close(1009, "message over the hard size limit"))
                         .await;
+                } else if is_utf8_error(&e) {
+                    // RFC 6455 8.1: a text frame that is not UTF-8 fails the
+                    // connection with 1007 (invalid frame payload data).
+                    let _ = out_tx
+                        .send(Out::Close(1007, "a text frame that is not UTF-8"))
+                        .await;
                 }
                 tracing::debug!(error = %e, "connection read failed");
                 return state;
@@ -607,15 +613,26 @@ async fn welcome(
 }
 
 fn is_capacity_error(e: &axum::Error) -> bool {
+    tungstenite_error(e)
+        .is_some_and(|t| matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_)))
+}
+
+fn is_utf8_error(e: &axum::Error) -> bool {
+    tungstenite_error(e)
+        .is_some_and(|t| matches!(t, tokio_tungstenite::tungstenite::Error::Utf8(_)))
+}
+
+/// The WebSocket layer's own error behind axum's.
+fn tungstenite_error(e: &axum::Error) -> Option<&tokio_tungstenite::tungstenite::Error> {
     use std::error::Error as _;
     let mut source = e.source();
     while let Some(s) = source {
         if let Some(t) = s.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-            return matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_));
+            return Some(t);
         }
         source = s.source();
     }
-    false
+    None
 }
 
 fn too_large(len: usize) -> String {
