@@ -230,3 +230,59 @@ async fn kill_9_loses_nothing_any_client_saw_and_seq_continues() {
         );
     }
 }
+
+/// Issue 12 (9): docs/protocol.md's `ensemble serve` table lists exactly the
+/// flags of the real binary's `--help`, with the defaults it prints.
+#[test]
+fn the_serve_flag_table_matches_serve_help() {
+    let help = std::process::Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .expect("ensemble serve --help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    // "      --flag <VALUE>   text [default: X]" (help itself aside).
+    let mut flags: Vec<(String, Option<String>)> = Vec::new();
+    for line in help.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("--") else {
+            continue;
+        };
+        let flag = format!("--{}", rest.split_whitespace().next().unwrap_or(""));
+        if flag == "--help" {
+            continue;
+        }
+        let default = line
+            .rsplit_once("[default: ")
+            .map(|(_, d)| d.trim_end_matches(']').to_owned());
+        flags.push((flag, default));
+    }
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/protocol.md"),
+    )
+    .unwrap();
+    let rows: Vec<&str> = doc
+        .lines()
+        .skip_while(|l| l.trim_end() != "## `ensemble serve`")
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .filter(|l| l.starts_with("| `--"))
+        .collect();
+    assert!(flags.len() >= 10, "read {flags:?} from {help}");
+    for (flag, default) in &flags {
+        let row = rows
+            .iter()
+            .find(|r| r[3..].split(|c: char| c == ' ' || c == '`').next() == Some(flag.as_str()))
+            .unwrap_or_else(|| panic!("`{flag}` has no row in docs/protocol.md's flag table"));
+        if let Some(default) = default {
+            let cell = row.split('|').nth(2).unwrap_or("");
+            assert!(
+                cell.contains(&format!("`{default}`")),
+                "docs/protocol.md gives {flag} the default {cell:?}, --help says {default}"
+            );
+        }
+    }
+    assert_eq!(
+        rows.len(),
+        flags.len(),
+        "the table has rows for flags --help does not list"
+    );
+}
