@@ -286,3 +286,87 @@ fn the_serve_flag_table_matches_serve_help() {
         "the table has rows for flags --help does not list"
     );
 }
+
+/// Issue 12 (7): numbers a client gives come back exactly as given, in the
+/// live event, in catch-up and in `getEvents`: doubles to their last digit,
+/// integers beyond 64 bits, exponents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_come_back_exactly_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    // Random doubles, written the shortest way that reads back the same.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut doubles = Vec::new();
+    while doubles.len() < 2000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let d = f64::from_bits(state);
+        if d.is_finite() {
+            doubles.push(format!("{d:?}"));
+        }
+    }
+    let data = format!(
+        r#"{{"x":0.24744098492908506,"big":18446744073709551616,"neg":-9223372036854775809,"small":1e-7,"kept":[1.0,2.50,1E3],"doubles":[{}]}}"#,
+        doubles.join(",")
+    );
+    let mut raw = Raw::connect(&host).await;
+    assert_eq!(raw.hello(json!(["numbers"])).await["type"], "welcome");
+    raw.send(r#"{"type":"subscribe"}"#).await;
+    assert_eq!(raw.next_reply().await["type"], "caughtUp");
+    // Spaces and newlines outside strings may go; the numbers may not change.
+    let spaced = data.replace(",\"", ", \"").replace(":", ": ");
+    raw.send(format!(
+        r#"{{"type":"action","id":1,"name":"emit","args":[{{"data":{spaced}}}]}}"#
+    ))
+    .await;
+    let expected = format!(r#""data":{data}}}"#);
+    let mut live = None;
+    let mut result = false;
+    while live.is_none() || !result {
+        let msg = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut raw.ws),
+        )
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("ok");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            if t.contains(r#""type":"event""#) && t.contains("testEvent") {
+                live = Some(t.to_string());
+            } else if t.contains(r#""type":"result""#) {
+                result = true;
+            }
+        }
+    }
+    let live = live.unwrap();
+    assert!(
+        live.ends_with(&expected),
+        "live event changed the numbers: {live}"
+    );
+    let page = raw
+        .call(2, "getEvents", json!([{"names": ["testEvent"]}]))
+        .await;
+    assert_eq!(page["type"], "result");
+    let mut raw2 = Raw::connect(&host).await;
+    raw2.hello(json!(["numbers"])).await;
+    raw2.send(r#"{"type":"action","id":3,"name":"getEvents","args":[{"names":["testEvent"]}]}"#)
+        .await;
+    let text = loop {
+        let msg = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut raw2.ws),
+        )
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("ok");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            if t.contains(r#""id":3"#) {
+                break t.to_string();
+            }
+        }
+    };
+    assert!(text.contains(&expected), "getEvents changed the numbers");
+}

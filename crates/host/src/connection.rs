@@ -299,7 +299,10 @@ async fn read_half(
                         None => return state,
                     }
                 }
-                Ok(m) => handle(m, &mut state, &shared, &out_tx, &permits, &large).await,
+                Ok(m) => {
+                    let raw_data = raw_emit_data(text.as_str(), &m);
+                    handle(m, raw_data, &mut state, &shared, &out_tx, &permits, &large).await
+                }
                 Err((id, body)) => Some(error_text(id, body)),
             },
             Message::Binary(b) if b.len() > MAX_MESSAGE_BYTES => Some(too_large(b.len())),
@@ -679,6 +682,7 @@ fn parse(text: &str) -> Result<ClientMessage, (Option<u64>, ErrorBody)> {
 /// Handles one message; returns the text to answer with, if any.
 async fn handle(
     msg: ClientMessage,
+    raw_data: Option<String>,
     state: &mut ReadState,
     shared: &Arc<Shared>,
     out_tx: &mpsc::Sender<Out>,
@@ -766,6 +770,7 @@ async fn handle(
                     agents: &shared.agents,
                     agent_init_timeout: shared.agent_init_timeout,
                     test_actions,
+                    raw_data,
                 };
                 // When the host stops, running actions are dropped: one
                 // that waits (for a turn, an agent starting, a process) must
@@ -797,6 +802,55 @@ async fn handle(
             None
         }
     }
+}
+
+/// `emit`'s `data` exactly as the client wrote it (insignificant whitespace
+/// removed): parsed into a `Value`, a number would come back as the nearest
+/// double (2^64 as `1.8446744073709552e19`), not as given.
+fn raw_emit_data(text: &str, msg: &ClientMessage) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct RawAction<'a> {
+        #[serde(borrow)]
+        args: Option<Vec<&'a serde_json::value::RawValue>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RawOptions<'a> {
+        #[serde(borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    let ClientMessage::Action { name, .. } = msg else {
+        return None;
+    };
+    if name != "emit" {
+        return None;
+    }
+    let action: RawAction = serde_json::from_str(text).ok()?;
+    let options: RawOptions = serde_json::from_str(action.args?.first()?.get()).ok()?;
+    Some(minify(options.data?.get()))
+}
+
+/// Valid JSON text without whitespace outside strings.
+fn minify(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn not_open(id: Option<u64>) -> String {

@@ -46,6 +46,8 @@ pub struct ActionContext<'a> {
     pub agent_init_timeout: std::time::Duration,
     /// `emit` is refused unless the host was started with test actions.
     pub test_actions: bool,
+    /// `emit`'s `data` as the client wrote it, so numbers come back exactly.
+    pub raw_data: Option<String>,
 }
 
 /// Runs one action; the result is JSON text.
@@ -108,7 +110,7 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
         "setLanSharing" => lan::set_sharing(ctx, args).await,
         "joinPeer" => lan::join(ctx, args).await,
         "forgetPeer" => lan::forget(ctx, args).await,
-        "emit" if ctx.test_actions => emit(ctx.vm, args).await,
+        "emit" if ctx.test_actions => emit(ctx.vm, args, ctx.raw_data.clone()).await,
         "emit" => Err(ErrorBody::new(
             ErrorCode::Disabled,
             "emit is a test action; start the host with --test-actions to use it",
@@ -300,15 +302,17 @@ fn one() -> u32 {
 
 /// Test action `emit({name, data, count, sessionId, bytes, id})`: appends
 /// `count` events and answers `{first, last}` once they are durable.
-async fn emit(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
+async fn emit(vm: &Vm, args: Args, raw_data: Option<String>) -> Result<String, ErrorBody> {
     args.at_most("emit", 1).map_err(invalid)?;
     let opts: EmitOptions = args.required(0, "options").map_err(invalid)?;
+    // The data as given when the message had it; else the parsed value.
+    let data_text = raw_data.unwrap_or_else(|| opts.data.to_string());
     if opts.count == 0 || opts.count > MAX_EMIT_COUNT {
         return Err(invalid(format!("count is 1 to {MAX_EMIT_COUNT}")));
     }
     let make: Box<dyn Fn() -> NewEvent + Send> = match opts.name.as_str() {
         "testEvent" => {
-            let data = opts.data.to_string();
+            let data = data_text;
             Box::new(move || NewEvent::Json {
                 name: "testEvent".to_owned(),
                 data: data.clone(),
@@ -318,7 +322,7 @@ async fn emit(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
             let session_id = opts
                 .session_id
                 .ok_or_else(|| invalid("a sessionEvent needs sessionId"))?;
-            let event = opts.data.to_string();
+            let event = data_text;
             Box::new(move || NewEvent::Session {
                 session_id: session_id.clone(),
                 event: event.clone(),
