@@ -270,7 +270,7 @@ fn the_serve_flag_table_matches_serve_help() {
     for (flag, default) in &flags {
         let row = rows
             .iter()
-            .find(|r| r[3..].split(|c: char| c == ' ' || c == '`').next() == Some(flag.as_str()))
+            .find(|r| r[3..].split([' ', '`']).next() == Some(flag.as_str()))
             .unwrap_or_else(|| panic!("`{flag}` has no row in docs/protocol.md's flag table"));
         if let Some(default) = default {
             let cell = row.split('|').nth(2).unwrap_or("");

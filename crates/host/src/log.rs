@@ -546,6 +546,10 @@ impl LoggedEvent {
 
 /// For `getSequencedEvents`: `(sequenceNumber, notification)` pairs of one
 /// session after `since`, at most `limit`.
+/// Notifications of a session with their `sequenceNumber`, and whether the
+/// page stopped for its size.
+pub type SessionPage = (Vec<(u64, Box<RawValue>)>, bool);
+
 /// The notifications of a session after `since`, at most `limit`, stopping
 /// once `max_bytes` of them are read (then the flag is true).
 pub fn read_session_page(
@@ -554,7 +558,7 @@ pub fn read_session_page(
     since: u64,
     limit: u32,
     max_bytes: usize,
-) -> Result<(Vec<(u64, Box<RawValue>)>, bool), rusqlite::Error> {
+) -> Result<SessionPage, rusqlite::Error> {
     #[derive(serde::Deserialize)]
     struct FrameData {
         data: SessionData,

@@ -351,19 +351,6 @@ pub async fn revoke_join_code(ctx: &ActionContext<'_>, args: Args) -> Result<Str
     ok_null()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn context_is_what_the_screen_showed() {
-        let text = render(b"$ ls\r\n\x1b[1;32mfile.txt\x1b[0m\r\n$ ");
-        assert_eq!(text, "$ ls\nfile.txt\n$");
-        assert_eq!(tail_chars("héllo", 3), "llo");
-        assert_eq!(tail_chars("hi", 3), "hi");
-    }
-}
-
 /// `listVms()` → `[{"id", "key"}]` by id: every VM of the host for the
 /// owner; for a member, the VMs they were invited to.
 pub async fn list_vms(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
@@ -390,4 +377,17 @@ pub async fn list_vms(ctx: &ActionContext<'_>, args: Args) -> Result<String, Err
         .map(|(id, key)| ensemble_protocol::VmInfo { id, key })
         .collect();
     to_json(&vms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_is_what_the_screen_showed() {
+        let text = render(b"$ ls\r\n\x1b[1;32mfile.txt\x1b[0m\r\n$ ");
+        assert_eq!(text, "$ ls\nfile.txt\n$");
+        assert_eq!(tail_chars("héllo", 3), "llo");
+        assert_eq!(tail_chars("hi", 3), "hi");
+    }
 }
