@@ -129,6 +129,8 @@ struct Inner {
     pins: Pins,
     held_back: Arc<AtomicBool>,
     readers: ReaderPool,
+    /// Bytes of output the log keeps (pruning starts beyond).
+    output_budget: u64,
 }
 
 /// Readers that must not lose output they have not read yet (terminal
@@ -183,6 +185,7 @@ pub fn open(path: &Path, output_budget: u64) -> Result<(Log, oneshot::Receiver<(
     conn.execute_batch(
         "PRAGMA auto_vacuum=INCREMENTAL;
          PRAGMA journal_mode=WAL;
+         PRAGMA journal_size_limit=8388608;
          PRAGMA synchronous=NORMAL;
          PRAGMA busy_timeout=5000;
          CREATE TABLE IF NOT EXISTS events(
@@ -275,6 +278,7 @@ pub fn open(path: &Path, output_budget: u64) -> Result<(Log, oneshot::Receiver<(
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
             },
+            output_budget,
         }),
     };
     Ok((log, done_rx))
@@ -322,6 +326,62 @@ impl Log {
     /// pruned to keep the log within its output budget; all others remain.
     pub fn output_from(&self) -> u64 {
         self.inner.output_from.load(Ordering::Acquire)
+    }
+
+    /// Bytes of output the log keeps; older output is pruned.
+    pub fn output_budget(&self) -> u64 {
+        self.inner.output_budget
+    }
+
+    /// Bytes of output (binary events, all shells and processes) with
+    /// `after < seq <= upto`: what a pin at `after` holds in the log.
+    pub async fn output_bytes_between(&self, after: u64, upto: u64) -> Result<u64, LogError> {
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT COALESCE(SUM(length(body)), 0) FROM events
+                 WHERE seq > ?1 AND seq <= ?2 AND kind != 0",
+                params![
+                    after.min(i64::MAX as u64) as i64,
+                    upto.min(i64::MAX as u64) as i64
+                ],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    /// The seq after which the last `tail` bytes of shell `shell_id`'s
+    /// output up to `upto` begin (at least `after`).
+    pub async fn shell_tail_start(
+        &self,
+        shell_id: u32,
+        after: u64,
+        upto: u64,
+        tail: u64,
+    ) -> Result<u64, LogError> {
+        self.read(move |conn| {
+            // The binary header holds the shell id at bytes 18..22 (1-based).
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, length(body) FROM events
+                 WHERE seq > ?1 AND seq <= ?2 AND name = 'shellData' AND substr(body, 18, 4) = ?3
+                 ORDER BY seq DESC",
+            )?;
+            let mut rows = stmt.query(params![
+                after.min(i64::MAX as u64) as i64,
+                upto.min(i64::MAX as u64) as i64,
+                shell_id.to_be_bytes().to_vec()
+            ])?;
+            let mut bytes = 0u64;
+            while let Some(row) = rows.next()? {
+                let seq: u64 = row.get(0)?;
+                bytes += row.get::<_, u64>(1)?;
+                if bytes >= tail {
+                    return Ok(seq.saturating_sub(1).max(after));
+                }
+            }
+            Ok(after)
+        })
+        .await
     }
 
     /// Keeps output after `seq` from being pruned until the pin advances or
