@@ -50,6 +50,11 @@ struct ServeArgs {
     /// A command started once and fed every event as one JSON line on stdin.
     #[arg(long, value_name = "COMMAND")]
     hook_command: Option<String>,
+    /// The hook command acknowledges each line it has processed by writing
+    /// `ack VMID SEQ` to its stdout; unacknowledged lines are written again
+    /// after it or the host restarts.
+    #[arg(long, requires = "hook_command")]
+    hook_ack: bool,
     /// Enable the test action `emit`, which appends arbitrary test events.
     #[arg(long)]
     test_actions: bool,
@@ -123,6 +128,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = HostConfig::new(&data_dir);
     config.test_actions = args.test_actions;
     config.hook_command = args.hook_command;
+    config.hook_ack = args.hook_ack;
     config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
     config.output_budget = args.output_budget_mib.max(1) << 20;
     config.agents_file = args.agents;
