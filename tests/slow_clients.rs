@@ -133,15 +133,23 @@ async fn a_stalled_client_does_not_delay_others_or_grow_the_host() {
 /// still catches up meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_late_joiners_cost_bounded_memory() {
-    const STALLED: usize = 8;
+    // ENSEMBLE_STALLED and ENSEMBLE_LATE_CALLS scale it up by hand (100
+    // connections on 18 calls: 1 GiB of output).
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let stalled_count = env("ENSEMBLE_STALLED", 8) as usize;
     const CHUNK: usize = 60 << 10;
     const PER_CALL: u64 = 1000;
-    const CALLS: u64 = 4; // 4000 events of 60 KiB: 234 MiB of output
+    let calls = env("ENSEMBLE_LATE_CALLS", 4); // 4000 events of 60 KiB: 234 MiB of output
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start_with(
         dir.path(),
         HostOptions {
-            extra: vec!["--output-budget-mib".into(), "1024".into()],
+            extra: vec!["--output-budget-mib".into(), "4096".into()],
             ..HostOptions::default()
         },
     );
@@ -149,7 +157,7 @@ async fn stalled_late_joiners_cost_bounded_memory() {
     drive(&producer).await;
     use base64::Engine;
     let bytes = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; CHUNK]);
-    for _ in 0..CALLS {
+    for _ in 0..calls {
         producer
             .call(
                 "emit",
@@ -164,13 +172,13 @@ async fn stalled_late_joiners_cost_bounded_memory() {
     let before = host.rss_kib();
 
     let mut stalled = Vec::new();
-    for _ in 0..STALLED {
+    for i in 0..stalled_count {
         let mut raw = Raw::connect(&host).await;
         assert_eq!(raw.hello(json!(["late"])).await["type"], "welcome");
         raw.send_json(json!({"type": "subscribe", "since": 0}))
             .await;
-        // And as many big reads as may run at once.
-        for id in 0..64 {
+        // The first eight also send as many big reads as may run at once.
+        for id in 0..if i < 8 { 64 } else { 0 } {
             raw.send_json(json!({"type": "action", "id": id, "name": "getEvents", "args": [{"since": id * 50, "limit": 10000}]}))
                 .await;
         }
@@ -197,10 +205,10 @@ async fn stalled_late_joiners_cost_bounded_memory() {
         .expect("a healthy late joiner caught up")
         .unwrap();
     peak = peak.max(host.rss_kib());
-    let per_connection_mib = peak.saturating_sub(before) as f64 / 1024.0 / STALLED as f64;
+    let per_connection_mib = peak.saturating_sub(before) as f64 / 1024.0 / stalled_count as f64;
     eprintln!(
-        "{STALLED} stalled late joiners on {} MiB of output: host RSS {} MiB before, peak {} MiB: {per_connection_mib:.1} MiB per connection",
-        (CHUNK as u64 * PER_CALL * CALLS) >> 20,
+        "{stalled_count} stalled late joiners on {} MiB of output: host RSS {} MiB before, peak {} MiB: {per_connection_mib:.1} MiB per connection",
+        (CHUNK as u64 * PER_CALL * calls) >> 20,
         before / 1024,
         peak / 1024,
     );
