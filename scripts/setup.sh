@@ -6,8 +6,10 @@ set -euo pipefail
 # Debian packages: a C toolchain for SQLite (bundled), tmux for the
 # benchmark's reference figures, Chromium for the browser test, what Tauri 2
 # builds against (WebKitGTK and friends), Xvfb for running the window
-# headless, and WebKitWebDriver for driving it in the desktop test.
-packages=(build-essential pkg-config ca-certificates tmux chromium
+# headless, WebKitWebDriver for driving it in the desktop test, and
+# iproute2 for the LAN test's network namespaces, and asciinema, which
+# checks the recordings `ensemble export` writes.
+packages=(build-essential pkg-config ca-certificates tmux chromium iproute2 asciinema
   libssl-dev libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
   xvfb xauth webkit2gtk-driver)
 missing=()

@@ -144,6 +144,7 @@ async fn a_teammate_finds_joins_and_follows_a_shared_vm_through_the_relay() {
         .cloned()
         .unwrap();
     assert_eq!(peer["fingerprint"], a_fp);
+    assert_eq!(peer["displayName"], "Alice", "the announced name is kept");
     assert_eq!(peer["role"], "collaborator");
     assert!(peer.get("token").is_none(), "getLan shows no token");
     let stored = std::fs::read_to_string(db.path().join("peers.json")).unwrap();
@@ -356,4 +357,102 @@ async fn requests_for_names_the_host_does_not_serve_are_refused() {
         .headers_mut()
         .insert("origin", "http://rebind.example".parse().unwrap());
     assert!(tokio_tungstenite::connect_async(request).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensemble_join_prints_the_code_and_stores_the_pairing_or_exits_2_when_denied() {
+    use std::io::{BufRead, BufReader};
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a_host = alice(da.path());
+    let a = open(&a_host, json!(KEY), Some(0)).await;
+    let address = shared_at(&a).await;
+    let run = |name: &str| {
+        std::process::Command::new(BIN)
+            .args([
+                "join",
+                &address,
+                "--name",
+                name,
+                "--timeout",
+                "30",
+                "--data-dir",
+            ])
+            .arg(db.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ensemble join")
+    };
+    // Reads the code the command prints.
+    let code_of = |child: &mut std::process::Child| {
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let code = loop {
+            let line = lines.next().expect("a line").expect("stdout");
+            if let Some(code) = line.strip_prefix("Verification code: ") {
+                break code.to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        code
+    };
+    for (name, approve) in [("Cy", false), ("Dee", true)] {
+        let mut child = run(name);
+        let code = tokio::task::block_in_place(|| code_of(&mut child));
+        let request = loop {
+            let list = a.call("listJoinRequests", json!([])).await.unwrap();
+            if let Some(r) = list.as_array().unwrap().iter().find(|r| r["name"] == name) {
+                break r.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(request["code"], code);
+        if approve {
+            a.call("approveJoin", json!([request["requestId"]]))
+                .await
+                .unwrap();
+        } else {
+            a.call("denyJoin", json!([request["requestId"]]))
+                .await
+                .unwrap();
+        }
+        let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+        assert_eq!(status.code(), Some(if approve { 0 } else { 2 }), "{name}");
+    }
+    let peers: Value =
+        serde_json::from_str(&std::fs::read_to_string(db.path().join("peers.json")).unwrap())
+            .unwrap();
+    assert_eq!(peers.as_array().unwrap().len(), 1);
+    assert_eq!(peers[0]["fingerprint"], fingerprint_of(da.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_on_the_lan_get_plain_http_only_when_the_owner_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = sharing_on_lo("Alice");
+    extra.push("--lan-insecure-http".into());
+    let host = HostProcess::start_with(
+        dir.path(),
+        HostOptions {
+            extra,
+            ..HostOptions::default()
+        },
+    );
+    let a = open(&host, json!(KEY), Some(0)).await;
+    let (state, _) = wait_lan(&a, "plain HTTP", Duration::from_secs(10), |s| {
+        s["insecureHttp"].is_string()
+    })
+    .await;
+    let plain = state["insecureHttp"].as_str().unwrap().to_owned();
+    let vm = Client::new(format!("ws://{plain}"))
+        .with_token(&host.owner_token)
+        .get_or_create(json!(KEY))
+        .await
+        .expect("a client over the plain LAN listener");
+    assert_eq!(vm.you().role, ensemble_protocol::Role::Owner);
+    // Without the flag there is no such listener.
+    let other = tempfile::tempdir().unwrap();
+    let host2 = alice(other.path());
+    let b = open(&host2, json!(KEY), Some(0)).await;
+    shared_at(&b).await;
+    assert!(lan(&b, false).await["insecureHttp"].is_null());
 }

@@ -199,6 +199,7 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         name: args.name.unwrap_or_else(|| "Guest".into()),
         join_code,
         host_name: None,
+        display_name: None,
     };
     println!("This install: {}", identity.fingerprint().short());
     let progress = move |step: JoinStep| match step {

@@ -12,7 +12,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ensemble_host::{Host, HostConfig};
 
+mod attach;
+mod events;
+mod export;
 mod lan_cli;
+mod people;
+mod prompt;
+mod remote;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +40,23 @@ enum Command {
     /// Ask a host on the LAN to let this install in; prints the code to
     /// compare with its owner and waits for their answer.
     Join(lan_cli::JoinArgs),
+    /// Attach this terminal to a shared shell (Ctrl-] d detaches).
+    Attach(attach::AttachArgs),
+    /// Print a VM's events as JSON Lines (--follow for live ones).
+    Events(events::EventsArgs),
+    /// Export a VM's log as JSON Lines, or a shell as an asciicast recording.
+    Export(export::ExportArgs),
+    /// Send a prompt to the VM's agent and print its answer as it comes.
+    Prompt(prompt::PromptArgs),
+    /// Who is in a VM, with roles and presence, and who drives.
+    Who(people::WhoArgs),
+    /// Create a join code for a teammate (owner only).
+    Invite(people::InviteArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, ...).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -108,6 +131,20 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Nearby(args) => runtime.block_on(lan_cli::nearby(args)),
         Command::Join(args) => runtime.block_on(lan_cli::join(args)),
+        Command::Attach(args) => runtime.block_on(attach::run(args)),
+        Command::Events(args) => runtime.block_on(events::run(args)),
+        Command::Export(args) => runtime.block_on(export::run(args)),
+        Command::Prompt(args) => runtime.block_on(prompt::run(args)),
+        Command::Who(args) => runtime.block_on(people::who(args)),
+        Command::Invite(args) => runtime.block_on(people::invite(args)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ensemble", &mut script);
+            // A reader that stops early (`| head`) is not an error.
+            let _ = std::io::stdout().write_all(&script);
+            Ok(())
+        }
     }
 }
 

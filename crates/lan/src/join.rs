@@ -75,6 +75,9 @@ pub struct JoinArgs {
     pub join_code: Option<String>,
     /// What the peer calls itself (from mDNS), kept with the pairing.
     pub host_name: Option<String>,
+    /// The name the peer announces (from mDNS); without it, the name of
+    /// its owner as a participant.
+    pub display_name: Option<String>,
 }
 
 /// Steps a join goes through, for progress display.
@@ -138,11 +141,13 @@ pub async fn join(
                     code: ErrorCode::Internal,
                     message: "the host let this install in without issuing a token".into(),
                 })?;
-                let owner = participants
-                    .iter()
-                    .find(|p| p.role == Role::Owner)
-                    .map(|p| p.name.clone())
-                    .unwrap_or_else(|| "Ensemble".to_owned());
+                let owner = args.display_name.clone().unwrap_or_else(|| {
+                    participants
+                        .iter()
+                        .find(|p| p.role == Role::Owner)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|| "Ensemble".to_owned())
+                });
                 return Ok(Peer {
                     id: Peer::id_for(&peer_tls.fingerprint),
                     fingerprint: peer_tls.fingerprint.hex(),

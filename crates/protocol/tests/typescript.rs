@@ -202,11 +202,12 @@ fn join_request() -> JoinRequest {
         name: "n".into(),
         since: 1,
         code: Some("123 456".into()),
-        fingerprint: Some("ab".repeat(32)),
+        fingerprint: Some("ab".into()),
     }
 }
 
-fn join_request_plain() -> JoinRequest {
+/// A join request over plain WebSocket: no code, no fingerprint.
+fn plain_join_request() -> JoinRequest {
     JoinRequest {
         code: None,
         fingerprint: None,
@@ -227,7 +228,7 @@ fn part_shapes() -> Vec<Shape> {
     vec![
         shape("ErrorBody", with_data(), body()),
         shape("Participant", participant(), participant()),
-        shape("JoinRequest", join_request(), join_request_plain()),
+        shape("JoinRequest", join_request(), plain_join_request()),
         shape("VmInfo", vm(), vm()),
         shape("Limits", Limits::default(), Limits::default()),
         shape("EventFrame", frame(), frame()),

@@ -152,8 +152,9 @@ pub fn allowed_names(bound: SocketAddr, host_name: &str) -> Arc<Vec<String>> {
     Arc::new(names)
 }
 
-/// Addresses teammates can use: the non-loopback ones, or the bound address
-/// itself when it is a loopback one (tests, demos on one machine).
+/// Addresses teammates can use (non-loopback ones, IPv4 first). A listener
+/// bound to a loopback address (tests, demos) reports that address, so the
+/// port it got is still known.
 pub fn reachable(bound: SocketAddr) -> Vec<SocketAddr> {
     if bound.ip().is_loopback() {
         return vec![bound];
@@ -172,5 +173,18 @@ fn ips(bound: SocketAddr) -> Vec<IpAddr> {
         ensemble_lan::join::local_addresses()
     } else {
         vec![bound.ip()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_bind_reports_its_own_address() {
+        let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap();
+        assert_eq!(reachable(bound), vec![bound]);
+        let v6: SocketAddr = "[::1]:6421".parse().unwrap();
+        assert_eq!(reachable(v6), vec![v6]);
     }
 }

@@ -548,13 +548,22 @@ impl State {
             .name
             .clone()
             .unwrap_or_else(|| self.display_name.clone());
+        // The names the host announces, when it is in the nearby list.
+        let announced = self.nearby.as_ref().and_then(|n| {
+            n.list()
+                .into_iter()
+                .find(|h| h.port == args.address.port() && h.addresses.contains(&args.address.ip()))
+        });
         let join_args = JoinArgs {
             addr: args.address,
             pin: args.fingerprint,
             key: args.key,
             name,
             join_code: args.join_code,
-            host_name: args.host_name,
+            host_name: args
+                .host_name
+                .or_else(|| announced.as_ref().map(|h| h.host_name.clone())),
+            display_name: announced.map(|h| h.display_name),
         };
         let stop = self.shutdown.clone();
         tokio::spawn(async move {

@@ -171,6 +171,14 @@ async fn splice(
                 // Pass on what is ready, then flush once.
                 loop {
                     match next {
+                        // The peer closed: pass its close on, and stop.
+                        Some(Ok(Up::Close(frame))) => {
+                            let close = downstream(Up::Close(frame));
+                            if let Some(close) = close {
+                                let _ = down_tx.send(close).await;
+                            }
+                            return;
+                        }
                         Some(Ok(frame)) => {
                             if let Some(out) = downstream(frame) {
                                 if down_tx.feed(out).await.is_err() {
