@@ -53,6 +53,12 @@ impl Remote {
             .or_else(ensemble_host::store::default_data_dir)
     }
 
+    /// Where a token from `--join` is kept: per host and VM, since a
+    /// member token opens only the VM its code was made in.
+    fn stored_name(&self) -> String {
+        format!("{} {}", self.url, self.key())
+    }
+
     fn stored(&self) -> BTreeMap<String, String> {
         self.data_dir()
             .and_then(|d| std::fs::read(d.join(TOKENS_FILE)).ok())
@@ -68,7 +74,7 @@ impl Remote {
             .context("no data directory; pass --data-dir")?;
         std::fs::create_dir_all(&dir)?;
         let mut tokens = self.stored();
-        tokens.insert(self.url.clone(), token.to_owned());
+        tokens.insert(self.stored_name(), token.to_owned());
         let path = dir.join(TOKENS_FILE);
         let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
@@ -90,7 +96,7 @@ impl Remote {
         if self.join_code.is_some() {
             return None;
         }
-        if let Some(t) = self.stored().get(&self.url) {
+        if let Some(t) = self.stored().get(&self.stored_name()) {
             return Some(t.clone());
         }
         let file = self.data_dir()?.join("owner-token");
