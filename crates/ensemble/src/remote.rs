@@ -25,7 +25,13 @@ pub struct Remote {
     #[arg(long, value_name = "PEER_ID")]
     peer: Option<String>,
     /// A token (the owner's, or a member token).
-    #[arg(long, env = "ENSEMBLE_TOKEN", hide_env_values = true)]
+    // Tokens are URL-safe base64: one may begin with `-`.
+    #[arg(
+        long,
+        env = "ENSEMBLE_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     token: Option<String>,
     /// A join code from the owner; the token it yields is stored for next time.
     #[arg(long = "join", value_name = "CODE")]
