@@ -409,6 +409,10 @@ async fn hello_with_join(
             None
         }
         Some(Ok(admitted)) => {
+            // A new member: its first connection counts against its cap.
+            state.slot = shared
+                .slots
+                .take(SlotKey::Member(admitted.member.id), MAX_MEMBER_CONNECTIONS);
             let _ = vm
                 .log()
                 .append(vec![resolved(
