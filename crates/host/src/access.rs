@@ -357,15 +357,6 @@ impl Access {
         .await
     }
 
-    /// Counts a failed attempt from `address` towards its rate limit.
-    pub async fn note_failure(&self, address: IpAddr) {
-        let _ = self
-            .with(move |s| {
-                s.failed(address, "");
-            })
-            .await;
-    }
-
     /// A requester left before the owner decided.
     pub async fn withdraw(&self, request_id: u64) {
         let _ = self

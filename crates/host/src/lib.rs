@@ -84,6 +84,8 @@ pub struct HostConfig {
     pub control_grace: Duration,
     /// Sharing on the LAN.
     pub lan: lan::LanConfig,
+    /// How hard each commit of a VM's log is made durable.
+    pub durability: log::Durability,
 }
 
 impl HostConfig {
@@ -100,6 +102,7 @@ impl HostConfig {
             agent_init_timeout: session::DEFAULT_INIT_TIMEOUT,
             control_grace: control::DEFAULT_GRACE,
             lan: lan::LanConfig::default(),
+            durability: log::Durability::Normal,
         }
     }
 }
@@ -188,6 +191,7 @@ impl Host {
             store,
             hooks,
             config.output_budget,
+            config.durability,
             access.clone(),
             config.control_grace,
         );

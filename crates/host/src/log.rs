@@ -176,6 +176,27 @@ impl Drop for Pin {
 /// when the writer thread has committed its last batch and exited, which
 /// happens once every [`Log`] clone is dropped.
 pub fn open(path: &Path, output_budget: u64) -> Result<(Log, oneshot::Receiver<()>), LogError> {
+    open_with(path, output_budget, Durability::Normal)
+}
+
+/// How hard a commit is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// SQLite `synchronous=NORMAL` in WAL mode: a commit survives a crash of
+    /// the host; an OS crash or power loss may lose the latest commits.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: each commit is synced to disk before it is
+    /// published, so it survives a power loss too; costs an fsync per commit.
+    Full,
+}
+
+/// [`open`] with a durability.
+pub fn open_with(
+    path: &Path,
+    output_budget: u64,
+    durability: Durability,
+) -> Result<(Log, oneshot::Receiver<()>), LogError> {
     let open_err = |source| LogError::Open {
         path: path.to_owned(),
         source,
@@ -206,6 +227,10 @@ pub fn open(path: &Path, output_budget: u64) -> Result<(Log, oneshot::Receiver<(
              v INTEGER NOT NULL);",
     )
     .map_err(open_err)?;
+    if durability == Durability::Full {
+        conn.execute_batch("PRAGMA synchronous=FULL;")
+            .map_err(open_err)?;
+    }
     let (head, first): (u64, u64) = conn
         .query_row(
             "SELECT COALESCE(MAX(seq), 0), COALESCE(MIN(seq), 1) FROM events",

@@ -55,12 +55,14 @@ impl Registry {
         store: Store,
         hooks: Hooks,
         output_budget: u64,
+        durability: log::Durability,
         access: Access,
         grace: Duration,
     ) -> Registry {
         let (tx, rx) = mpsc::channel(REGISTRY_QUEUE);
         let settings = Settings {
             output_budget,
+            durability,
             access,
             grace,
         };
@@ -109,6 +111,7 @@ impl Registry {
 
 struct Settings {
     output_budget: u64,
+    durability: log::Durability,
     access: Access,
     grace: Duration,
 }
@@ -120,6 +123,7 @@ async fn run(
     mut rx: mpsc::Receiver<Msg>,
 ) {
     let output_budget = settings.output_budget;
+    let durability = settings.durability;
     let mut vms: HashMap<Key, Vm> = HashMap::new();
     // Resolve when each VM's processes are gone, then when its log is committed.
     let mut actors: Vec<oneshot::Receiver<()>> = Vec::new();
@@ -134,7 +138,7 @@ async fn run(
                 let store = store.clone();
                 let opened = tokio::task::spawn_blocking({
                     let key = key.clone();
-                    move || open_vm(&store, key, output_budget)
+                    move || open_vm(&store, key, output_budget, durability)
                 })
                 .await
                 .map_err(|_| HostError::ShuttingDown)
@@ -234,7 +238,12 @@ struct Opened {
 }
 
 /// The blocking part of opening a VM: registry row, directories, log.
-fn open_vm(store: &Mutex<Store>, key: Key, output_budget: u64) -> Result<Opened, HostError> {
+fn open_vm(
+    store: &Mutex<Store>,
+    key: Key,
+    output_budget: u64,
+    durability: log::Durability,
+) -> Result<Opened, HostError> {
     let (id, dir) = {
         let store = store.lock().map_err(|_| HostError::ShuttingDown)?;
         let id = store.vm_for_key(&key)?;
@@ -246,7 +255,7 @@ fn open_vm(store: &Mutex<Store>, key: Key, output_budget: u64) -> Result<Opened,
             source,
         })
     })?;
-    let (log, writer_done) = log::open(&dir.join("log.db"), output_budget)?;
+    let (log, writer_done) = log::open_with(&dir.join("log.db"), output_budget, durability)?;
     tracing::info!(vm = id, %key, head = log.head(), "VM opened");
     Ok(Opened {
         id,
