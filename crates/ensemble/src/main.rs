@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ensemble_host::{Host, HostConfig};
 
 mod attach;
+mod config;
 mod events;
 mod export;
 mod lan_cli;
@@ -34,7 +35,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a host without a window: VMs, the event log and the WebSocket endpoint.
+    // A flag given twice takes the later value: the configuration file's
+    // settings come first, the command line's after them.
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
+    /// Print the effective `serve` settings and where each comes from
+    /// (command line, configuration file, environment, default).
+    Config {
+        /// The configuration file (default: $XDG_CONFIG_HOME/ensemble/config.toml).
+        #[arg(long, env = "ENSEMBLE_CONFIG")]
+        config: Option<PathBuf>,
+        /// `serve` flags to take into account, after `--`.
+        #[arg(last = true)]
+        flags: Vec<String>,
+    },
     /// List the Ensemble hosts shared on this network (mDNS).
     Nearby(lan_cli::NearbyArgs),
     /// Ask a host on the LAN to let this install in; prints the code to
@@ -61,6 +75,11 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// A TOML file of settings: any flag below by its long name
+    /// (`lan = true`, `lan-bind = "0.0.0.0:6421"`); flags given here win
+    /// (default: $XDG_CONFIG_HOME/ensemble/config.toml, if it exists).
+    #[arg(long, env = "ENSEMBLE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address the local listener (this machine's UI and clients) binds: a
     /// loopback address. Teammates on other machines come in through
     /// --lan (TLS), never through this one.
@@ -136,10 +155,39 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let (args, _) = config::apply(std::env::args().collect(), &Cli::command())?;
+    let cli = Cli::parse_from(args);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Config { config, flags } => {
+            let command = Cli::command();
+            let serve = command
+                .find_subcommand("serve")
+                .context("no serve command")?;
+            let file = match config {
+                Some(path) => Some(path),
+                None => config::default_path().filter(|p| p.exists()),
+            };
+            let file_flags = match &file {
+                Some(path) => config::flags_from(path, serve)?,
+                None => Vec::new(),
+            };
+            match &file {
+                Some(path) => println!("# configuration file: {}", path.display()),
+                None => println!(
+                    "# no configuration file ({} does not exist)",
+                    config::default_path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ),
+            }
+            print!(
+                "{}",
+                config::explain(serve, file.as_deref(), &file_flags, &flags)?
+            );
+            Ok(())
+        }
         Command::Nearby(args) => runtime.block_on(lan_cli::nearby(args)),
         Command::Join(args) => runtime.block_on(lan_cli::join(args)),
         Command::Attach(args) => runtime.block_on(attach::run(args)),
@@ -149,7 +197,6 @@ fn main() -> anyhow::Result<()> {
         Command::Who(args) => runtime.block_on(people::who(args)),
         Command::Invite(args) => runtime.block_on(people::invite(args)),
         Command::Completions { shell } => {
-            use clap::CommandFactory;
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "ensemble", &mut script);
             // A reader that stops early (`| head`) is not an error.

@@ -73,8 +73,6 @@ impl Remote {
     }
 
     fn store(&self, token: &str) -> anyhow::Result<PathBuf> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let dir = self
             .data_dir()
             .context("no data directory; pass --data-dir")?;
@@ -82,15 +80,7 @@ impl Remote {
         let mut tokens = self.stored();
         tokens.insert(self.stored_name(), token.to_owned());
         let path = dir.join(TOKENS_FILE);
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&tokens)?)?;
-        std::fs::rename(&tmp, &path)?;
+        ensemble_lan::write_private(&path, &serde_json::to_vec_pretty(&tokens)?)?;
         Ok(path)
     }
 

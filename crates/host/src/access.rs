@@ -10,7 +10,6 @@
 //! broadcast, so they take effect at once.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -1195,18 +1194,7 @@ impl State {
 /// Writes `secret` to `path` readable by this user only (created 0600, so
 /// it is never readable by others even for a moment).
 fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(secret.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    ensemble_lan::write_private(path, format!("{secret}\n").as_bytes())
 }
 
 #[cfg(test)]
