@@ -414,6 +414,10 @@ fn two_hosts_in_two_namespaces_share_join_and_relay() {
     );
     assert!(non_loopback_listeners(&lab.b).is_empty());
 
+    // Alice has the VM open (as her window would): a join request is made
+    // in an existing VM, since only the owner creates VMs.
+    let vms = call(&a, "listVms", json!([]));
+    assert_eq!(vms[0]["key"], json!([KEY]), "{vms}");
     // Join: both sides show the same code; Alice approves.
     let join_id = call(
         &b,

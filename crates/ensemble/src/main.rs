@@ -92,6 +92,11 @@ struct ServeArgs {
     /// A command started once and fed every event as one JSON line on stdin.
     #[arg(long, value_name = "COMMAND")]
     hook_command: Option<String>,
+    /// The hook command acknowledges each line it has processed by writing
+    /// `ack VMID SEQ` to its stdout; unacknowledged lines are written again
+    /// after it or the host restarts.
+    #[arg(long, requires = "hook_command")]
+    hook_ack: bool,
     /// Enable the test action `emit`, which appends arbitrary test events.
     #[arg(long)]
     test_actions: bool,
@@ -103,6 +108,11 @@ struct ServeArgs {
     /// pruned (everything else is kept, and late joiners still get the screen).
     #[arg(long, default_value_t = ensemble_host::DEFAULT_OUTPUT_BUDGET >> 20, value_name = "MIB")]
     output_budget_mib: u64,
+    /// How hard each commit of the event log is made durable: `normal`
+    /// survives a crash of the host, `full` also a power loss (an fsync per
+    /// commit).
+    #[arg(long, value_enum, default_value = "normal")]
+    durability: DurabilityArg,
     /// A TOML file adding or overriding agent types ([agents.NAME] command = "...", args = [...]).
     #[arg(long, value_name = "FILE")]
     agents: Option<PathBuf>,
@@ -130,6 +140,12 @@ struct ServeArgs {
     /// The name this host is announced with (default: the owner's name).
     #[arg(long, value_name = "NAME")]
     lan_name: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DurabilityArg {
+    Normal,
+    Full,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -207,8 +223,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = HostConfig::new(&data_dir);
     config.test_actions = args.test_actions;
     config.hook_command = args.hook_command;
+    config.hook_ack = args.hook_ack;
     config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
     config.output_budget = args.output_budget_mib.max(1) << 20;
+    config.durability = match args.durability {
+        DurabilityArg::Normal => ensemble_host::log::Durability::Normal,
+        DurabilityArg::Full => ensemble_host::log::Durability::Full,
+    };
     config.agents_file = args.agents;
     config.agent_init_timeout = Duration::try_from_secs_f64(args.agent_init_timeout)
         .context("--agent-init-timeout takes a positive number of seconds")?;

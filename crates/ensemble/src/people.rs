@@ -96,19 +96,25 @@ pub async fn invite(args: InviteArgs) -> anyhow::Result<()> {
         )
         .await?;
     let text = code["code"].as_str().context("no code in the answer")?;
-    println!("Join code: {text} ({}, {} h)", args.role, args.hours);
+    // A code opens the VM it was made in, and no other.
+    let key = serde_json::to_string(&vm.info().key).unwrap_or_default();
+    println!(
+        "Join code: {text} ({}, {} h, for the VM {key} only)",
+        args.role, args.hours
+    );
     let lan = vm.call("getLan", json!([])).await.ok();
     match lan.as_ref().filter(|l| l["sharing"] == true) {
         Some(l) => {
             if let Some(addr) = l["addresses"][0].as_str() {
                 println!(
-                    "Link for the app or `ensemble join`: ensemble://{addr}/#fp={}&code={text}",
-                    l["fingerprint"].as_str().unwrap_or_default()
+                    "Link for the app or `ensemble join`: ensemble://{addr}/#fp={}&code={text}&key={}",
+                    l["fingerprint"].as_str().unwrap_or_default(),
+                    crate::lan_cli::link_key(&serde_json::to_value(&vm.info().key).unwrap_or_default())
                 );
             }
         }
         None => println!(
-            "On this machine: ensemble attach --join {text}   (share on the LAN, `ensemble serve --lan`, for teammates)"
+            "On this machine: ensemble attach --key '{key}' --join {text}   (share on the LAN, `ensemble serve --lan`, for teammates)"
         ),
     }
     Ok(())

@@ -66,6 +66,9 @@ pub struct HostConfig {
     pub test_actions: bool,
     /// A command fed every event as JSON Lines.
     pub hook_command: Option<String>,
+    /// The hook command acknowledges lines (`ack VMID SEQ` on its stdout);
+    /// its position advances only with them.
+    pub hook_ack: bool,
     /// Rust hooks (embedders).
     pub hooks: Vec<Hook>,
     /// A client that accepts no bytes for this long is disconnected.
@@ -81,6 +84,8 @@ pub struct HostConfig {
     pub control_grace: Duration,
     /// Sharing on the LAN.
     pub lan: lan::LanConfig,
+    /// How hard each commit of a VM's log is made durable.
+    pub durability: log::Durability,
 }
 
 impl HostConfig {
@@ -89,6 +94,7 @@ impl HostConfig {
             data_dir: data_dir.into(),
             test_actions: false,
             hook_command: None,
+            hook_ack: false,
             hooks: Vec::new(),
             stall_timeout: Duration::from_secs(30),
             output_budget: DEFAULT_OUTPUT_BUDGET,
@@ -96,6 +102,7 @@ impl HostConfig {
             agent_init_timeout: session::DEFAULT_INIT_TIMEOUT,
             control_grace: control::DEFAULT_GRACE,
             lan: lan::LanConfig::default(),
+            durability: log::Durability::Normal,
         }
     }
 }
@@ -166,7 +173,11 @@ impl Host {
         let agents = agents::AgentRegistry::load(config.agents_file.as_deref())?;
         let mut hooks = config.hooks;
         if let Some(command) = config.hook_command {
-            hooks.push(Hook::command(command, shutdown.child_token()));
+            hooks.push(Hook::command_with(
+                command,
+                config.hook_ack,
+                shutdown.child_token(),
+            ));
         }
         let hooks = Hooks::new(hooks, shutdown.child_token());
         let lan = lan::Lan::start(
@@ -180,6 +191,7 @@ impl Host {
             store,
             hooks,
             config.output_budget,
+            config.durability,
             access.clone(),
             config.control_grace,
         );
@@ -190,6 +202,7 @@ impl Host {
         }
         Ok(Host {
             shared: Arc::new(Shared {
+                slots: Arc::default(),
                 registry,
                 access,
                 agents,

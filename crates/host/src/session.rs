@@ -293,6 +293,9 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
                 agent.command
             ))
         })?;
+    // The agent leads its own process group: whatever it started (`npx`
+    // starts `npm exec`, which starts node) is killed with it.
+    let group = child.id().map(GroupKill);
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(VmError::AgentFailed("agent has no pipes".to_owned()));
     };
@@ -327,7 +330,11 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         loading: Arc::default(),
     };
     let opening = Opening { cwd, load };
-    let running = tokio::spawn(task.run(child, transport, opening, commands_rx, ready_tx));
+    let mut running = AbortOnDrop(Some(tokio::spawn(async move {
+        let _group = group;
+        task.run(child, transport, opening, commands_rx, ready_tx)
+            .await
+    })));
     match tokio::time::timeout(init_timeout, ready_rx).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(e),
@@ -337,15 +344,16 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
             )))
         }
         Err(_) => {
-            // The task waits on the agent's answer: stopping it drops (and
-            // so kills) the agent process.
-            running.abort();
+            // The task waits on the agent's answer: stopping it (dropping
+            // `running`) drops and so kills the agent and its group.
             return Err(VmError::AgentFailed(format!(
                 "agent {agent_type:?} did not answer initialize within {}s",
                 init_timeout.as_secs_f32()
             )));
         }
     }
+    // Started: the session runs on its own from now on.
+    running.0.take();
     let snapshot = info
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -359,6 +367,30 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
             pending,
         },
     })
+}
+
+/// Kills an agent's process group when dropped: when its session ends,
+/// when it fails to start, and when the task is aborted (the host stops
+/// while the agent initializes). A group outlives its leader while any
+/// member lives, so the id cannot have been reused meanwhile.
+struct GroupKill(u32);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        signal_group(self.0, Signal::SIGKILL);
+    }
+}
+
+/// Aborts a task when dropped unless taken out: a `createSession` that is
+/// dropped (the host stops) must not leave its agent starting.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
 }
 
 #[derive(Clone)]
