@@ -150,9 +150,10 @@ enum DurabilityArg {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
+        .with_env_filter(ensemble_host::QUIET_LOG_TARGETS.iter().fold(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+            |f, d| f.add_directive(d.parse().expect("a valid directive")),
+        ))
         .with_writer(std::io::stderr)
         .init();
     let (args, _) = config::apply(std::env::args().collect(), &Cli::command())?;

@@ -19,12 +19,18 @@
 //! * [`store`]: the data directory and the key registry.
 #![forbid(unsafe_code)]
 
+/// Log filter directives the host's binaries add to any `RUST_LOG`: the
+/// WebSocket library logs every message at `trace`, and messages carry API
+/// keys (`saveAgentKey`, a session's `env`), which are never logged.
+pub const QUIET_LOG_TARGETS: &[&str] = &["tungstenite=debug", "tokio_tungstenite=debug"];
+
 pub mod access;
 pub mod actions;
 pub mod agents;
 pub mod connection;
 pub mod control;
 pub mod hook;
+pub mod keys;
 pub mod lan;
 pub mod log;
 pub mod output;

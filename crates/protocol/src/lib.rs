@@ -78,6 +78,9 @@ pub const ACTIONS: &[&str] = &[
     "setMode",
     "closeSession",
     "respondPermission",
+    "listAgents",
+    "saveAgentKey",
+    "forgetAgentKey",
     "emit",
     "takeControl",
     "requestControl",
@@ -140,6 +143,8 @@ pub const OWNER_ACTIONS: &[&str] = &[
     "setLanSharing",
     "joinPeer",
     "forgetPeer",
+    "saveAgentKey",
+    "forgetAgentKey",
 ];
 
 /// Every event name the host produces today.

@@ -218,6 +218,10 @@ pub enum ErrorCode {
     /// The host at a paired address presented another certificate than the
     /// one pinned: nothing was sent to it.
     FingerprintMismatch,
+    /// `saveAgentKey`, `forgetAgentKey` or `createSession` with
+    /// `useSavedKey` on a host where no OS keyring can be reached (no Secret
+    /// Service on Linux, as in CI); pass the key in the session's `env`.
+    NoKeyring,
     /// A code this client does not know yet (sent by a newer host). Never
     /// sent by this version; lets clients read codes added later.
     #[serde(other)]
@@ -253,6 +257,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::PeerUnavailable,
         ErrorCode::FingerprintMismatch,
+        ErrorCode::NoKeyring,
     ];
 
     /// The code as it appears on the wire.
@@ -285,6 +290,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::PeerUnavailable => "peer_unavailable",
             ErrorCode::FingerprintMismatch => "fingerprint_mismatch",
+            ErrorCode::NoKeyring => "no_keyring",
             ErrorCode::Unknown => "unknown",
         }
     }

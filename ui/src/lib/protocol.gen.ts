@@ -38,6 +38,9 @@ export const ACTIONS = [
   "setMode",
   "closeSession",
   "respondPermission",
+  "listAgents",
+  "saveAgentKey",
+  "forgetAgentKey",
   "emit",
   "takeControl",
   "requestControl",
@@ -97,6 +100,8 @@ export const OWNER_ACTIONS = [
   "setLanSharing",
   "joinPeer",
   "forgetPeer",
+  "saveAgentKey",
+  "forgetAgentKey",
 ] as const;
 export type OwnerActionName = (typeof OWNER_ACTIONS)[number];
 
@@ -164,6 +169,7 @@ export const ERROR_CODES = [
   "rate_limited",
   "peer_unavailable",
   "fingerprint_mismatch",
+  "no_keyring",
 ] as const;
 export type KnownErrorCode = (typeof ERROR_CODES)[number];
 

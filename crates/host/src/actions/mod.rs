@@ -3,6 +3,7 @@
 //! and test actions are here, processes and shells in [`workload`].
 
 mod control;
+mod keys;
 mod lan;
 mod workload;
 
@@ -89,6 +90,9 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
         "setMode" => workload::set_mode(ctx, args).await,
         "closeSession" => workload::close_session(ctx, args).await,
         "respondPermission" => workload::respond_permission(ctx, args).await,
+        "listAgents" => keys::list(ctx, args).await,
+        "saveAgentKey" => keys::save(ctx, args).await,
+        "forgetAgentKey" => keys::forget(ctx, args).await,
         "takeControl" => control::take(ctx, args).await,
         "requestControl" => control::request(ctx, args).await,
         "grantControl" => control::grant(ctx, args).await,

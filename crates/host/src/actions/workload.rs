@@ -341,6 +341,10 @@ struct SessionOptions {
     /// Accepted for agentOS compatibility; not passed to agents yet.
     #[serde(default)]
     mcp_servers: Vec<Value>,
+    /// Owner only: put the agent type's key saved in the OS keyring into
+    /// `env` under its variable.
+    #[serde(default)]
+    use_saved_key: bool,
 }
 
 /// `createSession(agentType, {env, cwd, mcpServers})` →
@@ -349,10 +353,13 @@ struct SessionOptions {
 pub async fn create_session(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
     args.at_most("createSession", 2).map_err(invalid)?;
     let agent_type: String = args.required(0, "agentType").map_err(invalid)?;
-    let opts: SessionOptions = args
+    let mut opts: SessionOptions = args
         .optional(1, "options")
         .map_err(invalid)?
         .unwrap_or_default();
+    if opts.use_saved_key {
+        super::keys::use_saved_key(ctx, &agent_type, &mut opts.env).await?;
+    }
     if let Some(cwd) = &opts.cwd {
         ctx.vm.workspace().resolve_cwd(Some(cwd)).map_err(err)?;
     }
@@ -432,6 +439,9 @@ fn session_start(
 struct ResumeOptions {
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// As in `createSession`.
+    #[serde(default, rename = "useSavedKey")]
+    use_saved_key: bool,
 }
 
 /// `resumeSession(sessionId, {env})` → `{sessionId, agentType, capabilities,
@@ -441,7 +451,7 @@ struct ResumeOptions {
 pub async fn resume_session(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
     args.at_most("resumeSession", 2).map_err(invalid)?;
     let id: String = args.required(0, "sessionId").map_err(invalid)?;
-    let opts: ResumeOptions = args
+    let mut opts: ResumeOptions = args
         .optional(1, "options")
         .map_err(invalid)?
         .unwrap_or_default();
@@ -464,6 +474,9 @@ pub async fn resume_session(ctx: &ActionContext<'_>, args: Args) -> Result<Strin
             "its working directory is gone: {e}"
         )))
     })?;
+    if opts.use_saved_key {
+        super::keys::use_saved_key(ctx, agent_type, &mut opts.env).await?;
+    }
     let start = session_start(
         ctx,
         id.clone(),
