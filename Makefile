@@ -3,7 +3,7 @@
 # `make bench` prints the performance figures.
 CARGO ?= cargo
 
-.PHONY: all setup ui ui-check run serve test lint unit browser bench clean
+.PHONY: all setup ui ui-check run serve test lint unit keyring browser bench clean
 
 all: test
 
@@ -59,8 +59,13 @@ browser: ui
 	cd ui && node e2e/lan.mjs
 	cd ui && node e2e/follow.mjs
 
+# tests/keys.rs again, against a real Secret Service (a private D-Bus session
+# with gnome-keyring): a saved agent key reaches the agent's env.
+keyring: setup
+	./scripts/keyring-test.sh
+
 # The UI is checked and built first: the host embeds the build.
-test: ui-check ui lint unit browser
+test: ui-check ui lint unit keyring browser
 
 bench: setup
 	$(CARGO) build --release -p ensemble -p ensemble-bench -p ensemble-scripted-agent
