@@ -52,16 +52,19 @@ unit: setup
 # (ui/e2e/multiplayer.mjs), and a teammate joining over the LAN through her
 # own host's relay (ui/e2e/lan.mjs: two hosts, mDNS on lo only); following
 # a session (ui/e2e/follow.mjs: turns, stick to bottom, permission dock,
-# toasts and title, focus and shortcuts).
+# toasts and title, focus and shortcuts); the agent picker without a
+# keyring (ui/e2e/keys.mjs; `make keyring` runs it with one).
 browser: ui
 	$(CARGO) build -p ensemble -p ensemble-scripted-agent
 	cd ui && node e2e/multiplayer.mjs
 	cd ui && node e2e/lan.mjs
 	cd ui && node e2e/follow.mjs
+	cd ui && node e2e/keys.mjs
 
 # tests/keys.rs again, against a real Secret Service (a private D-Bus session
-# with gnome-keyring): a saved agent key reaches the agent's env.
-keyring: setup
+# with gnome-keyring), and ui/e2e/keys.mjs with its saved-key steps: a key
+# saved from the page reaches the agent's env.
+keyring: ui
 	./scripts/keyring-test.sh
 
 # The UI is checked and built first: the host embeds the build.

@@ -20,9 +20,10 @@
 #![forbid(unsafe_code)]
 
 /// Log filter directives the host's binaries add to any `RUST_LOG`: the
-/// WebSocket library logs every message at `trace`, and messages carry API
-/// keys (`saveAgentKey`, a session's `env`), which are never logged.
-pub const QUIET_LOG_TARGETS: &[&str] = &["tungstenite=debug", "tokio_tungstenite=debug"];
+/// WebSocket library logs every message at `trace` (and frames at `debug`),
+/// and messages carry API keys (`saveAgentKey`, a session's `env`), which
+/// are never logged.
+pub const QUIET_LOG_TARGETS: &[&str] = &["tungstenite=info", "tokio_tungstenite=info"];
 
 pub mod access;
 pub mod actions;

@@ -115,6 +115,6 @@ export function keyNotice(
   const base = `${a.agentType} needs an API key (${a.keyVariable}): agents start with a clean environment. Paste it above for this session; only its agent gets it, and it is never logged or shown to the others.`;
   if (!owner) return `${base} Without it the session starts but every prompt fails.`;
   if (list.keyring && !list.keyring.available)
-    return `${base} Saving keys is not possible here: ${list.keyring.message ?? "no OS keyring is available"}.`;
+    return `${base} It cannot be saved: no OS keyring is available on the host's machine ("Save key…" says why).`;
   return `${base} Or save it once in the OS keyring with "Save key…".`;
 }
