@@ -137,6 +137,17 @@ async fn list_agents_says_what_is_installed_and_which_key_it_needs() {
         .await
         .unwrap_err();
     assert_eq!(error_code(e), "invalid_args");
+    // Holding control lets Bea start sessions, never with the owner's key.
+    drive(&owner).await;
+    owner
+        .call("grantControl", json!([bea.you().id]))
+        .await
+        .unwrap();
+    let e = bea
+        .call("createSession", json!(["claude", {"useSavedKey": true}]))
+        .await
+        .unwrap_err();
+    assert_eq!(error_code(e), "forbidden");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
