@@ -175,17 +175,39 @@ pub async fn load(agent_type: &str) -> Result<Option<String>, KeyError> {
 /// Which of `agent_types` have a saved key, in one blocking call; an error
 /// if the keyring cannot be read at all.
 pub async fn saved(agent_types: Vec<String>) -> Result<Vec<bool>, KeyError> {
-    blocking(move || {
-        agent_types
-            .iter()
-            .map(|t| match entry(t)?.get_password() {
-                Ok(_) => Ok(true),
-                Err(keyring::Error::NoEntry) => Ok(false),
-                Err(e) => Err(keyring_error(e)),
-            })
-            .collect()
-    })
-    .await
+    blocking(move || saved_now(&agent_types)).await
+}
+
+/// On Linux a search of the Secret Service, which sees locked items without
+/// unlocking them: the picker's list never raises an unlock prompt.
+#[cfg(target_os = "linux")]
+fn saved_now(agent_types: &[String]) -> Result<Vec<bool>, KeyError> {
+    use dbus_secret_service::{EncryptionType, SecretService};
+    let ss = SecretService::connect(EncryptionType::Plain)
+        .map_err(|e| KeyError::NoKeyring(e.to_string()))?;
+    agent_types
+        .iter()
+        .map(|t| {
+            let attributes =
+                std::collections::HashMap::from([("service", SERVICE), ("username", t.as_str())]);
+            let found = ss
+                .search_items(attributes)
+                .map_err(|e| KeyError::NoKeyring(e.to_string()))?;
+            Ok(!found.unlocked.is_empty() || !found.locked.is_empty())
+        })
+        .collect()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn saved_now(agent_types: &[String]) -> Result<Vec<bool>, KeyError> {
+    agent_types
+        .iter()
+        .map(|t| match entry(t)?.get_password() {
+            Ok(_) => Ok(true),
+            Err(keyring::Error::NoEntry) => Ok(false),
+            Err(e) => Err(keyring_error(e)),
+        })
+        .collect()
 }
 
 #[cfg(test)]
