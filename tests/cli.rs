@@ -224,6 +224,8 @@ async fn events_prints_the_log_as_gap_free_json_lines_and_who_and_invite_work() 
             .unwrap()
             > 10));
 
+    let vms = run(&["vms"]);
+    assert!(vms.contains("ev"), "{vms}");
     let who = run(&["who"]);
     assert!(
         who.contains("owner") && who.contains("Nobody drives"),

@@ -464,9 +464,11 @@ async fn a_flood_faster_than_the_terminal_model_keeps_the_log_within_budget() {
         .decode(snap["data"].as_str().unwrap())
         .unwrap();
     assert!(String::from_utf8_lossy(&screen).contains("0123456789abcdefghijklmnopqrstuvwxyz"));
-    // The margin: a commit lands whole before it is pruned, and the WAL
-    // is truncated to 8 MiB after a checkpoint. (Before the fix: 335 MiB.)
-    let limit = (BUDGET_MIB << 20) + (40 << 20);
+    // The margin: a commit lands whole before it is pruned (commits grow
+    // when the machine is loaded: 51 MiB was seen with other builds
+    // running), and the WAL is truncated to 8 MiB after a checkpoint.
+    // Before the fix: 335 MiB and growing.
+    let limit = (BUDGET_MIB << 20) + (96 << 20);
     assert!(
         peak <= limit,
         "log.db + wal reached {} MiB with a budget of {BUDGET_MIB} MiB",

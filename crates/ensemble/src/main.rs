@@ -62,6 +62,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Send a prompt to the VM's agent and print its answer as it comes.
     Prompt(prompt::PromptArgs),
+    /// The VMs you may open on a host (the owner: all of them).
+    Vms(people::VmsArgs),
     /// Who is in a VM, with roles and presence, and who drives.
     Who(people::WhoArgs),
     /// Create a join code for a teammate (owner only).
@@ -195,6 +197,7 @@ fn main() -> anyhow::Result<()> {
         Command::Events(args) => runtime.block_on(events::run(args)),
         Command::Export(args) => runtime.block_on(export::run(args)),
         Command::Prompt(args) => runtime.block_on(prompt::run(args)),
+        Command::Vms(args) => runtime.block_on(people::vms(args)),
         Command::Who(args) => runtime.block_on(people::who(args)),
         Command::Invite(args) => runtime.block_on(people::invite(args)),
         Command::Completions { shell } => {

@@ -74,6 +74,35 @@ pub fn control_line(holder: &Value, participants: &Value) -> String {
 }
 
 #[derive(clap::Args)]
+pub struct VmsArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Print the answer of `listVms` as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The VMs this credential may open (the owner: all of the host's).
+pub async fn vms(args: VmsArgs) -> anyhow::Result<()> {
+    let vm = args.remote.open().await?;
+    let list = vm.call("listVms", json!([])).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    for v in list.as_array().into_iter().flatten() {
+        let key: Vec<&str> = v["key"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!("{:<6} {}", v["id"], key.join(" / "));
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
 pub struct InviteArgs {
     #[command(flatten)]
     remote: Remote,
