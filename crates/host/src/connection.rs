@@ -62,6 +62,8 @@ pub struct Shared {
     pub stall_timeout: Duration,
     pub shutdown: CancellationToken,
     pub server: String,
+    /// `bwrap` or `none` (`--isolation none`), told to every participant.
+    pub isolation: &'static str,
 }
 
 enum Out {
@@ -447,6 +449,7 @@ async fn welcome(
         first: vm.log().first(),
         output_from: vm.log().output_from(),
         limits: Limits::default(),
+        isolation: shared.isolation.to_owned(),
         you,
         participants,
         control: snapshot.lock.to_wire(),

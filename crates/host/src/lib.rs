@@ -10,7 +10,8 @@
 //! * [`control`]: a VM's participants and its control lock.
 //! * [`process`], [`shell`]: processes on pipes and shells on PTYs, their
 //!   output chunked by [`output`] into the log; [`workspace`]: where they run
-//!   and their clean environment.
+//!   and their clean environment; all of them started in the VM's sandbox
+//!   (the `ensemble-sandbox` crate), whose limits [`limits`] watches.
 //! * [`terminal`]: a shell's screen model, for late joiners' snapshots.
 //! * [`log`]: the per-VM sequenced, durable event log and its fan-out.
 //! * [`hook`]: server-side hooks that see each event once.
@@ -23,6 +24,7 @@ pub mod agents;
 pub mod connection;
 pub mod control;
 pub mod hook;
+pub mod limits;
 pub mod log;
 pub mod output;
 pub mod process;
@@ -45,6 +47,7 @@ use ensemble_protocol::{ErrorBody, ErrorCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use ensemble_sandbox as sandbox;
 pub use hook::{Hook, HookEvent, SessionHookEvent};
 
 use crate::access::Access;
@@ -76,6 +79,8 @@ pub struct HostConfig {
     pub agent_init_timeout: Duration,
     /// How long a holder who disconnects keeps control.
     pub control_grace: Duration,
+    /// How VMs are sandboxed (bubblewrap by default) and their limits.
+    pub sandbox: ensemble_sandbox::Config,
 }
 
 impl HostConfig {
@@ -90,6 +95,7 @@ impl HostConfig {
             agents_file: None,
             agent_init_timeout: session::DEFAULT_INIT_TIMEOUT,
             control_grace: control::DEFAULT_GRACE,
+            sandbox: ensemble_sandbox::Config::default(),
         }
     }
 }
@@ -106,6 +112,8 @@ pub enum HostError {
     Agents(#[from] agents::AgentRegistryError),
     #[error(transparent)]
     Access(#[from] access::AccessError),
+    #[error(transparent)]
+    Sandbox(#[from] ensemble_sandbox::SandboxError),
 }
 
 impl HostError {
@@ -113,6 +121,10 @@ impl HostError {
     pub fn to_body(&self) -> ErrorBody {
         match self {
             HostError::ShuttingDown => ErrorBody::new(ErrorCode::Unavailable, self.to_string()),
+            HostError::Sandbox(
+                ensemble_sandbox::SandboxError::BwrapMissing
+                | ensemble_sandbox::SandboxError::SetprivMissing,
+            ) => ErrorBody::new(ErrorCode::SandboxUnavailable, self.to_string()),
             _ => ErrorBody::new(ErrorCode::Internal, self.to_string()),
         }
     }
@@ -156,6 +168,15 @@ impl Host {
             .await
             .map_err(|_| HostError::ShuttingDown)??;
         let agents = agents::AgentRegistry::load(config.agents_file.as_deref())?;
+        // Detecting may kill what a previous run left in its cgroups: blocking.
+        let sandbox_dir = config.data_dir.clone();
+        let sandbox_config = config.sandbox.clone();
+        let sandboxes = tokio::task::spawn_blocking(move || {
+            ensemble_sandbox::Sandboxes::start(sandbox_config, &sandbox_dir)
+        })
+        .await
+        .map_err(|_| HostError::ShuttingDown)?;
+        let isolation = sandboxes.isolation().as_str();
         let mut hooks = config.hooks;
         if let Some(command) = config.hook_command {
             hooks.push(Hook::command(command, shutdown.child_token()));
@@ -168,6 +189,7 @@ impl Host {
             config.output_budget,
             access.clone(),
             config.control_grace,
+            sandboxes,
         );
         if wake_all {
             for (_, key) in known {
@@ -185,6 +207,7 @@ impl Host {
                 stall_timeout: config.stall_timeout,
                 shutdown,
                 server: format!("ensemble/{}", env!("CARGO_PKG_VERSION")),
+                isolation,
             }),
         })
     }

@@ -1,11 +1,12 @@
-//! Processes of a VM: spawn one in the VM's workspace with a clean
-//! environment and its own process group, pump its stdout and stderr into
+//! Processes of a VM: spawn one in the VM's sandbox and workspace with a
+//! clean environment and its own process group, pump its stdout and stderr into
 //! the log as `processOutput`, write its stdin, report its exit as
 //! `processExit` once its output is logged, and signal its whole group.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -21,6 +22,7 @@ use crate::log::{Log, NewEvent};
 use crate::output::{Merger, READ_QUEUE};
 use crate::vm::VmError;
 use crate::workspace::Environment;
+use ensemble_sandbox::VmSandbox;
 
 /// Writes waiting for a process's stdin. A writer waits when the process
 /// does not read; the VM does not.
@@ -91,6 +93,7 @@ struct Entry {
 /// The processes of one VM; owned by the VM actor.
 pub struct Processes {
     log: Log,
+    sandbox: Arc<VmSandbox>,
     /// Fired when the VM closes: output pumps stop even if a pipe stays open.
     cancel: CancellationToken,
     entries: HashMap<u32, Entry>,
@@ -143,9 +146,10 @@ impl ProcessStart {
 }
 
 impl Processes {
-    pub fn new(log: Log, cancel: CancellationToken) -> Processes {
+    pub fn new(log: Log, cancel: CancellationToken, sandbox: Arc<VmSandbox>) -> Processes {
         Processes {
             log,
+            sandbox,
             cancel,
             entries: HashMap::new(),
             exited_order: Vec::new(),
@@ -153,7 +157,8 @@ impl Processes {
     }
 
     /// Starts `command` with `args` in `cwd` (already resolved inside the
-    /// workspace). `capture` keeps the output for `exec`'s answer.
+    /// workspace, in the VM's view), in the VM's sandbox. `capture` keeps
+    /// the output for `exec`'s answer.
     pub fn spawn(
         &mut self,
         command: &str,
@@ -163,9 +168,21 @@ impl Processes {
         capture: bool,
         tap: Option<Tap>,
     ) -> Result<Spawned, VmError> {
-        let mut cmd = tokio::process::Command::new(command);
-        cmd.args(args)
-            .current_dir(cwd)
+        let failed = |reason: String| VmError::SpawnFailed {
+            command: command.to_owned(),
+            reason,
+        };
+        // bwrap would start and only then fail to find the command: look
+        // first, as the sandbox sees the files, for a typed error.
+        if self.sandbox.isolated() {
+            self.sandbox
+                .check_command(command, env.get("PATH"), cwd)
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        let launch = self.sandbox.launch(command, args, cwd, false, &[]);
+        let mut cmd = tokio::process::Command::new(&launch.program);
+        cmd.args(&launch.args)
+            .current_dir(&launch.cwd)
             .env_clear()
             .envs(env.vars())
             .stdin(Stdio::piped())
@@ -174,13 +191,12 @@ impl Processes {
             // Its own group, so a signal reaches what it started too.
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| VmError::SpawnFailed {
-            command: command.to_owned(),
-            reason: match e.kind() {
+        let mut child = cmd.spawn().map_err(|e| {
+            failed(match e.kind() {
                 std::io::ErrorKind::NotFound => "command not found".to_owned(),
                 std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
                 _ => e.to_string(),
-            },
+            })
         })?;
         let pid = child.id().ok_or_else(|| VmError::SpawnFailed {
             command: command.to_owned(),

@@ -17,6 +17,7 @@ use crate::store::{Store, StoreError};
 use crate::vm::Vm;
 use crate::workspace::Workspace;
 use crate::HostError;
+use ensemble_sandbox::{Sandboxes, VmSandbox, VmSpec};
 
 /// Opens waiting for the registry. Opens are rare (one per connection), so a
 /// small queue is plenty; callers wait when it is full.
@@ -48,12 +49,14 @@ impl Registry {
         output_budget: u64,
         access: Access,
         grace: Duration,
+        sandboxes: Sandboxes,
     ) -> Registry {
         let (tx, rx) = mpsc::channel(REGISTRY_QUEUE);
         let settings = Settings {
             output_budget,
             access,
             grace,
+            sandboxes,
         };
         tokio::spawn(run(Arc::new(Mutex::new(store)), hooks, settings, rx));
         Registry { tx }
@@ -82,6 +85,7 @@ struct Settings {
     output_budget: u64,
     access: Access,
     grace: Duration,
+    sandboxes: Sandboxes,
 }
 
 async fn run(
@@ -103,9 +107,10 @@ async fn run(
                     continue;
                 }
                 let store = store.clone();
+                let sandboxes = settings.sandboxes.clone();
                 let opened = tokio::task::spawn_blocking({
                     let key = key.clone();
-                    move || open_vm(&store, key, output_budget)
+                    move || open_vm(&store, key, output_budget, &sandboxes)
                 })
                 .await
                 .map_err(|_| HostError::ShuttingDown)
@@ -132,6 +137,7 @@ async fn run(
                             opened.log,
                             first_shell_id,
                             control,
+                            opened.sandbox,
                         );
                         writers.push(opened.writer_done);
                         actors.push(actor_done);
@@ -171,29 +177,49 @@ struct Opened {
     workspace: Workspace,
     log: Log,
     writer_done: oneshot::Receiver<()>,
+    sandbox: Arc<VmSandbox>,
 }
 
-/// The blocking part of opening a VM: registry row, directories, log.
-fn open_vm(store: &Mutex<Store>, key: Key, output_budget: u64) -> Result<Opened, HostError> {
+/// The blocking part of opening a VM: registry row, directories, sandbox,
+/// log. Refused when VMs cannot be sandboxed (bubblewrap missing).
+fn open_vm(
+    store: &Mutex<Store>,
+    key: Key,
+    output_budget: u64,
+    sandboxes: &Sandboxes,
+) -> Result<Opened, HostError> {
+    sandboxes.check()?;
     let (id, dir) = {
         let store = store.lock().map_err(|_| HostError::ShuttingDown)?;
         let id = store.vm_for_key(&key)?;
         (id, store.vm_dir(id)?)
     };
-    let workspace = Workspace::open(dir.join("workspace")).map_err(|source| {
+    let mut workspace = Workspace::open(dir.join("workspace")).map_err(|source| {
         HostError::Store(StoreError::CreateDir {
             path: dir.join("workspace"),
             source,
         })
     })?;
+    let name = key.parts().join("-");
+    let sandbox = sandboxes.open_vm(VmSpec {
+        id,
+        name: &name,
+        dir: &dir,
+        workspace: workspace.root(),
+    })?;
+    workspace.set_view(
+        sandbox.workspace_view().to_owned(),
+        sandbox.home_view().to_owned(),
+    );
     let (log, writer_done) = log::open(&dir.join("log.db"), output_budget)?;
-    tracing::info!(vm = id, %key, head = log.head(), "VM opened");
+    tracing::info!(vm = id, %key, head = log.head(), hostname = sandbox.hostname(), "VM opened");
     Ok(Opened {
         id,
         dir,
         workspace,
         log,
         writer_done,
+        sandbox: Arc::new(sandbox),
     })
 }
 

@@ -17,6 +17,7 @@ use crate::process::Processes;
 use crate::session::Sessions;
 use crate::shell::Shells;
 use crate::workspace::Workspace;
+use ensemble_sandbox::VmSandbox;
 
 /// Closures waiting for the VM actor. Each is short (no I/O waits), so a
 /// small queue keeps callers honest without stalling them.
@@ -105,6 +106,7 @@ struct VmInner {
     info: VmInfo,
     dir: PathBuf,
     workspace: Workspace,
+    sandbox: Arc<VmSandbox>,
     log: Log,
     control: Control,
     jobs: mpsc::Sender<Job>,
@@ -121,21 +123,28 @@ impl Vm {
         log: Log,
         first_shell_id: u32,
         control: Control,
+        sandbox: Arc<VmSandbox>,
     ) -> (Vm, oneshot::Receiver<()>) {
         let (jobs_tx, jobs_rx) = mpsc::channel(VM_QUEUE);
         let (done_tx, done_rx) = oneshot::channel();
         let cancel = CancellationToken::new();
         let state = VmState {
-            processes: Processes::new(log.clone(), cancel.clone()),
-            shells: Shells::new(log.clone(), first_shell_id, cancel.clone()),
+            processes: Processes::new(log.clone(), cancel.clone(), sandbox.clone()),
+            shells: Shells::new(log.clone(), first_shell_id, cancel.clone(), sandbox.clone()),
             sessions: Sessions::default(),
         };
+        tokio::spawn(crate::limits::watch(
+            sandbox.clone(),
+            log.clone(),
+            cancel.clone(),
+        ));
         tokio::spawn(run(state, jobs_rx, cancel, done_tx));
         let vm = Vm {
             inner: Arc::new(VmInner {
                 info: VmInfo { id, key },
                 dir,
                 workspace,
+                sandbox,
                 log,
                 control,
                 jobs: jobs_tx,
@@ -159,6 +168,11 @@ impl Vm {
 
     pub fn workspace(&self) -> &Workspace {
         &self.inner.workspace
+    }
+
+    /// The sandbox its processes run in.
+    pub fn sandbox(&self) -> &Arc<VmSandbox> {
+        &self.inner.sandbox
     }
 
     pub fn log(&self) -> &Log {

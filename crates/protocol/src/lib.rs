@@ -156,6 +156,7 @@ pub const EVENTS: &[&str] = &[
     "controlChanged",
     "joinRequested",
     "joinResolved",
+    "sandboxLimit",
     "testEvent",
     "testBytes",
 ];

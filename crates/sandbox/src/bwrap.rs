@@ -83,10 +83,30 @@ pub(crate) struct Args<'a> {
     pub root: bool,
     pub uid: u32,
     pub setpriv: Option<&'a Path>,
+    /// `env`, to drop the PWD bwrap sets: the command gets exactly the
+    /// environment the host chose.
+    pub env: Option<&'a Path>,
 }
 
 fn push(out: &mut Vec<OsString>, items: &[&str]) {
     out.extend(items.iter().map(OsString::from));
+}
+
+/// Creates `dest`'s missing parents as world-readable directories first:
+/// bwrap would make them 0700 (owned by root when it runs as root), which
+/// the VM's uid could not enter.
+fn parents(out: &mut Vec<OsString>, made: &mut Vec<PathBuf>, dest: &Path) {
+    let mut missing: Vec<&Path> = dest
+        .ancestors()
+        .skip(1)
+        .filter(|a| a.parent().is_some() && !made.iter().any(|m| m == a))
+        .collect();
+    missing.reverse();
+    for dir in missing {
+        push(out, &["--perms", "0755", "--dir"]);
+        out.push(dir.into());
+        made.push(dir.to_owned());
+    }
 }
 
 fn push_paths(out: &mut Vec<OsString>, flag: &str, src: &Path, dest: &Path) {
@@ -133,20 +153,22 @@ impl Args<'_> {
         push(&mut a, &["--proc", "/proc", "--dev", "/dev"]);
         push(&mut a, &["--perms", "1777", "--tmpfs", "/tmp"]);
         push(&mut a, &["--perms", "1777", "--tmpfs", "/var/tmp"]);
-        push_paths(
-            &mut a,
-            "--bind",
-            self.workspace,
-            Path::new(crate::WORKSPACE),
-        );
-        push_paths(&mut a, "--bind", self.home, Path::new(crate::HOME));
-        push_paths(
-            &mut a,
-            "--bind",
-            self.agent_state,
-            Path::new(crate::AGENT_STATE),
-        );
+        // Directories the system binds above made already.
+        let mut made: Vec<PathBuf> = vec!["/usr".into(), "/etc".into(), "/var/tmp".into()];
+        let own = [
+            (self.workspace, Path::new(crate::WORKSPACE)),
+            (self.home, Path::new(crate::HOME)),
+            (self.agent_state, Path::new(crate::AGENT_STATE)),
+        ];
+        for (src, dest) in own {
+            parents(&mut a, &mut made, dest);
+            push_paths(&mut a, "--bind", src, dest);
+        }
         for path in self.read_only {
+            if !path.is_absolute() || self.layout.shows(path) {
+                continue;
+            }
+            parents(&mut a, &mut made, path);
             push_paths(&mut a, "--ro-bind-try", path, path);
         }
         a.push("--chdir".into());
@@ -181,6 +203,10 @@ impl Args<'_> {
                     "--",
                 ],
             );
+        }
+        if let Some(env) = self.env {
+            a.push(env.into());
+            push(&mut a, &["-u", "PWD", "--"]);
         }
         a
     }

@@ -20,7 +20,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use vm::{CommandError, LimitHit, VmSandbox, VmSpec};
+pub use vm::{AgentPaths, CommandError, Launch, LimitHit, VmSandbox, VmSpec};
 
 /// Where the VM's workspace is mounted in its sandbox.
 pub const WORKSPACE: &str = "/workspace";
@@ -183,6 +183,7 @@ struct Shared {
     config: Config,
     bwrap: Option<PathBuf>,
     setpriv: Option<PathBuf>,
+    env: Option<PathBuf>,
     /// The host runs as root: bwrap runs privileged and the command drops
     /// to the VM's uid with setpriv inside.
     root: bool,
@@ -233,6 +234,7 @@ impl Sandboxes {
             shared: Arc::new(Shared {
                 layout: bwrap::HostLayout::detect(),
                 config,
+                env: sandboxed.then(|| find_program("env")).flatten(),
                 bwrap,
                 setpriv,
                 root,

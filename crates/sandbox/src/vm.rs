@@ -61,6 +61,17 @@ pub struct VmSandbox {
     uid: u32,
     cgroup: Option<VmGroup>,
     seen: Mutex<Counters>,
+    /// The host's data directory: never shown to the VM, whatever an agent
+    /// command names.
+    data_dir: PathBuf,
+}
+
+/// What an agent's command needs besides the system: host paths to show
+/// read-only (at the same place), and a directory to put first on PATH.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentPaths {
+    pub read_only: Vec<PathBuf>,
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for VmSandbox {
@@ -121,7 +132,14 @@ impl VmSandbox {
             }
         }
         let seen = Mutex::new(cgroup.as_ref().map(VmGroup::counters).unwrap_or_default());
+        let data_dir = spec
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(spec.dir)
+            .to_owned();
         Ok(VmSandbox {
+            data_dir,
             hostname: crate::hostname(spec.name),
             workspace: spec.workspace.to_owned(),
             home,
@@ -175,6 +193,48 @@ impl VmSandbox {
         } else {
             host
         })
+    }
+
+    /// The files an agent's command needs (see [`AgentPaths`]): a program
+    /// found on the host's PATH outside the system directories (Node from
+    /// nvm, say) brings its install prefix; an absolute path among the
+    /// command and its arguments brings itself, or the whole `node_modules`
+    /// tree it lies in. Nothing in or above the data directory.
+    pub fn agent_paths(&self, command: &str, args: &[String]) -> AgentPaths {
+        let mut out = AgentPaths::default();
+        if !self.isolated() {
+            return out;
+        }
+        let layout = &self.shared.layout;
+        let add = |path: PathBuf, out: &mut AgentPaths| {
+            let safe = path != Path::new("/")
+                && !path.starts_with(&self.data_dir)
+                && !self.data_dir.starts_with(&path)
+                && !layout.shows(&path);
+            if safe && !out.read_only.contains(&path) {
+                out.read_only.push(path);
+            }
+        };
+        if !command.contains('/') {
+            if let Some(found) = crate::find_program(command) {
+                if let Some(bin) = found.parent().filter(|b| !layout.shows(b)) {
+                    let prefix = match bin.file_name() {
+                        Some(name) if name == "bin" => bin.parent().unwrap_or(bin),
+                        _ => bin,
+                    };
+                    add(prefix.to_owned(), &mut out);
+                    out.bin_dir = Some(bin.to_owned());
+                }
+            }
+        }
+        let paths = std::iter::once(command).chain(args.iter().map(String::as_str));
+        for arg in paths {
+            let path = Path::new(arg);
+            if path.is_absolute() && path.exists() {
+                add(package_root(path), &mut out);
+            }
+        }
+        out
     }
 
     /// Hands a file the host created for the VM (an agent's
@@ -325,6 +385,7 @@ impl VmSandbox {
                 root: shared.root,
                 uid: self.uid,
                 setpriv: shared.setpriv.as_deref(),
+                env: shared.env.as_deref(),
             }
             .build(),
         );
@@ -389,6 +450,16 @@ impl Drop for VmSandbox {
     }
 }
 
+/// The outermost `node_modules` directory `path` lies in (Node resolves a
+/// package's dependencies up that tree), or `path` itself.
+fn package_root(path: &Path) -> PathBuf {
+    path.ancestors()
+        .filter(|a| a.file_name().is_some_and(|n| n == "node_modules"))
+        .last()
+        .unwrap_or(path)
+        .to_owned()
+}
+
 /// `path` without `.` and `..` components (lexically, as the kernel would
 /// in a directory with no symlinks).
 fn normalize(path: &Path) -> PathBuf {
@@ -442,14 +513,14 @@ mod tests {
 
     fn vm(config: Config) -> (tempfile::TempDir, VmSandbox) {
         let dir = tempfile::tempdir().unwrap();
-        let ws = dir.path().join("vm/workspace");
+        let ws = dir.path().join("vms/1/workspace");
         std::fs::create_dir_all(&ws).unwrap();
         let sandboxes = Sandboxes::start(config, dir.path());
         let vm = sandboxes
             .open_vm(VmSpec {
                 id: 1,
                 name: "Unit Test",
-                dir: &dir.path().join("vm"),
+                dir: &dir.path().join("vms/1"),
                 workspace: &ws,
             })
             .unwrap();
@@ -468,13 +539,13 @@ mod tests {
             vm.check_command("no-such-command", Some("/usr/bin"), ws),
             Err(CommandError::NotFound)
         );
-        std::fs::write(dir.path().join("vm/workspace/script"), "#!/bin/sh\n").unwrap();
+        std::fs::write(dir.path().join("vms/1/workspace/script"), "#!/bin/sh\n").unwrap();
         assert_eq!(
             vm.check_command("./script", None, ws),
             Err(CommandError::PermissionDenied)
         );
         // The data dir is not in the sandbox: its files are not found.
-        let outside = dir.path().join("vm/home/../sandbox/passwd");
+        let outside = dir.path().join("vms/1/home/../sandbox/passwd");
         assert!(vm
             .check_command(&outside.display().to_string(), None, ws)
             .is_err());
@@ -486,6 +557,36 @@ mod tests {
             .collect();
         assert!(argv.iter().any(|a| a == "unit-test"), "{argv:?}");
         assert_eq!(argv.last().map(String::as_str), Some("ls"));
+    }
+
+    #[test]
+    fn agents_bring_their_files_but_never_the_data_dir() {
+        if crate::find_program("bwrap").is_none() {
+            return;
+        }
+        let (dir, vm) = vm(Config::default());
+        let elsewhere = tempfile::tempdir().unwrap();
+        let pkg = elsewhere.path().join("agent-pkg/node_modules/@a/b/dist");
+        let script = pkg.join("index.js");
+        let data_file = dir.path().join("vms/1/sandbox/passwd");
+        let paths = vm.agent_paths(
+            "node",
+            &[
+                script.display().to_string(),
+                data_file.display().to_string(),
+                "/usr/bin/env".into(),
+                "--flag".into(),
+            ],
+        );
+        // Missing paths and system paths are not bound; the data dir never.
+        assert!(paths.read_only.is_empty(), "{paths:?}");
+        std::fs::create_dir_all(&pkg).unwrap();
+        std::fs::write(&script, "").unwrap();
+        let paths = vm.agent_paths("node", &[script.display().to_string()]);
+        assert_eq!(paths.read_only.len(), 1);
+        assert!(paths.read_only[0].ends_with("agent-pkg/node_modules"));
+        let inside = vm.agent_paths(&data_file.display().to_string(), &[]);
+        assert!(inside.read_only.is_empty(), "{inside:?}");
     }
 
     #[test]

@@ -78,6 +78,7 @@ async fn start_process(
     if command.is_empty() {
         return Err(invalid("command is empty"));
     }
+    // In the VM's view (/workspace/...), which is also what is logged.
     let cwd = vm.workspace().resolve_cwd(cwd.as_deref()).map_err(err)?;
     let env = vm.workspace().environment(&env).map_err(err)?;
     let (cmd, a) = (command.clone(), args.clone());
@@ -363,7 +364,7 @@ pub async fn create_session(ctx: &ActionContext<'_>, args: Args) -> Result<Strin
         crate::log::now_ms(),
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    let cwd = ctx.vm.workspace().root().to_owned();
+    let cwd = ctx.vm.workspace().view().to_owned();
     let start = session_start(ctx, session_id, agent_type, &opts.env, cwd.clone(), None)?;
     let started = crate::session::start(start).await.map_err(err)?;
     let info = started.info.clone();
@@ -412,11 +413,19 @@ fn session_start(
             known.join(", ")
         )));
     };
-    let agent = agent.for_vm(&agent_type, ctx.vm.dir()).map_err(err)?;
+    let sandbox = ctx.vm.sandbox().clone();
+    let agent = agent
+        .for_vm(&agent_type, |name| {
+            sandbox
+                .agent_state(name)
+                .map_err(|e| VmError::Internal(e.to_string()))
+        })
+        .map_err(err)?;
     Ok(crate::session::SessionStart {
         session_id,
         agent_type,
         agent,
+        sandbox,
         env: ctx.vm.workspace().environment(env).map_err(err)?,
         workspace: ctx.vm.workspace().clone(),
         log: ctx.vm.log().clone(),
