@@ -43,6 +43,9 @@ export class VmConnection {
   /** Why the host refused this page (`unauthorized`, `join_denied`), once
    * `status` is "denied". */
   deniedCode: string | null = $state(null);
+  /** `none`: the host runs this VM's processes without a sandbox
+   * (`ensemble serve --isolation none`); the page warns everyone. */
+  isolation: string = $state("bwrap");
   /** Events folded in, and events dropped because they were already in. */
   applied = $state(0);
   duplicates = $state(0);
@@ -167,6 +170,7 @@ export class VmConnection {
 
   #onWelcome(w: Welcome): void {
     this.#ready = true;
+    this.isolation = w.isolation ?? "bwrap";
     this.#attempt = 0;
     this.lastError = null;
     if (w.token) {

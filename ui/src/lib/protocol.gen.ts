@@ -113,6 +113,7 @@ export const EVENTS = [
   "controlChanged",
   "joinRequested",
   "joinResolved",
+  "sandboxLimit",
   "testEvent",
   "testBytes",
 ] as const;
@@ -151,6 +152,7 @@ export const ERROR_CODES = [
   "unauthorized",
   "join_denied",
   "rate_limited",
+  "sandbox_unavailable",
 ] as const;
 export type KnownErrorCode = (typeof ERROR_CODES)[number];
 
@@ -263,6 +265,7 @@ export interface Welcome {
   controlRequests: string[];
   first: number;
   head: number;
+  isolation: "bwrap" | "none";
   joinRequests?: JoinRequest[];
   limits: Limits;
   outputFrom: number;
