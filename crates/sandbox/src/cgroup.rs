@@ -20,7 +20,11 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 enum Kind {
     /// One directory per controller: pids, memory, cpu.
-    V1 { pids: PathBuf, memory: PathBuf, cpu: PathBuf },
+    V1 {
+        pids: PathBuf,
+        memory: PathBuf,
+        cpu: PathBuf,
+    },
     /// One directory for all.
     V2 { base: PathBuf },
 }

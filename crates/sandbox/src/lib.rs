@@ -205,7 +205,12 @@ impl Sandboxes {
     pub fn start(config: Config, data_dir: &Path) -> Sandboxes {
         let root = nix::unistd::geteuid().is_root();
         let sandboxed = config.isolation == Isolation::Bwrap;
-        let bwrap = sandboxed.then(|| find_program("bwrap")).flatten();
+        // ENSEMBLE_BWRAP names another bwrap (an unusual install; tests use
+        // a missing one to see the refusal).
+        let bwrap = match std::env::var_os("ENSEMBLE_BWRAP") {
+            Some(path) if sandboxed => Some(PathBuf::from(path)).filter(|p| is_executable(p)),
+            _ => sandboxed.then(|| find_program("bwrap")).flatten(),
+        };
         let setpriv = (sandboxed && root)
             .then(|| find_program("setpriv"))
             .flatten();
@@ -304,7 +309,9 @@ impl Sandboxes {
             "VMs run sandboxed (bubblewrap)"
         );
         if matches!(s.limiter, Limiter::Off) {
-            tracing::warn!("no cgroup is writable and prlimit is missing: VM limits are not enforced");
+            tracing::warn!(
+                "no cgroup is writable and prlimit is missing: VM limits are not enforced"
+            );
         } else if matches!(s.limiter, Limiter::Rlimits(_)) {
             tracing::warn!(
                 "no writable cgroup: VM limits are per-process rlimits (memory per process, \

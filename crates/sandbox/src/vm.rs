@@ -125,9 +125,9 @@ impl VmSandbox {
                 }
             }
             if let Limiter::Cgroups(root) = &shared.limiter {
-                let created = root
-                    .create(spec.id, &shared.config.limits)
-                    .map_err(|e| SandboxError::Setup(format!("cannot create the VM's cgroup: {e}")))?;
+                let created = root.create(spec.id, &shared.config.limits).map_err(|e| {
+                    SandboxError::Setup(format!("cannot create the VM's cgroup: {e}"))
+                })?;
                 cgroup = Some(created);
             }
         }
