@@ -14,7 +14,7 @@ use crate::control::Control;
 use crate::hook::Hooks;
 use crate::log::{self, Log};
 use crate::store::{Store, StoreError};
-use crate::vm::Vm;
+use crate::vm::{Vm, VmParts};
 use crate::workspace::Workspace;
 use crate::HostError;
 use ensemble_sandbox::{Sandboxes, VmSandbox, VmSpec};
@@ -129,16 +129,16 @@ async fn run(
                             settings.access.changes(),
                             settings.grace,
                         );
-                        let (vm, actor_done) = Vm::start(
-                            opened.id,
-                            key.clone(),
-                            opened.dir,
-                            opened.workspace,
-                            opened.log,
+                        let (vm, actor_done) = Vm::start(VmParts {
+                            id: opened.id,
+                            key: key.clone(),
+                            dir: opened.dir,
+                            workspace: opened.workspace,
+                            log: opened.log,
                             first_shell_id,
                             control,
-                            opened.sandbox,
-                        );
+                            sandbox: opened.sandbox,
+                        });
                         writers.push(opened.writer_done);
                         actors.push(actor_done);
                         hooks.attach(&vm);

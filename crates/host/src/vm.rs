@@ -112,19 +112,32 @@ struct VmInner {
     jobs: mpsc::Sender<Job>,
 }
 
+/// What a VM is made of, as the registry opened it.
+pub(crate) struct VmParts {
+    pub id: u64,
+    pub key: Key,
+    pub dir: PathBuf,
+    pub workspace: Workspace,
+    pub log: Log,
+    pub first_shell_id: u32,
+    pub control: Control,
+    pub sandbox: Arc<VmSandbox>,
+}
+
 impl Vm {
     /// Starts the VM's actor. `done` resolves once its processes and shells
     /// are gone after the last handle was dropped.
-    pub(crate) fn start(
-        id: u64,
-        key: Key,
-        dir: PathBuf,
-        workspace: Workspace,
-        log: Log,
-        first_shell_id: u32,
-        control: Control,
-        sandbox: Arc<VmSandbox>,
-    ) -> (Vm, oneshot::Receiver<()>) {
+    pub(crate) fn start(parts: VmParts) -> (Vm, oneshot::Receiver<()>) {
+        let VmParts {
+            id,
+            key,
+            dir,
+            workspace,
+            log,
+            first_shell_id,
+            control,
+            sandbox,
+        } = parts;
         let (jobs_tx, jobs_rx) = mpsc::channel(VM_QUEUE);
         let (done_tx, done_rx) = oneshot::channel();
         let cancel = CancellationToken::new();
