@@ -30,7 +30,8 @@ const STDIN_QUEUE: usize = 64;
 
 /// After a process exits, how long its pipes may take to reach end of file
 /// before `processExit` is logged anyway (a background child may hold them;
-/// its later output is still logged).
+/// its later output is still logged). Output read by then is logged before
+/// `processExit`, however long that takes.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 /// Most output `exec` returns per stream; the log keeps all of it. JSON
@@ -324,14 +325,15 @@ impl Processes {
         Ok(())
     }
 
-    /// Kills every running process's group; used when the VM closes.
+    /// Kills every running process's sandbox (its group and everything in
+    /// its PID namespace); used when the VM closes.
     pub fn kill_all(&mut self) -> Vec<watch::Receiver<Option<ExitInfo>>> {
         self.forget_old_exited();
         self.entries
             .values()
             .filter(|e| e.info.running)
             .map(|e| {
-                signal_group(e.info.pid, Signal::SIGKILL);
+                ensemble_sandbox::kill_sandbox(e.info.pid);
                 e.exit.clone()
             })
             .collect()
@@ -430,12 +432,15 @@ async fn supervise(
     captured_tx: Option<oneshot::Sender<Captured>>,
 ) {
     let capture = captured_tx.is_some();
+    let (out_eof, out_at_eof) = oneshot::channel();
+    let (err_eof, err_at_eof) = oneshot::channel();
     let out = tokio::spawn(pump(
         stdout,
         pid,
         BinaryKind::ProcessStdout,
         sink.clone(),
         capture,
+        out_eof,
     ));
     let err = tokio::spawn(pump(
         stderr,
@@ -443,6 +448,7 @@ async fn supervise(
         BinaryKind::ProcessStderr,
         sink.clone(),
         capture,
+        err_eof,
     ));
     let status = child.wait().await;
     let exit = match status {
@@ -456,13 +462,17 @@ async fn supervise(
         }
     };
     // Output first, then the exit: a reader sees everything the process
-    // printed before it learns that it ended.
-    let drained = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
-        let a = out.await.unwrap_or_default();
-        let b = err.await.unwrap_or_default();
-        (a, b)
+    // printed before it learns that it ended. Waiting is bounded for end
+    // of file only; what was read is logged first, even when the log is slow.
+    let at_eof = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
+        let _ = out_at_eof.await;
+        let _ = err_at_eof.await;
     })
     .await;
+    let drained = match at_eof {
+        Ok(()) => Ok((out.await.unwrap_or_default(), err.await.unwrap_or_default())),
+        Err(e) => Err(e),
+    };
     let data = serde_json::json!({"pid": pid, "exitCode": exit.exit_code, "signal": exit.signal});
     if let Err(e) = sink
         .log
@@ -499,6 +509,7 @@ async fn pump<R: AsyncRead + Unpin + Send + 'static>(
     kind: BinaryKind,
     sink: OutputSink,
     capture: bool,
+    eof: oneshot::Sender<()>,
 ) -> Captured {
     let OutputSink { log, cancel, tap } = sink;
     let mut captured = Captured::default();
@@ -511,7 +522,10 @@ async fn pump<R: AsyncRead + Unpin + Send + 'static>(
         loop {
             buf.reserve(crate::output::MAX_CHUNK);
             match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    let _ = eof.send(());
+                    return;
+                }
                 Ok(_) => {
                     if tx.send(buf.split().freeze()).await.is_err() {
                         return;

@@ -314,11 +314,21 @@ impl Shells {
         Ok(self.entry(shell_id)?.model.clone())
     }
 
-    /// Hangs up every running shell; used when the VM closes.
+    /// Kills every running shell's sandbox (its session and everything in
+    /// its PID namespace); used when the VM closes, when a hang-up's grace
+    /// period could outlast the host.
     pub fn close_all(&mut self) -> Vec<watch::Receiver<Option<ExitInfo>>> {
         let ids: Vec<u32> = self.entries.keys().copied().collect();
         ids.into_iter()
-            .filter_map(|id| self.close(id).ok())
+            .filter_map(|id| {
+                let entry = self.entry(id).ok()?;
+                if !entry.info.running || entry.info.pid == 0 {
+                    return None;
+                }
+                crate::process::signal_session(entry.info.pid, Signal::SIGKILL);
+                ensemble_sandbox::kill_sandbox(entry.info.pid);
+                Some(entry.exit.clone())
+            })
             .collect()
     }
 }
