@@ -6,8 +6,9 @@ set -euo pipefail
 # Debian packages: a C toolchain for SQLite (bundled), tmux for the
 # benchmark's reference figures, Chromium for the browser test, what Tauri 2
 # builds against (WebKitGTK and friends), Xvfb for running the window
-# headless, and WebKitWebDriver for driving it in the desktop test.
-packages=(build-essential pkg-config ca-certificates tmux chromium
+# headless, WebKitWebDriver for driving it in the desktop test, and
+# bubblewrap, the sandbox every VM's processes run in (docs/sandbox.md).
+packages=(build-essential pkg-config ca-certificates tmux chromium bubblewrap
   libssl-dev libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
   xvfb xauth webkit2gtk-driver)
 missing=()

@@ -37,6 +37,11 @@ pub struct Memory {
 
 impl HostProcess {
     pub fn start(bin: &Path) -> Result<HostProcess> {
+        HostProcess::start_with(bin, &[])
+    }
+
+    /// With extra `ensemble serve` arguments (`--isolation none`).
+    pub fn start_with(bin: &Path, extra: &[&str]) -> Result<HostProcess> {
         let data_dir = tempfile::Builder::new()
             .prefix("ensemble-bench-")
             .tempdir()
@@ -48,6 +53,7 @@ impl HostProcess {
             .arg("--data-dir")
             .arg(data_dir.path())
             .arg("--test-actions")
+            .args(extra)
             // Info logs would cost the host time per connection; warnings
             // still show up on our stderr.
             .env("RUST_LOG", "warn")
@@ -100,6 +106,11 @@ impl HostProcess {
             bail!("the host listens on {addr}, not on 127.0.0.1");
         }
         Ok(host)
+    }
+
+    /// The host's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self._data_dir.path()
     }
 
     pub fn pid(&self) -> u32 {
