@@ -15,6 +15,25 @@ use ensemble_client::{Event, VmClient};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::Receiver;
 
+/// A host with the sandbox on, whatever ENSEMBLE_TEST_ISOLATION says.
+fn start(dir: &Path, extra: &[&str]) -> HostProcess {
+    start_with(
+        dir,
+        HostOptions {
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            ..HostOptions::default()
+        },
+    )
+}
+
+fn start_with(dir: &Path, mut opts: HostOptions) -> HostProcess {
+    if !opts.extra.iter().any(|a| a == "--isolation") {
+        opts.extra
+            .extend(["--isolation".to_owned(), "bwrap".to_owned()]);
+    }
+    HostProcess::start_with(dir, opts)
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -107,7 +126,7 @@ impl Drop for HomeSecret {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collaborator_cannot_read_the_hosts_secrets_by_any_route() {
     let dir = tempfile::tempdir().unwrap();
-    let host = HostProcess::start(dir.path());
+    let host = start(dir.path(), &[]);
     let data = dir.path().canonicalize().unwrap();
 
     // Another VM with a secret in its workspace and in its log.
@@ -254,7 +273,7 @@ async fn a_collaborator_cannot_read_the_hosts_secrets_by_any_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_sees_and_signals_only_its_own_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let host = HostProcess::start(dir.path());
+    let host = start(dir.path(), &[]);
     let a = open_driving(&host, json!(["Team A"])).await;
     let b = open_driving(&host, json!(["team-b"])).await;
     // A host process and another VM's process.
@@ -358,7 +377,7 @@ fn cgroup_procs(pid: u64) -> Option<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_of_a_vm_outlives_a_killed_host_and_a_restart_starts_clean() {
     let dir = tempfile::tempdir().unwrap();
-    let mut host = HostProcess::start(dir.path());
+    let mut host = start(dir.path(), &[]);
     let vm = open_driving(&host, json!(["orphans"])).await;
     let pid = vm
         .call("spawn", json!(["sleep", ["986001"]]))
@@ -420,7 +439,7 @@ async fn nothing_of_a_vm_outlives_a_killed_host_and_a_restart_starts_clean() {
             .spawn()
             .unwrap();
         std::fs::write(&procs, stray.id().to_string()).unwrap();
-        let host = HostProcess::start(dir.path());
+        let host = start(dir.path(), &[]);
         let deadline = Instant::now() + Duration::from_secs(5);
         while stray.try_wait().unwrap().is_none() {
             assert!(
@@ -474,7 +493,7 @@ async fn a_fork_bomb_and_a_memory_hog_are_stopped_and_others_stay_responsive() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let host = HostProcess::start_with(
+    let host = start_with(
         dir.path(),
         HostOptions {
             extra: vec![
@@ -545,7 +564,7 @@ async fn a_fork_bomb_and_a_memory_hog_are_stopped_and_others_stay_responsive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_network_a_vm_cannot_reach_the_host() {
     let dir = tempfile::tempdir().unwrap();
-    let host = HostProcess::start_with(
+    let host = start_with(
         dir.path(),
         HostOptions {
             extra: vec!["--vm-network".into(), "none".into()],
@@ -568,7 +587,7 @@ async fn without_network_a_vm_cannot_reach_the_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_isolation_everyone_is_warned() {
     let dir = tempfile::tempdir().unwrap();
-    let host = HostProcess::start_with(
+    let host = start_with(
         dir.path(),
         HostOptions {
             extra: vec!["--isolation".into(), "none".into()],
@@ -587,7 +606,7 @@ async fn without_isolation_everyone_is_warned() {
 
     // A sandboxing host says so.
     let dir = tempfile::tempdir().unwrap();
-    let host = HostProcess::start(dir.path());
+    let host = start(dir.path(), &[]);
     let mut raw = Raw::connect(&host).await;
     let welcome = raw.hello(json!(["boxed"])).await;
     assert_eq!(welcome["isolation"], "bwrap");
@@ -596,7 +615,7 @@ async fn without_isolation_everyone_is_warned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_without_bubblewrap_refuses_vms_and_says_how_to_install_it() {
     let dir = tempfile::tempdir().unwrap();
-    let host = HostProcess::start_with(
+    let host = start_with(
         dir.path(),
         HostOptions {
             env: vec![("ENSEMBLE_BWRAP".into(), "/nonexistent/bwrap".into())],

@@ -369,7 +369,9 @@ pub(crate) async fn tput_run(
         if i == 0 {
             // The first client opens the shell.
             client::take_control(&mut ws).await?;
-            let id = welcome["vm"]["id"].as_u64().context("welcome without vm.id")?;
+            let id = welcome["vm"]["id"]
+                .as_u64()
+                .context("welcome without vm.id")?;
             workspace = Some(host.data_dir().join(format!("vms/{id}/workspace")));
         }
         client::subscribe_to(&mut ws, &["shellData", "shellExit"]).await?;
