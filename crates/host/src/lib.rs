@@ -177,12 +177,15 @@ impl Host {
         .await
         .map_err(|_| HostError::ShuttingDown)?;
         let isolation = sandboxes.isolation().as_str();
+        // Without a usable sandbox no VM opens (each `hello` gets the
+        // reason); the host itself still starts.
+        let can_open = sandboxes.check().is_ok();
         let mut hooks = config.hooks;
         if let Some(command) = config.hook_command {
             hooks.push(Hook::command(command, shutdown.child_token()));
         }
         let hooks = Hooks::new(hooks, shutdown.child_token());
-        let wake_all = !hooks.is_empty();
+        let wake_all = !hooks.is_empty() && can_open;
         let registry = Registry::start(
             store,
             hooks,

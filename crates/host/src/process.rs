@@ -322,6 +322,12 @@ impl Processes {
             return Err(VmError::Exited(format!("process {pid}")));
         }
         signal_group(pid, signal);
+        if self.sandbox.isolated() {
+            // Its sandbox ends with it (whatever the signal): the bwrap got
+            // the signal, the namespace is killed here, in case the bwrap
+            // was still setting it up.
+            ensemble_sandbox::kill_namespace(pid);
+        }
         Ok(())
     }
 

@@ -32,11 +32,9 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
-use nix::sys::signal::Signal;
-
 use crate::agents::AgentCommand;
 use crate::log::{Log, NewEvent};
-use crate::process::{signal_group, ExitInfo, Tap};
+use crate::process::{ExitInfo, Tap};
 use crate::vm::VmError;
 use crate::vm::WeakVm;
 use crate::workspace::{Environment, Workspace};
@@ -382,6 +380,15 @@ struct Terminal {
     exit: watch::Receiver<Option<ExitInfo>>,
 }
 
+/// Kills an agent with everything it started: its sandbox's PID namespace
+/// (without a sandbox: its children), then the process.
+async fn end_agent(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        ensemble_sandbox::kill_namespace(pid);
+    }
+    let _ = child.kill().await;
+}
+
 /// `terminal/output` keeps this much when the agent sets no limit.
 const TERMINAL_OUTPUT_LIMIT: usize = 1 << 20; // 1 MiB
 
@@ -578,7 +585,7 @@ impl SessionTask {
                                 _cx| {
                         match task.terminal(&request.terminal_id.0) {
                             Ok(t) => {
-                                signal_group(t.pid, Signal::SIGKILL);
+                                ensemble_sandbox::kill_sandbox(t.pid);
                                 responder.respond(KillTerminalResponse::new())
                             }
                             Err(e) => responder.respond_with_error(e),
@@ -603,7 +610,7 @@ impl SessionTask {
                         match released {
                             Some(t) => {
                                 if t.exit.borrow().is_none() {
-                                    signal_group(t.pid, Signal::SIGKILL);
+                                    ensemble_sandbox::kill_sandbox(t.pid);
                                 }
                                 responder.respond(ReleaseTerminalResponse::new())
                             }
@@ -695,12 +702,12 @@ impl SessionTask {
                 })
             });
             let _ = ready.send(Err(error));
-            let _ = child.kill().await;
+            end_agent(&mut child).await;
             return;
         }
         self.cancel_pending();
         self.set_state("ended");
-        let _ = child.kill().await;
+        end_agent(&mut child).await;
         let exit_code =
             exit_code.or_else(|| child.try_wait().ok().flatten().and_then(|s| s.code()));
         self.log_json(

@@ -329,12 +329,28 @@ impl Sandboxes {
 }
 
 /// SIGKILLs a sandbox by the host pid of its bwrap (what the host
-/// spawned): first its PID namespace's init, the bwrap's child, which takes
-/// every process of the namespace with it, then the bwrap and its group.
-/// Used when a VM closes: the kernel's parent-death signal would do the
-/// same once the bwrap is gone, but only if nothing went wrong in between.
+/// spawned): its PID namespace (see [`kill_namespace`]), then the bwrap and
+/// its group.
 pub fn kill_sandbox(pid: u32) {
     use nix::sys::signal::{kill, killpg, Signal};
+    use nix::unistd::Pid;
+    kill_namespace(pid);
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 1 {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// SIGKILLs the first process of the sandbox whose bwrap has host pid
+/// `pid` (the bwrap's child: pid 1 of its namespace), which takes every
+/// process of the namespace with it. Call it when ending a sandbox, before
+/// the bwrap is gone: the parent-death signal bwrap gives that process is
+/// only set once the sandbox is set up, so a bwrap killed within its first
+/// milliseconds would leave it running.
+pub fn kill_namespace(pid: u32) {
+    use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let Ok(pid) = i32::try_from(pid) else {
         return;
@@ -342,30 +358,29 @@ pub fn kill_sandbox(pid: u32) {
     if pid <= 1 {
         return;
     }
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(child) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // After the command name in parentheses: state, ppid, ...
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if ppid == Some(pid) {
-                let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
-            }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command name in parentheses: state, ppid, ...
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
         }
     }
-    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
 }
 
 /// A short name for a data directory, so that two hosts with different

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{invalid, ok_null, to_json, ActionContext};
 use crate::log::NewEvent;
-use crate::process::{signal_group, StdinOp};
+use crate::process::StdinOp;
 use crate::session::SessionCommand;
 use crate::shell::ShellOptions;
 use crate::vm::{Vm, VmError};
@@ -116,7 +116,7 @@ pub async fn exec(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBo
         .await
         .is_err();
     if timed_out {
-        signal_group(pid, Signal::SIGKILL);
+        ensemble_sandbox::kill_sandbox(pid);
         let _ = spawned.exit.wait_for(Option::is_some).await;
     }
     let exit = (*spawned.exit.borrow()).unwrap_or(crate::process::ExitInfo {
