@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::client;
@@ -16,9 +16,11 @@ use crate::shell::{pct, CatFile, EchoKind};
 /// Clients of the throughput comparison.
 const CLIENTS: usize = 20;
 
-/// `exec true` calls timed per mode (after a few warm-up calls).
+/// `exec true` calls timed per mode, in rounds that alternate the modes
+/// (each round after a few warm-up calls).
 const EXECS: usize = 300;
-const EXEC_WARMUP: usize = 10;
+const EXEC_ROUNDS: usize = 6;
+const EXEC_WARMUP: usize = 5;
 
 /// Sandboxed throughput and echo p99 may be this much worse than without.
 const TARGET_RATIO: f64 = 0.05;
@@ -43,59 +45,85 @@ pub struct SandboxFigures {
 
 pub async fn measure(opts: &crate::Options) -> Result<SandboxFigures> {
     println!(
-        "\n== sandbox: the same shell cat to {CLIENTS} clients, echo and `exec true` without (--isolation none) and with the sandbox"
+        "\n== sandbox: the same shell cat to {CLIENTS} clients, echo and `exec true` without (--isolation none) and with the sandbox, runs alternating"
     );
     let file = CatFile::create(opts.shell_lines)?;
-    let none = mode(opts, &file, "none").await?;
-    let bwrap = mode(opts, &file, "bwrap").await?;
+    // Both hosts at once, their runs alternating (none first, then bwrap
+    // first, ...): what else runs on the machine weighs on both alike.
+    let hosts = [
+        (
+            "none",
+            HostProcess::start_with(&opts.host_bin, &["--isolation", "none"])?,
+        ),
+        (
+            "bwrap",
+            HostProcess::start_with(&opts.host_bin, &["--isolation", "bwrap"])?,
+        ),
+    ];
+    let mut tput: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for run in 0..opts.runs {
+        for k in 0..2 {
+            let i = (run + k) % 2;
+            let (name, host) = &hosts[i];
+            let r = crate::shell::tput_run(host, &file, CLIENTS).await?;
+            host.settle(std::time::Duration::from_secs(60)).await;
+            println!(
+                "  run {}: isolation {name:<5} cat to {CLIENTS} clients {:.1} MB/s",
+                run + 1,
+                r.slowest_mb_s
+            );
+            tput[i].push(r.slowest_mb_s);
+        }
+    }
+    let mut echo = Vec::new();
+    for (_, host) in &hosts {
+        echo.push(crate::shell::echo_run(host, EchoKind::RawCat, opts.keystrokes).await?);
+    }
+    let mut exec_ms: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..EXEC_ROUNDS {
+        for k in 0..2 {
+            let i = (round + k) % 2;
+            exec_ms[i].extend(exec_latency(&hosts[i].1, EXECS / EXEC_ROUNDS).await?);
+        }
+    }
+    let mut modes = Vec::new();
+    for (i, (name, host)) in hosts.into_iter().enumerate() {
+        host.stop()?;
+        let mut runs = std::mem::take(&mut tput[i]);
+        runs.sort_by(f64::total_cmp);
+        let m = Mode {
+            name,
+            tput_mb_s: runs[runs.len() / 2],
+            echo_p50_us: pct(&echo[i].one_us, 50.0),
+            echo_p99_us: pct(&echo[i].all_us, 99.0),
+            exec_p50_ms: pct(&exec_ms[i], 50.0),
+            exec_p99_ms: pct(&exec_ms[i], 99.0),
+        };
+        println!(
+            "  isolation {:<5}: cat to {CLIENTS} clients {:.1} MB/s (slowest client, median of {}); echo p50 {:.0} us, p99 (all {} observers) {:.0} us; exec true p50 {:.2} ms p99 {:.2} ms",
+            m.name,
+            m.tput_mb_s,
+            runs.len(),
+            m.echo_p50_us,
+            crate::shell::ECHO_OBSERVERS,
+            m.echo_p99_us,
+            m.exec_p50_ms,
+            m.exec_p99_ms
+        );
+        modes.push(m);
+    }
+    let bwrap = modes.pop().context("two modes")?;
+    let none = modes.pop().context("two modes")?;
     Ok(SandboxFigures { none, bwrap })
 }
 
-async fn mode(opts: &crate::Options, file: &CatFile, isolation: &'static str) -> Result<Mode> {
-    let host = HostProcess::start_with(&opts.host_bin, &["--isolation", isolation])?;
-    let mut runs = Vec::new();
-    for _ in 0..opts.runs {
-        let run = crate::shell::tput_run(&host, file, CLIENTS).await?;
-        host.settle(std::time::Duration::from_secs(60)).await;
-        runs.push(run.slowest_mb_s);
-    }
-    runs.sort_by(f64::total_cmp);
-    let tput_mb_s = runs[runs.len() / 2];
-    host.stop()?;
-
-    let host = HostProcess::start_with(&opts.host_bin, &["--isolation", isolation])?;
-    let echo = crate::shell::echo_run(&host, EchoKind::RawCat, opts.keystrokes).await?;
-    let exec_ms = exec_latency(&host).await?;
-    host.stop()?;
-    let m = Mode {
-        name: isolation,
-        tput_mb_s,
-        echo_p50_us: pct(&echo.one_us, 50.0),
-        echo_p99_us: pct(&echo.all_us, 99.0),
-        exec_p50_ms: pct(&exec_ms, 50.0),
-        exec_p99_ms: pct(&exec_ms, 99.0),
-    };
-    println!(
-        "  isolation {:<5}: cat to {CLIENTS} clients {:.1} MB/s (slowest client, median of {}); echo p50 {:.0} us, p99 (all {} observers) {:.0} us; exec true p50 {:.2} ms p99 {:.2} ms",
-        m.name,
-        m.tput_mb_s,
-        runs.len(),
-        m.echo_p50_us,
-        crate::shell::ECHO_OBSERVERS,
-        m.echo_p99_us,
-        m.exec_p50_ms,
-        m.exec_p99_ms
-    );
-    Ok(m)
-}
-
 /// Milliseconds from sending `exec("true")` to its answer, one at a time.
-async fn exec_latency(host: &HostProcess) -> Result<Vec<f64>> {
+async fn exec_latency(host: &HostProcess, count: usize) -> Result<Vec<f64>> {
     let mut ws = client::connect(&host.ws_url()).await?;
     client::hello(&mut ws, "bench-exec", host.token()).await?;
     client::take_control(&mut ws).await?;
-    let mut out = Vec::with_capacity(EXECS);
-    for i in 0..EXEC_WARMUP + EXECS {
+    let mut out = Vec::with_capacity(count);
+    for i in 0..EXEC_WARMUP + count {
         let id = 100 + i as u64;
         let t0 = Instant::now();
         client::action(&mut ws, id, "exec", json!(["true"])).await?;
