@@ -11,9 +11,15 @@ setup:
 	@./scripts/setup.sh
 
 # The web UI (ui/dist), which the host embeds: built before any cargo build
-# that should serve it.
-ui: setup
+# that should serve it, and only when its sources changed (a rebuild
+# rewrites ui/dist, which makes cargo rebuild the host).
+UI_SOURCES := $(shell find ui/src ui/index.html ui/package-lock.json ui/vite.config.ts ui/svelte.config.js ui/tsconfig.json -type f 2>/dev/null)
+
+ui: setup ui/dist/index.html
+
+ui/dist/index.html: $(UI_SOURCES)
 	cd ui && npm run build
+	@touch $@
 
 # svelte-check + tsc, then the Vitest unit tests.
 ui-check: setup
@@ -42,10 +48,13 @@ lint: setup
 unit: setup
 	$(CARGO) test --workspace --all-targets
 
-# Two Chromium pages against the real host (ui/e2e/multiplayer.mjs).
+# Chromium pages against real hosts: three participants of one VM
+# (ui/e2e/multiplayer.mjs), and a teammate joining over the LAN through her
+# own host's relay (ui/e2e/lan.mjs: two hosts, mDNS on lo only).
 browser: ui
 	$(CARGO) build -p ensemble -p ensemble-scripted-agent
 	cd ui && node e2e/multiplayer.mjs
+	cd ui && node e2e/lan.mjs
 
 # The UI is checked and built first: the host embeds the build.
 test: ui-check ui lint unit browser

@@ -7,8 +7,10 @@ set -euo pipefail
 # benchmark's reference figures, Chromium for the browser test, what Tauri 2
 # builds against (WebKitGTK and friends), Xvfb for running the window
 # headless, WebKitWebDriver for driving it in the desktop test, and
-# bubblewrap, the sandbox every VM's processes run in (docs/sandbox.md).
-packages=(build-essential pkg-config ca-certificates tmux chromium bubblewrap
+# iproute2 for the LAN test's network namespaces, asciinema, which
+# checks the recordings `ensemble export` writes, and bubblewrap, the
+# sandbox every VM's processes run in (docs/sandbox.md).
+packages=(build-essential pkg-config ca-certificates tmux chromium iproute2 asciinema bubblewrap
   libssl-dev libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
   xvfb xauth webkit2gtk-driver)
 missing=()

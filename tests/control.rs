@@ -475,6 +475,12 @@ async fn joining_by_request_and_code_and_what_the_owner_can_change() {
     // A join request, approved as a viewer.
     let (mut dee, reply) = raw_hello(&host, json!({"requestJoin": true, "name": "Dee"})).await;
     assert_eq!(reply["type"], "joinPending", "{reply}");
+    // An action while waiting is refused with its own id.
+    dee.send_json(json!({"type": "action", "id": 77, "name": "listProcesses", "args": []}))
+        .await;
+    let refused = dee.next_reply().await;
+    assert_eq!(code(&refused), "not_open", "{refused}");
+    assert_eq!(refused["id"], 77, "{refused}");
     let request_id = reply["requestId"].as_str().unwrap().to_owned();
     let asked = next_named(&mut requests, "joinRequested").await;
     assert_eq!(asked, json!({"requestId": request_id, "name": "Dee"}));
@@ -595,9 +601,14 @@ async fn failed_credentials_are_rate_limited() {
         let (_, reply) = raw_hello(&host, json!({"joinCode": "AAAA-BBBB-CCCC"})).await;
         assert_eq!(code(&reply), "unauthorized");
     }
-    // Even a good token waits now: nothing is checked for this address.
-    let (_, reply) = raw_hello(&host, json!({"token": host.owner_token})).await;
+    // More guesses wait now...
+    let (_, reply) = raw_hello(&host, json!({"joinCode": "AAAA-BBBB-CCCC"})).await;
     assert_eq!(code(&reply), "rate_limited", "{reply}");
+    let (_, reply) = raw_hello(&host, json!({"token": "forged"})).await;
+    assert_eq!(code(&reply), "rate_limited", "{reply}");
+    // ...but the owner, on the same address, is never locked out.
+    let (_, reply) = raw_hello(&host, json!({"token": host.owner_token})).await;
+    assert_eq!(reply["type"], "welcome", "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

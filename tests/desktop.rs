@@ -3,11 +3,17 @@
 //! WebKitWebDriver (both listen on 127.0.0.1 only). The window must open on
 //! the UI served by the app's embedded host (data in a temporary directory),
 //! connected as the owner, with a working shell; a screenshot must not be
-//! blank; ending the app must stop the host and its processes. Screenshots
-//! and the drivers' logs (which include the app's) go to
-//! target/desktop-test-output/.
+//! blank; joining another host over the LAN must work from the window (a
+//! headless `ensemble serve --lan` announced on `lo`: Nearby lists it, both
+//! sides show the same verification code, its owner approves, the window
+//! drives its shell through the app's relay); ending the app must stop the
+//! host and its processes. Screenshots and the drivers' logs (which include
+//! the app's) go to target/desktop-test-output/.
 //!
-//! Needs what scripts/setup.sh installs: Xvfb, WebKitWebDriver, tauri-driver.
+//! mDNS runs on `lo` only and every listener binds 127.0.0.1.
+//!
+//! Needs what scripts/setup.sh installs: Xvfb, WebKitWebDriver, tauri-driver;
+//! and the `ensemble` binary next to the app's (`cargo build -p ensemble`).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor};
@@ -43,6 +49,9 @@ fn the_window_shows_the_ui_as_owner_and_ending_the_app_stops_the_host() {
             .env_remove("WAYLAND_DISPLAY")
             .env("GDK_BACKEND", "x11")
             .env("ENSEMBLE_DATA_DIR", data_dir.path())
+            // The app's LAN side: loopback only, never the real interfaces.
+            .env("ENSEMBLE_LAN_BIND", "127.0.0.1:0")
+            .env("ENSEMBLE_MDNS_INTERFACES", "lo")
             .stdout(Stdio::null())
             .stderr(File::create(out.join("driver.log")).unwrap()),
     );
@@ -90,6 +99,7 @@ fn the_window_shows_the_ui_as_owner_and_ending_the_app_stops_the_host() {
     );
 
     check_ui(&session, &out);
+    check_lan_join(&session, &out);
     let sleeper = spawn_sleeper(&session, &owner_token(data_dir.path()));
 
     // The app ends on SIGTERM as it does when its window closes (WebDriver
@@ -221,6 +231,198 @@ fn check_ui(session: &Session, out: &Path) {
         shot.colours > 1,
         "ui.png is a single colour: the webview painted nothing"
     );
+}
+
+/// A headless host shared on the LAN (TLS on 127.0.0.1, announced on `lo`).
+struct HeadlessHost {
+    _process: Group,
+    _data_dir: tempfile::TempDir,
+    /// Its loopback listener (`127.0.0.1:PORT`), for its owner's client.
+    http: String,
+    fingerprint: String,
+    owner_token: String,
+}
+
+fn start_headless_host(out: &Path) -> HeadlessHost {
+    let bin = Path::new(APP).with_file_name("ensemble");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p ensemble` first",
+        bin.display()
+    );
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut process = Group::spawn(
+        Command::new(&bin)
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .args([
+                "--lan",
+                "--lan-bind",
+                "127.0.0.1:0",
+                "--mdns-interfaces",
+                "lo",
+            ])
+            .args(["--lan-name", "Headless"])
+            .stdout(Stdio::piped())
+            .stderr(File::create(out.join("headless-host.log")).unwrap()),
+    );
+    let stdout = BufReader::new(process.0.stdout.take().unwrap());
+    let (mut http, mut fingerprint) = (None, None);
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("Ensemble host listening on ws://") {
+            http = rest.split('/').next().map(str::to_owned);
+        }
+        if line.starts_with("Sharing on the LAN") {
+            fingerprint = line.rsplit(' ').next().map(str::to_owned);
+            break;
+        }
+    }
+    let (Some(http), Some(fingerprint)) = (http, fingerprint) else {
+        panic!("the headless host did not start sharing (see headless-host.log)");
+    };
+    assert_eq!(fingerprint.len(), 64, "fingerprint {fingerprint:?}");
+    let owner_token = owner_token(data_dir.path());
+    HeadlessHost {
+        _process: process,
+        _data_dir: data_dir,
+        http,
+        fingerprint,
+        owner_token,
+    }
+}
+
+/// Joining another host from the window: the Nearby panel lists the
+/// headless host (told from other hosts on `lo` by its fingerprint), Join
+/// shows a verification code equal to the one the headless host's owner
+/// sees in `listJoinRequests`; once they approve, the window opens the
+/// host's VM through the app's relay (a banner says whose host it is) and
+/// drives its shell.
+fn check_lan_join(session: &Session, out: &Path) {
+    let other = start_headless_host(out);
+    let entry = format!(
+        "document.querySelector('[data-nearby-host][data-fingerprint=\"{}\"]')",
+        other.fingerprint
+    );
+    session.execute(
+        "[...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Nearby').click()",
+    );
+    let opened = Instant::now();
+    session.wait_until(
+        "the headless host in the Nearby list",
+        &format!("return !!{entry}"),
+    );
+    println!(
+        "desktop: the headless host listed {} ms after Nearby opened",
+        opened.elapsed().as_millis()
+    );
+    session.screenshot(&out.join("lan-nearby.png"));
+    session.execute(&format!(
+        "[...{entry}.querySelectorAll('button')].find(b => b.textContent.trim() === 'Join').click()"
+    ));
+    let code_js = "return document.querySelector('[data-lan-panel] [data-verification-code]')?.dataset.verificationCode ?? null";
+    session.wait_until(
+        "the verification code in the window",
+        "return !!document.querySelector('[data-lan-panel] [data-verification-code]')",
+    );
+    let code = session.execute(code_js);
+    let code = code.as_str().expect("a code").to_owned();
+    assert!(
+        code.len() == 7 && code.as_bytes()[3] == b' ',
+        "code {code:?}"
+    );
+    session.screenshot(&out.join("lan-code.png"));
+
+    // The headless host's owner sees the request with the same code and
+    // approves it.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = ensemble_client::Client::new(format!("ws://{}", other.http))
+            .with_token(other.owner_token.clone());
+        let vm = client
+            .get_or_create("default")
+            .await
+            .expect("owner connects");
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        let request = loop {
+            let list = vm
+                .call("listJoinRequests", json!([]))
+                .await
+                .expect("listJoinRequests");
+            if let Some(r) = list.as_array().and_then(|l| l.first()) {
+                break r.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no join request reached the headless host"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            request["code"],
+            json!(code),
+            "the codes differ: the window shows {code}, the host's owner {request}"
+        );
+        assert!(
+            request["fingerprint"]
+                .as_str()
+                .is_some_and(|f| f.len() == 64),
+            "the request names the app's certificate: {request}"
+        );
+        println!("desktop: verification code {code} on both sides");
+        vm.call(
+            "approveJoin",
+            json!([request["requestId"], {"role": "collaborator"}]),
+        )
+        .await
+        .expect("approveJoin");
+    });
+
+    session.wait_until(
+        "the join approved",
+        "const b = [...document.querySelectorAll('[data-lan-panel] button')].find(b => b.textContent.trim().startsWith('Open Headless'));
+         if (b) { b.click(); return true; }
+         return false;",
+    );
+    session.wait_until(
+        "the banner naming the headless host",
+        "return (document.querySelector('[data-host-banner]')?.textContent ?? '').includes(\"On Headless's host\")",
+    );
+    session.wait_until(
+        "the peer's VM to be live",
+        "return document.querySelector('[data-status]')?.dataset.status === 'live'",
+    );
+    assert!(
+        session
+            .execute("return location.search")
+            .as_str()
+            .is_some_and(|s| s.contains("peer=h")),
+        "the window's URL names the peer"
+    );
+    session.wait_until(
+        "control of the peer's VM",
+        "const b = [...document.querySelectorAll('.control button')].find(b => b.textContent.trim() === 'Take control');
+         if (b) b.click();
+         return (document.querySelector('.control')?.textContent ?? '').includes('you are driving');",
+    );
+    session.wait_until(
+        "+ Shell on the peer's VM",
+        "const b = document.querySelector('button.open-shell');
+         if (b && !b.disabled) { b.click(); return true; }
+         return false;",
+    );
+    session.wait_until(
+        "the peer shell's prompt",
+        "return (document.querySelector('.shell .xterm-rows')?.textContent ?? '').trim() !== ''",
+    );
+    session.execute("document.querySelector('.shell .xterm-helper-textarea').focus()");
+    session.type_keys("echo relayed-$((6*7))\u{E007}");
+    session.wait_until(
+        "the peer shell's output",
+        "return (document.querySelector('.shell .xterm-rows')?.textContent ?? '').includes('relayed-42')",
+    );
+    let shot = session.screenshot(&out.join("lan-peer-shell.png"));
+    assert!(shot.colours > 1, "lan-peer-shell.png is a single colour");
 }
 
 /// Where screenshots and logs go: target/desktop-test-output/.

@@ -39,12 +39,21 @@ pub struct EmbeddedHost {
 }
 
 impl EmbeddedHost {
-    /// Opens the data directory and starts serving. Loopback only: the
-    /// window is the only client it expects (sharing over the LAN is
-    /// `ensemble serve --bind`'s job).
+    /// Opens the data directory and starts serving on loopback, for the
+    /// window. Sharing on the LAN is off until the owner switches it on in
+    /// the UI; `ENSEMBLE_LAN_BIND` (default `0.0.0.0:6421`) and
+    /// `ENSEMBLE_MDNS_INTERFACES` (default: the LAN interfaces) set where.
     pub async fn start(data_dir: PathBuf) -> anyhow::Result<EmbeddedHost> {
         let mut config = HostConfig::new(&data_dir);
         config.sandbox = sandbox_config()?;
+        if let Ok(bind) = std::env::var("ENSEMBLE_LAN_BIND") {
+            config.lan.bind = bind
+                .parse()
+                .with_context(|| format!("ENSEMBLE_LAN_BIND={bind:?} is not an address:port"))?;
+        }
+        if let Ok(list) = std::env::var("ENSEMBLE_MDNS_INTERFACES") {
+            config.lan.interfaces = ensemble_lan::discovery::Interfaces::parse(&list);
+        }
         let host = Host::start(config)
             .await
             .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;

@@ -3,6 +3,8 @@
 //! WebSocket.
 #![allow(dead_code)]
 
+pub mod lan;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

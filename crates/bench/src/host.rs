@@ -35,12 +35,42 @@ pub struct Memory {
     pub threads: u64,
 }
 
+/// Where the shell benches connect, and which process serves them: a host,
+/// or a paired host's VM through another host's relay.
+pub trait Target {
+    fn ws_url(&self) -> String;
+    fn token(&self) -> &str;
+    /// The process whose memory and CPU time are sampled.
+    fn pid(&self) -> u32;
+    /// The data directory of the host whose VMs this reaches (files a shell
+    /// should see go into a VM's workspace there).
+    fn data_dir(&self) -> &Path;
+    fn cpu_secs(&self) -> f64 {
+        cpu_secs(&format!("/proc/{}/stat", self.pid()))
+    }
+}
+
+impl Target for HostProcess {
+    fn ws_url(&self) -> String {
+        HostProcess::ws_url(self)
+    }
+    fn token(&self) -> &str {
+        HostProcess::token(self)
+    }
+    fn pid(&self) -> u32 {
+        HostProcess::pid(self)
+    }
+    fn data_dir(&self) -> &Path {
+        HostProcess::data_dir(self)
+    }
+}
+
 impl HostProcess {
     pub fn start(bin: &Path) -> Result<HostProcess> {
         HostProcess::start_with(bin, &[])
     }
 
-    /// With extra `ensemble serve` arguments (`--isolation none`).
+    /// Starts the host with `extra` arguments after the usual ones.
     pub fn start_with(bin: &Path, extra: &[&str]) -> Result<HostProcess> {
         let data_dir = tempfile::Builder::new()
             .prefix("ensemble-bench-")
@@ -184,6 +214,14 @@ impl HostProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!("the host did not exit within 10 s of SIGTERM");
+    }
+}
+
+impl HostProcess {
+    /// SIGKILL, as a crash: the host gets no chance to say goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod client;
 mod host;
+mod lan;
 mod reference;
 mod sandbox;
 mod session;
@@ -43,8 +44,8 @@ const TARGET_DELIVERIES_50: f64 = 1_000_000.0;
 const TARGET_CATCH_UP_SECS: f64 = 2.0;
 
 /// The sections, in the order they run; `--only` picks some.
-const SECTIONS: [&str; 8] = [
-    "fanout", "catchup", "tcp", "shell", "echo", "latejoin", "session", "sandbox",
+const SECTIONS: [&str; 9] = [
+    "fanout", "catchup", "tcp", "shell", "echo", "latejoin", "session", "lan", "sandbox",
 ];
 
 const HELP: &str = "\
@@ -63,6 +64,9 @@ Sections (all by default):
              byte checked; host memory; reference: raw PTY and tmux (anchors.py pty,tmux)
   echo       keystroke echo to 20 observers, p50/p99; reference: anchors.py lat
   latejoin   a fresh connection's snapshot after 1 GiB of shell output
+  lan        two hosts on 127.0.0.1, mDNS on lo: time to appear nearby, Join ->
+             first relayed byte, removal after quit and kill -9; cat to 1 and 10
+             clients and echo p50/p99, relayed against direct
   session    the scripted agent streams 100,000 message chunks to 10 subscribers:
              events/s logged, deliveries/s, order, agent write -> receipt p50/p99
   sandbox    without (--isolation none) and with the VM sandbox: cat of the
@@ -214,6 +218,11 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    let lan_figures = if opts.runs("lan") {
+        Some(runtime.block_on(lan::measure(&opts))?)
+    } else {
+        None
+    };
     let sandbox_figures = if opts.runs("sandbox") {
         Some(runtime.block_on(sandbox::measure(&opts))?)
     } else {
@@ -257,6 +266,9 @@ fn main() -> Result<()> {
         tcp.as_ref(),
         terminal.as_ref(),
     );
+    if let Some(f) = &lan_figures {
+        lan::summary(f);
+    }
     println!("\n# total {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::client::{self, Incoming, Ws, SHELL_DATA};
-use crate::host::{HostProcess, Memory, RssSampler, RssStats};
+use crate::host::{HostProcess, Memory, RssSampler, RssStats, Target};
 use crate::reference::TerminalReference;
 use crate::{int, kib, Table};
 
@@ -353,11 +353,7 @@ pub async fn measure(
 
 /// Subscribes `clients` connections to `shellData` and `shellExit`; the
 /// first one opens a shell that `cat`s the file; each checks every byte.
-pub(crate) async fn tput_run(
-    host: &HostProcess,
-    file: &CatFile,
-    clients: usize,
-) -> Result<TputRun> {
+pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Result<TputRun> {
     const KEY: &str = "bench-shell";
     let url = host.ws_url();
     let token = host.token();
@@ -559,7 +555,7 @@ async fn receive_cat(
 }
 
 #[derive(Clone, Copy)]
-pub(crate) enum EchoKind {
+pub enum EchoKind {
     /// `stty raw -echo; exec cat`: the program echoes, no line discipline
     /// echo and no shell in the way; the same pane as anchors.py's tmux echo
     /// and its raw PTY echo.
@@ -618,11 +614,7 @@ async fn observe(
 }
 
 /// A driver connection opens the shell and types; 20 observers follow it.
-pub(crate) async fn echo_run(
-    host: &HostProcess,
-    kind: EchoKind,
-    keystrokes: usize,
-) -> Result<Echo> {
+pub async fn echo_run(host: &impl Target, kind: EchoKind, keystrokes: usize) -> Result<Echo> {
     const KEY: &str = "bench-echo";
     let url = host.ws_url();
     let token = host.token();

@@ -99,7 +99,9 @@ impl Event {
 #[derive(Debug, Clone)]
 pub struct Client {
     url: String,
+    path: String,
     token: Option<String>,
+    join_code: Option<String>,
 }
 
 /// How to open a VM.
@@ -128,8 +130,25 @@ impl Client {
     pub fn new(url: impl Into<String>) -> Client {
         Client {
             url: url.into(),
+            path: WS_PATH.to_owned(),
             token: None,
+            join_code: None,
         }
+    }
+
+    /// Joins with a join code from the owner (when no token is set): the
+    /// host issues a member token, which [`VmClient::token`] then holds and
+    /// reconnects use.
+    pub fn with_join_code(mut self, code: impl Into<String>) -> Client {
+        self.join_code = Some(code.into());
+        self
+    }
+
+    /// Opens VMs at another WebSocket path of the same host: for a paired
+    /// host's VM through this host's relay, `/v1/peers/{peerId}/ws`.
+    pub fn with_path(mut self, path: impl Into<String>) -> Client {
+        self.path = path.into();
+        self
     }
 
     /// Authenticates with `token` (the owner's, from `<data dir>/owner-token`,
@@ -150,10 +169,34 @@ impl Client {
         key: K,
         options: OpenOptions,
     ) -> Result<VmClient, ClientError> {
-        let url = format!("{}{}", self.url.trim_end_matches('/'), WS_PATH);
+        self.open_listening(key, options, Vec::new()).await
+    }
+
+    /// Opens the VM of `key` and receives every event from the first one
+    /// after `options.since`: unlike [`VmClient::on`] called after opening,
+    /// nothing of the catch-up can pass before the receiver exists.
+    pub async fn open_with_events<K: Into<KeyArg>>(
+        &self,
+        key: K,
+        options: OpenOptions,
+    ) -> Result<(VmClient, mpsc::Receiver<Event>), ClientError> {
+        let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
+        let vm = self
+            .open_listening(key, options, vec![Listener { name: None, tx }])
+            .await?;
+        Ok((vm, rx))
+    }
+
+    async fn open_listening<K: Into<KeyArg>>(
+        &self,
+        key: K,
+        options: OpenOptions,
+        listeners: Vec<Listener>,
+    ) -> Result<VmClient, ClientError> {
+        let url = format!("{}{}", self.url.trim_end_matches('/'), self.path);
         let key = key.into().0;
         let shared = Arc::new(Shared {
-            listeners: Mutex::new(Vec::new()),
+            listeners: Mutex::new(listeners),
         });
         let (last_tx, last_rx) = watch::channel(options.since.unwrap_or(0));
         let (caught_up_tx, caught_up_rx) = watch::channel(None);
@@ -161,6 +204,7 @@ impl Client {
         let mut conn = Conn {
             url,
             token: self.token.clone(),
+            join_code: self.join_code.clone(),
             key,
             options,
             shared: shared.clone(),
@@ -170,10 +214,12 @@ impl Client {
             next_id: 1,
         };
         let (ws, info, you) = conn.connect().await?;
+        let token = conn.token.clone();
         tokio::spawn(conn.run(ws, call_rx));
         Ok(VmClient {
             info,
             you,
+            token,
             call_tx,
             shared,
             last_rx,
@@ -223,6 +269,7 @@ struct Listener {
 pub struct VmClient {
     info: VmInfo,
     you: Participant,
+    token: Option<String>,
     call_tx: mpsc::Sender<Call>,
     shared: Arc<Shared>,
     last_rx: watch::Receiver<u64>,
@@ -239,6 +286,12 @@ impl VmClient {
     /// The participant this client is (as of its first `welcome`).
     pub fn you(&self) -> &Participant {
         &self.you
+    }
+
+    /// The token this client authenticated with: the one it was given, or
+    /// the member token a join code was exchanged for.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn info(&self) -> &VmInfo {
@@ -301,6 +354,7 @@ type Ws =
 struct Conn {
     url: String,
     token: Option<String>,
+    join_code: Option<String>,
     key: Value,
     options: OpenOptions,
     shared: Arc<Shared>,
@@ -332,7 +386,11 @@ impl Conn {
             key: self.key.clone(),
             name: self.options.name.clone(),
             token: self.token.clone(),
-            join_code: None,
+            join_code: if self.token.is_none() {
+                self.join_code.clone()
+            } else {
+                None
+            },
             login_code: None,
             request_join: false,
         };
@@ -345,7 +403,13 @@ impl Conn {
                 .map_err(|e| connect_err(e.to_string()))?;
             let Message::Text(text) = msg else { continue };
             match serde_json::from_str::<ServerMessage>(&text) {
-                Ok(ServerMessage::Welcome { vm, you, .. }) => break (vm, you),
+                Ok(ServerMessage::Welcome { vm, you, token, .. }) => {
+                    // A join code works once: reconnects use the token.
+                    if let Some(token) = token {
+                        self.token = Some(token);
+                    }
+                    break (vm, you);
+                }
                 Ok(ServerMessage::Error { error, .. }) => return Err(ClientError::Refused(error)),
                 Ok(_) => continue,
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),

@@ -1,4 +1,6 @@
-//! The `ensemble` command: `ensemble serve` runs a headless host.
+//! The `ensemble` command: `ensemble serve` runs a headless host;
+//! `ensemble nearby` lists hosts shared on the LAN; `ensemble join` pairs
+//! this install with one of them.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -9,6 +11,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ensemble_host::{Host, HostConfig};
+
+mod attach;
+mod events;
+mod export;
+mod lan_cli;
+mod people;
+mod prompt;
+mod remote;
 
 #[derive(Parser)]
 #[command(
@@ -25,12 +35,35 @@ struct Cli {
 enum Command {
     /// Run a host without a window: VMs, the event log and the WebSocket endpoint.
     Serve(ServeArgs),
+    /// List the Ensemble hosts shared on this network (mDNS).
+    Nearby(lan_cli::NearbyArgs),
+    /// Ask a host on the LAN to let this install in; prints the code to
+    /// compare with its owner and waits for their answer.
+    Join(lan_cli::JoinArgs),
+    /// Attach this terminal to a shared shell (Ctrl-] d detaches).
+    Attach(attach::AttachArgs),
+    /// Print a VM's events as JSON Lines (--follow for live ones).
+    Events(events::EventsArgs),
+    /// Export a VM's log as JSON Lines, or a shell as an asciicast recording.
+    Export(export::ExportArgs),
+    /// Send a prompt to the VM's agent and print its answer as it comes.
+    Prompt(prompt::PromptArgs),
+    /// Who is in a VM, with roles and presence, and who drives.
+    Who(people::WhoArgs),
+    /// Create a join code for a teammate (owner only).
+    Invite(people::InviteArgs),
+    /// Print a completion script for a shell (bash, zsh, fish, ...).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on. The default is loopback only; use 0.0.0.0 to let
-    /// teammates on the LAN connect.
+    /// Address the local listener (this machine's UI and clients) binds: a
+    /// loopback address. Teammates on other machines come in through
+    /// --lan (TLS), never through this one.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], ensemble_protocol::DEFAULT_PORT)))]
     bind: SocketAddr,
     /// Where the event logs and the key registry live
@@ -61,6 +94,23 @@ struct ServeArgs {
     /// reconnect does not lose it.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     control_grace: f64,
+    /// Share on the LAN: listen with TLS on --lan-bind and announce this
+    /// host by mDNS. Off by default: the host then listens on loopback only.
+    #[arg(long)]
+    lan: bool,
+    /// Where the LAN (TLS) listener binds while sharing.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], ensemble_host::lan::DEFAULT_LAN_PORT)), value_name = "ADDR")]
+    lan_bind: SocketAddr,
+    #[command(flatten)]
+    mdns: lan_cli::MdnsArgs,
+    /// Also serve plain HTTP on the LAN (the LAN port + 1) so that teammates
+    /// can use a browser, which cannot pin this host's certificate. Tokens
+    /// and events then cross the network unencrypted.
+    #[arg(long)]
+    lan_insecure_http: bool,
+    /// The name this host is announced with (default: the owner's name).
+    #[arg(long, value_name = "NAME")]
+    lan_name: Option<String>,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -117,6 +167,22 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Nearby(args) => runtime.block_on(lan_cli::nearby(args)),
+        Command::Join(args) => runtime.block_on(lan_cli::join(args)),
+        Command::Attach(args) => runtime.block_on(attach::run(args)),
+        Command::Events(args) => runtime.block_on(events::run(args)),
+        Command::Export(args) => runtime.block_on(export::run(args)),
+        Command::Prompt(args) => runtime.block_on(prompt::run(args)),
+        Command::Who(args) => runtime.block_on(people::who(args)),
+        Command::Invite(args) => runtime.block_on(people::invite(args)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ensemble", &mut script);
+            // A reader that stops early (`| head`) is not an error.
+            let _ = std::io::stdout().write_all(&script);
+            Ok(())
+        }
     }
 }
 
@@ -126,6 +192,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => ensemble_host::store::default_data_dir()
             .context("no data directory known for this user; pass --data-dir")?,
     };
+    if !args.bind.ip().is_loopback() {
+        anyhow::bail!(
+            "--bind {} is not a loopback address: the local listener serves this machine only. \
+             To let teammates in, share on the LAN with --lan (TLS, pinned certificates; \
+             add --lan-insecure-http for browsers on other machines)",
+            args.bind
+        );
+    }
     let mut config = HostConfig::new(&data_dir);
     config.sandbox = args.sandbox.config();
     config.test_actions = args.test_actions;
@@ -137,6 +211,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("--agent-init-timeout takes a positive number of seconds")?;
     config.control_grace = Duration::try_from_secs_f64(args.control_grace)
         .context("--control-grace takes a positive number of seconds")?;
+    config.lan = ensemble_host::lan::LanConfig {
+        bind: args.lan_bind,
+        interfaces: args.mdns.interfaces(),
+        insecure_http: args.lan_insecure_http,
+        display_name: args.lan_name,
+        share: args.lan,
+    };
+    let lan_requested = args.lan;
     let host = Host::start(config)
         .await
         .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
@@ -158,13 +240,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir.display()
     );
     // The owner opens this in a browser on this machine; the code works once.
-    let mut local = addr;
-    if local.ip().is_unspecified() {
-        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
     let _ = writeln!(
         out,
-        "Owner URL (works once): http://{local}/#login={}",
+        "Owner URL (works once): http://{addr}/#login={}",
         host.login_code()
     );
     let _ = writeln!(
@@ -174,6 +252,44 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let _ = out.flush();
     drop(out);
+    if lan_requested {
+        let lan = host.lan().clone();
+        tokio::spawn(async move {
+            // Sharing starts once serving begins; report where it listens.
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match lan.status(false).await {
+                    Ok(s) if s.sharing => {
+                        let addrs: Vec<String> =
+                            s.addresses.iter().map(|a| a.to_string()).collect();
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(
+                            out,
+                            "Sharing on the LAN (TLS) at {} as {:?}, fingerprint {}",
+                            if addrs.is_empty() {
+                                "(no LAN address yet)".to_owned()
+                            } else {
+                                addrs.join(", ")
+                            },
+                            s.display_name,
+                            s.fingerprint
+                        );
+                        if let Some(http) = s.insecure_http {
+                            let _ = writeln!(
+                                out,
+                                "WARNING: plain HTTP for browsers at http://{http}/ (unencrypted)"
+                            );
+                        }
+                        let _ = out.flush();
+                        return;
+                    }
+                    Ok(s) if s.error.is_some() => break,
+                    _ => {}
+                }
+            }
+            tracing::error!("LAN sharing did not start; see the log above");
+        });
+    }
     host.serve(listener, ensemble_host::shutdown_signal())
         .await
         .context("server failed")?;

@@ -89,6 +89,15 @@ pub enum Credential {
     None,
 }
 
+/// The certificate a connection over TLS presented (a peer host on the LAN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPeer {
+    /// SHA-256 of its certificate, 64 hex digits.
+    pub fingerprint: String,
+    /// The verification code of this TLS session.
+    pub code: String,
+}
+
 /// A connection let in.
 pub struct Admitted {
     pub member: Member,
@@ -137,11 +146,14 @@ pub struct Access {
     changes: broadcast::Sender<MemberChange>,
     owner_token: std::sync::Arc<str>,
     login_code: std::sync::Arc<str>,
+    owner_name: std::sync::Arc<str>,
 }
 
 struct Pending {
     name: String,
     address: IpAddr,
+    /// Over TLS (a peer host): who asks, and the code both people compare.
+    tls: Option<TlsPeer>,
     since_ms: u64,
     reply: oneshot::Sender<Decision>,
 }
@@ -149,6 +161,9 @@ struct Pending {
 struct State {
     conn: Connection,
     members: HashMap<u64, (Member, String)>,
+    /// member id → the certificate fingerprint its token is bound to (a
+    /// member who joined from another host over TLS).
+    bound: HashMap<u64, String>,
     /// token hash → member id
     by_token: HashMap<String, u64>,
     watchers: HashMap<u64, watch::Sender<Option<Member>>>,
@@ -181,7 +196,8 @@ impl Access {
                  role TEXT NOT NULL,
                  token_hash TEXT UNIQUE,
                  created_ms INTEGER NOT NULL,
-                 removed_ms INTEGER);
+                 removed_ms INTEGER,
+                 fingerprint TEXT);
              CREATE TABLE IF NOT EXISTS join_codes(
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  code_hash TEXT NOT NULL UNIQUE,
@@ -192,10 +208,14 @@ impl Access {
                  uses INTEGER NOT NULL DEFAULT 0);",
         )
         .map_err(db)?;
+        // Databases from before LAN sharing lack the column; adding it twice
+        // fails harmlessly.
+        let _ = conn.execute("ALTER TABLE members ADD COLUMN fingerprint TEXT", []);
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let mut state = State {
             conn,
             members: HashMap::new(),
+            bound: HashMap::new(),
             by_token: HashMap::new(),
             watchers: HashMap::new(),
             changes: changes.clone(),
@@ -209,6 +229,13 @@ impl Access {
         state.owner_token = state.ensure_owner(&dir.join("owner-token"))?;
         let owner_token = std::sync::Arc::from(state.owner_token.as_str());
         let login_code = std::sync::Arc::from(state.login_code.clone().unwrap_or_default());
+        let owner_name = state
+            .members
+            .values()
+            .find(|(m, _)| m.role == Role::Owner)
+            .map(|(m, _)| m.name.as_str())
+            .unwrap_or("Owner");
+        let owner_name = std::sync::Arc::from(owner_name);
         let (jobs, jobs_rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("ensemble-access".into())
@@ -223,7 +250,14 @@ impl Access {
             changes,
             owner_token,
             login_code,
+            owner_name,
         })
+    }
+
+    /// The owner's display name as the host started (what LAN sharing
+    /// announces unless told otherwise).
+    pub fn owner_name(&self) -> &str {
+        &self.owner_name
     }
 
     /// The owner's token, for a UI started by the same user (the desktop app).
@@ -260,8 +294,9 @@ impl Access {
         credential: Credential,
         name: Option<String>,
         address: IpAddr,
+        tls: Option<TlsPeer>,
     ) -> Result<Admission, ErrorBody> {
-        self.with(move |s| s.admit(credential, name, address))
+        self.with(move |s| s.admit(credential, name, address, tls))
             .await?
     }
 
@@ -284,6 +319,8 @@ impl Access {
                     request_id: request_wire_id(*id),
                     name: r.name.clone(),
                     since: r.since_ms,
+                    code: r.tls.as_ref().map(|t| t.code.clone()),
+                    fingerprint: r.tls.as_ref().map(|t| t.fingerprint.clone()),
                 })
                 .collect();
             out.sort_by_key(|r| r.since);
@@ -444,15 +481,16 @@ fn restrict(path: &Path) {
 
 impl State {
     fn load(&mut self) -> Result<(), rusqlite::Error> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, name, role, token_hash FROM members WHERE removed_ms IS NULL")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, role, token_hash, fingerprint FROM members WHERE removed_ms IS NULL",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, u64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
             ))
         })?;
         let mut loaded = Vec::new();
@@ -460,7 +498,10 @@ impl State {
             loaded.push(row?);
         }
         drop(stmt);
-        for (id, name, role, token_hash) in loaded {
+        for (id, name, role, token_hash, fingerprint) in loaded {
+            if let Some(fp) = fingerprint {
+                self.bound.insert(id, fp);
+            }
             let member = Member {
                 id,
                 color: color_for(id),
@@ -584,13 +625,26 @@ impl State {
             .is_some_and(|(_, n)| *n >= MAX_FAILURES)
     }
 
+    /// A token or login code that would be accepted as it is.
+    fn valid(&self, credential: &Credential) -> bool {
+        match credential {
+            Credential::Token(token) => self.by_token.contains_key(&hash(token)),
+            Credential::LoginCode(code) => self.login_code.as_deref() == Some(code.as_str()),
+            _ => false,
+        }
+    }
+
     fn admit(
         &mut self,
         credential: Credential,
         name: Option<String>,
         address: IpAddr,
+        tls: Option<TlsPeer>,
     ) -> Result<Admission, ErrorBody> {
-        if self.rate_limited(address) {
+        // Failures are limited per address, but a valid credential always
+        // works: every local client shares 127.0.0.1, and the owner must not
+        // be locked out by someone else's failed guesses.
+        if self.rate_limited(address) && !self.valid(&credential) {
             return Err(ErrorBody::new(
                 ErrorCode::RateLimited,
                 format!("too many failed attempts from {address}; wait a minute and try again"),
@@ -598,7 +652,19 @@ impl State {
         }
         match credential {
             Credential::Token(token) => match self.by_token.get(&hash(&token)).copied() {
-                Some(id) => self.admitted(id, None),
+                Some(id) => {
+                    // A token issued to another host works only from that
+                    // host's certificate: a copied token is not enough.
+                    if let Some(fp) = self.bound.get(&id) {
+                        if tls.as_ref().map(|t| &t.fingerprint) != Some(fp) {
+                            return Err(self.failed(
+                                address,
+                                "this token belongs to another Ensemble install (its certificate does not match); join again from this one",
+                            ));
+                        }
+                    }
+                    self.admitted(id, None)
+                }
                 None => Err(self.failed(address, "unknown or revoked token; ask the owner for a join code")),
             },
             Credential::LoginCode(code) => {
@@ -641,6 +707,9 @@ impl State {
                     )
                     .map_err(internal)?;
                 let (member, token) = self.new_member(name, parse_role(&role))?;
+                if let Some(tls) = &tls {
+                    self.bind(member.id, &tls.fingerprint)?;
+                }
                 self.admitted(member.id, Some(token))
             }
             Credential::RequestJoin => {
@@ -666,6 +735,7 @@ impl State {
                     Pending {
                         name: clean_name(name).unwrap_or_else(|| "Guest".to_owned()),
                         address,
+                        tls,
                         since_ms: now_ms(),
                         reply,
                     },
@@ -726,6 +796,18 @@ impl State {
         Ok((member, token))
     }
 
+    /// Binds a member's token to the certificate it joined with.
+    fn bind(&mut self, id: u64, fingerprint: &str) -> Result<(), ErrorBody> {
+        self.conn
+            .execute(
+                "UPDATE members SET fingerprint = ?1 WHERE id = ?2",
+                params![fingerprint, id],
+            )
+            .map_err(internal)?;
+        self.bound.insert(id, fingerprint.to_owned());
+        Ok(())
+    }
+
     fn decide(&mut self, request_id: u64, role: Option<Role>) -> Result<Option<Member>, ErrorBody> {
         let request = self
             .requests
@@ -745,6 +827,9 @@ impl State {
             return Ok(None);
         };
         let (member, token) = self.new_member(Some(request.name), role)?;
+        if let Some(tls) = &request.tls {
+            self.bind(member.id, &tls.fingerprint)?;
+        }
         let Admission::Admitted(admitted) = self.admitted(member.id, Some(token))? else {
             return Err(internal("admission"));
         };
@@ -948,7 +1033,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let owner = admitted(
             access
-                .admit(Credential::Token(token.clone()), None, HERE)
+                .admit(Credential::Token(token.clone()), None, HERE, None)
                 .await,
         );
         assert_eq!(owner.member.role, Role::Owner);
@@ -963,7 +1048,7 @@ mod tests {
         let rotated = Access::open(dir.path()).unwrap();
         assert_ne!(rotated.owner_token(), token);
         assert!(rotated
-            .admit(Credential::Token(token), None, HERE)
+            .admit(Credential::Token(token), None, HERE, None)
             .await
             .is_err());
     }
@@ -975,11 +1060,14 @@ mod tests {
         let code = access.login_code().to_owned();
         let first = admitted(
             access
-                .admit(Credential::LoginCode(code.clone()), None, HERE)
+                .admit(Credential::LoginCode(code.clone()), None, HERE, None)
                 .await,
         );
         assert_eq!(first.issued.as_deref(), Some(access.owner_token()));
-        let Err(e) = access.admit(Credential::LoginCode(code), None, HERE).await else {
+        let Err(e) = access
+            .admit(Credential::LoginCode(code), None, HERE, None)
+            .await
+        else {
             panic!("a login code worked twice");
         };
         assert_eq!(e.code, ErrorCode::Unauthorized);
@@ -991,25 +1079,32 @@ mod tests {
         let access = Access::open(dir.path()).unwrap();
         for _ in 0..MAX_FAILURES {
             let Err(e) = access
-                .admit(Credential::Token("forged".into()), None, HERE)
+                .admit(Credential::Token("forged".into()), None, HERE, None)
                 .await
             else {
                 panic!("forged token accepted");
             };
             assert_eq!(e.code, ErrorCode::Unauthorized);
         }
-        let token = access.owner_token().to_owned();
         let Err(e) = access
-            .admit(Credential::Token(token.clone()), None, HERE)
+            .admit(Credential::Token("forged".into()), None, HERE, None)
             .await
         else {
-            panic!("not rate limited");
+            panic!("forged token accepted");
         };
         assert_eq!(e.code, ErrorCode::RateLimited);
+        // A valid token still works from the limited address (every local
+        // client shares 127.0.0.1).
+        let token = access.owner_token().to_owned();
+        admitted(
+            access
+                .admit(Credential::Token(token.clone()), None, HERE, None)
+                .await,
+        );
         let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
         admitted(
             access
-                .admit(Credential::Token(token), None, elsewhere)
+                .admit(Credential::Token(token), None, elsewhere, None)
                 .await,
         );
     }
@@ -1026,7 +1121,7 @@ mod tests {
         let typed = code.to_lowercase().replace('-', " ");
         let guest = admitted(
             access
-                .admit(Credential::JoinCode(typed), Some("Ann".into()), HERE)
+                .admit(Credential::JoinCode(typed), Some("Ann".into()), HERE, None)
                 .await,
         );
         assert_eq!(guest.member.role, Role::Viewer);
@@ -1034,7 +1129,7 @@ mod tests {
         let token = guest.issued.clone().unwrap();
         admitted(
             access
-                .admit(Credential::Token(token.clone()), None, HERE)
+                .admit(Credential::Token(token.clone()), None, HERE, None)
                 .await,
         );
         access
@@ -1042,7 +1137,7 @@ mod tests {
             .await
             .unwrap();
         assert!(access
-            .admit(Credential::JoinCode(code), None, HERE)
+            .admit(Credential::JoinCode(code), None, HERE, None)
             .await
             .is_err());
         let expired = access
@@ -1050,7 +1145,12 @@ mod tests {
             .await
             .unwrap();
         assert!(access
-            .admit(Credential::JoinCode(expired.code.unwrap()), None, HERE)
+            .admit(
+                Credential::JoinCode(expired.code.unwrap()),
+                None,
+                HERE,
+                None
+            )
             .await
             .is_err());
         // Removal revokes the member's token and tells its connections.
@@ -1059,7 +1159,7 @@ mod tests {
         watch.changed().await.unwrap();
         assert!(watch.borrow().is_none());
         assert!(access
-            .admit(Credential::Token(token), None, HERE)
+            .admit(Credential::Token(token), None, HERE, None)
             .await
             .is_err());
     }

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{request_wire_id, Access, Admission, Admitted, Credential, Member};
+use crate::access::{request_wire_id, Access, Admission, Admitted, Credential, Member, TlsPeer};
 use crate::actions::{self, ActionContext, MAX_FILTER_NAMES};
 use crate::log::{Frame, Log, LogError, LoggedEvent, NewEvent};
 use crate::registry::Registry;
@@ -64,6 +64,8 @@ pub struct Shared {
     pub server: String,
     /// `bwrap` or `none` (`--isolation none`), told to every participant.
     pub isolation: &'static str,
+    /// LAN sharing, nearby hosts, joins and peers.
+    pub lan: crate::lan::Lan,
 }
 
 enum Out {
@@ -78,13 +80,23 @@ enum Out {
     Filter(Option<HashSet<String>>),
 }
 
-/// Serves one upgraded WebSocket from `peer` until either side closes it.
-pub async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: IpAddr) {
+/// Serves one upgraded WebSocket from `peer` (with the certificate it
+/// presented, over the LAN's TLS) until either side closes it.
+///
+/// `stop` ends it (the host's shutdown, or sharing switched off for a LAN
+/// connection).
+pub async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    peer: IpAddr,
+    tls: Option<TlsPeer>,
+    stop: CancellationToken,
+) {
     let (sink, stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
-    let done = shared.shutdown.child_token();
+    let done = stop.child_token();
     let mut writer = tokio::spawn(write_half(sink, out_rx, shared.stall_timeout, done.clone()));
-    let state = read_half(stream, out_tx, shared, done.clone(), peer).await;
+    let state = read_half(stream, out_tx, shared, done.clone(), peer, tls).await;
     if let (Some(vm), Some(me)) = (&state.vm, &state.me) {
         let id = me.borrow().as_ref().map(|m| m.id);
         if let Some(id) = id {
@@ -105,6 +117,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: IpAddr) {
 struct ReadState {
     conn_id: u64,
     peer: IpAddr,
+    tls: Option<TlsPeer>,
     vm: Option<Vm>,
     /// Who this connection is, kept current by the access thread (`None`
     /// once removed). Set together with `vm`: no VM, no events.
@@ -118,6 +131,7 @@ async fn read_half(
     shared: Arc<Shared>,
     done: CancellationToken,
     peer: IpAddr,
+    tls: Option<TlsPeer>,
 ) -> ReadState {
     let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_ACTIONS));
     let mut state = ReadState {
@@ -125,6 +139,7 @@ async fn read_half(
             .next_conn_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         peer,
+        tls,
         vm: None,
         me: None,
         subscribed: false,
@@ -266,8 +281,16 @@ async fn hello_with_join(
             msg = stream.next() => match msg {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(_)) => {
-                    let text = error_text(None, ErrorBody::new(
+                Some(Ok(msg)) => {
+                    // An action keeps its id, so a client matching answers
+                    // by id is not left waiting.
+                    let id = match &msg {
+                        Message::Text(t) => serde_json::from_str::<Value>(t.as_str())
+                            .ok()
+                            .and_then(|v| v.get("id").and_then(Value::as_u64)),
+                        _ => None,
+                    };
+                    let text = error_text(id, ErrorBody::new(
                         ErrorCode::NotOpen,
                         "your join request waits for the owner; nothing else can be done until they answer",
                     ));
@@ -360,7 +383,7 @@ async fn open_hello(hello: Hello, state: &mut ReadState, shared: &Arc<Shared>) -
     };
     let admission = match shared
         .access
-        .admit(credential, name.clone(), state.peer)
+        .admit(credential, name.clone(), state.peer, state.tls.clone())
         .await
     {
         Ok(a) => a,
@@ -384,13 +407,18 @@ async fn open_hello(hello: Hello, state: &mut ReadState, shared: &Arc<Shared>) -
             request_id,
             decision,
         } => {
+            let mut data = json!({
+                "requestId": request_wire_id(request_id),
+                "name": name.as_deref().map(str::trim).filter(|n| !n.is_empty()).unwrap_or("Guest"),
+            });
+            // A request from another host over TLS: what both people compare.
+            if let Some(tls) = &state.tls {
+                data["code"] = json!(tls.code);
+                data["fingerprint"] = json!(tls.fingerprint);
+            }
             let event = NewEvent::Json {
                 name: "joinRequested".to_owned(),
-                data: json!({
-                    "requestId": request_wire_id(request_id),
-                    "name": name.as_deref().map(str::trim).filter(|n| !n.is_empty()).unwrap_or("Guest"),
-                })
-                .to_string(),
+                data: data.to_string(),
             };
             if let Err(e) = vm.log().append(vec![event]).await {
                 shared.access.withdraw(request_id).await;
@@ -598,6 +626,7 @@ async fn handle(
                     conn_id,
                     me,
                     access: &shared.access,
+                    lan: &shared.lan,
                     agents: &shared.agents,
                     agent_init_timeout: shared.agent_init_timeout,
                     test_actions,

@@ -2,6 +2,8 @@
 //!
 //! Layout (data flows down):
 //! * [`server`]: HTTP and the WebSocket endpoint; [`ui`]: the web UI it serves.
+//! * [`lan`]: sharing on the LAN (TLS listener, mDNS), joins to other
+//!   hosts and the relay to their VMs.
 //! * [`connection`]: one client: parses frames, runs actions, streams the log.
 //! * [`access`]: who may connect (owner, members, join codes and requests).
 //! * [`actions`]: each action's arguments and effect.
@@ -24,6 +26,7 @@ pub mod agents;
 pub mod connection;
 pub mod control;
 pub mod hook;
+pub mod lan;
 pub mod limits;
 pub mod log;
 pub mod output;
@@ -81,6 +84,8 @@ pub struct HostConfig {
     pub control_grace: Duration,
     /// How VMs are sandboxed (bubblewrap by default) and their limits.
     pub sandbox: ensemble_sandbox::Config,
+    /// Sharing on the LAN.
+    pub lan: lan::LanConfig,
 }
 
 impl HostConfig {
@@ -96,6 +101,7 @@ impl HostConfig {
             agent_init_timeout: session::DEFAULT_INIT_TIMEOUT,
             control_grace: control::DEFAULT_GRACE,
             sandbox: ensemble_sandbox::Config::default(),
+            lan: lan::LanConfig::default(),
         }
     }
 }
@@ -114,6 +120,8 @@ pub enum HostError {
     Access(#[from] access::AccessError),
     #[error(transparent)]
     Sandbox(#[from] ensemble_sandbox::SandboxError),
+    #[error(transparent)]
+    Identity(#[from] ensemble_lan::identity::IdentityError),
 }
 
 impl HostError {
@@ -185,6 +193,12 @@ impl Host {
             hooks.push(Hook::command(command, shutdown.child_token()));
         }
         let hooks = Hooks::new(hooks, shutdown.child_token());
+        let lan = lan::Lan::start(
+            config.data_dir.clone(),
+            config.lan,
+            access.owner_name().to_owned(),
+            shutdown.child_token(),
+        )?;
         let wake_all = !hooks.is_empty() && can_open;
         let registry = Registry::start(
             store,
@@ -211,6 +225,7 @@ impl Host {
                 shutdown,
                 server: format!("ensemble/{}", env!("CARGO_PKG_VERSION")),
                 isolation,
+                lan,
             }),
         })
     }
@@ -219,6 +234,11 @@ impl Host {
     /// owner starts locally, such as the desktop app.
     pub fn owner_token(&self) -> &str {
         self.shared.access.owner_token()
+    }
+
+    /// The LAN side of this host: sharing, nearby hosts, peers.
+    pub fn lan(&self) -> &lan::Lan {
+        &self.shared.lan
     }
 
     /// A code that logs a browser in as the owner once (`/#login=CODE`).
@@ -235,6 +255,7 @@ impl Host {
     ) -> std::io::Result<()> {
         let token = self.shared.shutdown.clone();
         let app = server::router(self.shared.clone());
+        self.shared.lan.attach(app.clone()).await;
         let stop = token.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -252,6 +273,7 @@ impl Host {
             .with_graceful_shutdown(token.clone().cancelled_owned())
             .await;
         token.cancel();
+        self.shared.lan.stop().await;
         self.shared.registry.close().await;
         served
     }

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use bytes::Bytes;
 use ensemble_protocol::frame::{encode_event_frame, BinaryHeader, BinaryKind};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -466,19 +465,7 @@ impl LoggedEvent {
             Frame::Binary(b) => {
                 let (header, payload) =
                     BinaryHeader::decode(b).map_err(|e| format!("event {}: {e}", self.seq))?;
-                let data = base64::engine::general_purpose::STANDARD.encode(payload);
-                let view = match header.kind {
-                    BinaryKind::ShellData => {
-                        serde_json::json!({"shellId": header.id, "data": data})
-                    }
-                    BinaryKind::ProcessStdout => {
-                        serde_json::json!({"pid": header.id, "stream": "stdout", "data": data})
-                    }
-                    BinaryKind::ProcessStderr => {
-                        serde_json::json!({"pid": header.id, "stream": "stderr", "data": data})
-                    }
-                    BinaryKind::TestBytes => serde_json::json!({"id": header.id, "data": data}),
-                };
+                let view = header.json_data(payload);
                 Ok(encode_event_frame(
                     self.seq,
                     self.ts,

@@ -70,6 +70,25 @@ impl BinaryKind {
     }
 }
 
+impl BinaryHeader {
+    /// The `data` of this event in its JSON view (what `getEvents` and
+    /// hooks return): the id under its name and the payload in base64.
+    pub fn json_data(&self, payload: &[u8]) -> serde_json::Value {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.encode(payload);
+        match self.kind {
+            BinaryKind::ShellData => serde_json::json!({"shellId": self.id, "data": data}),
+            BinaryKind::ProcessStdout => {
+                serde_json::json!({"pid": self.id, "stream": "stdout", "data": data})
+            }
+            BinaryKind::ProcessStderr => {
+                serde_json::json!({"pid": self.id, "stream": "stderr", "data": data})
+            }
+            BinaryKind::TestBytes => serde_json::json!({"id": self.id, "data": data}),
+        }
+    }
+}
+
 /// The header of a binary frame: `kind u8 | seq u64 | ts u64 | id u32`,
 /// integers big-endian, then the payload to the end of the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -94,6 +94,10 @@ pub const ACTIONS: &[&str] = &[
     "createJoinCode",
     "listJoinCodes",
     "revokeJoinCode",
+    "getLan",
+    "setLanSharing",
+    "joinPeer",
+    "forgetPeer",
     "emit",
 ];
 
@@ -131,6 +135,10 @@ pub const OWNER_ACTIONS: &[&str] = &[
     "createJoinCode",
     "listJoinCodes",
     "revokeJoinCode",
+    "getLan",
+    "setLanSharing",
+    "joinPeer",
+    "forgetPeer",
 ];
 
 /// Every event name the host produces today.

@@ -223,6 +223,12 @@ pub enum ErrorCode {
     /// The host cannot sandbox VMs (bubblewrap is missing): it refuses to
     /// open them; the message says how to install it.
     SandboxUnavailable,
+    /// The relay cannot reach the paired host (it is off, unreachable, or
+    /// refused this install's token).
+    PeerUnavailable,
+    /// The host at a paired address presented another certificate than the
+    /// one pinned: nothing was sent to it.
+    FingerprintMismatch,
     /// A code this client does not know yet (sent by a newer host). Never
     /// sent by this version; lets clients read codes added later.
     #[serde(other)]
@@ -257,6 +263,8 @@ impl ErrorCode {
         ErrorCode::JoinDenied,
         ErrorCode::RateLimited,
         ErrorCode::SandboxUnavailable,
+        ErrorCode::PeerUnavailable,
+        ErrorCode::FingerprintMismatch,
     ];
 
     /// The code as it appears on the wire.
@@ -288,6 +296,8 @@ impl ErrorCode {
             ErrorCode::JoinDenied => "join_denied",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::SandboxUnavailable => "sandbox_unavailable",
+            ErrorCode::PeerUnavailable => "peer_unavailable",
+            ErrorCode::FingerprintMismatch => "fingerprint_mismatch",
             ErrorCode::Unknown => "unknown",
         }
     }

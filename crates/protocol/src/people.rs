@@ -81,6 +81,14 @@ pub struct JoinRequest {
     pub name: String,
     /// Unix ms when it was made.
     pub since: u64,
+    /// For a request from another host over TLS: the verification code of
+    /// its connection, which the requester's screen shows too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// For a request over TLS: the fingerprint of the requesting host's
+    /// certificate (64 hex digits), which its token is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 #[cfg(test)]

@@ -203,6 +203,17 @@ fn join_request() -> JoinRequest {
         request_id: "j1".into(),
         name: "n".into(),
         since: 1,
+        code: Some("123 456".into()),
+        fingerprint: Some("ab".into()),
+    }
+}
+
+/// A join request over plain WebSocket: no code, no fingerprint.
+fn plain_join_request() -> JoinRequest {
+    JoinRequest {
+        code: None,
+        fingerprint: None,
+        ..join_request()
     }
 }
 
@@ -219,7 +230,7 @@ fn part_shapes() -> Vec<Shape> {
     vec![
         shape("ErrorBody", with_data(), body()),
         shape("Participant", participant(), participant()),
-        shape("JoinRequest", join_request(), join_request()),
+        shape("JoinRequest", join_request(), plain_join_request()),
         shape("VmInfo", vm(), vm()),
         shape("Limits", Limits::default(), Limits::default()),
         shape("EventFrame", frame(), frame()),

@@ -7,12 +7,31 @@
 // head, reads the history of every other event with getEvents (live events
 // wait in a buffer meanwhile, so they are folded in seq order), and each
 // terminal starts from a getShellSnapshot.
+//
+// A paired host's VM is opened the same way through this host's relay
+// (`/v1/peers/{peerId}/ws`, see lib/lan.ts): the frames are the peer's. A
+// dropped link closes the socket (1011) and the connection resumes like any
+// other; a refusal by the relay (peer unreachable, changed certificate, not
+// the owner) ends it with a message instead of retrying blindly.
 import { forgetToken, helloFields, storeToken, type Credential } from "./auth";
 import { decodeBinaryFrame, fromEventFrame, type BytesEvent, type LogEvent } from "./events";
 import { EVENTS, PROTOCOL_VERSION, WS_PATH, type ErrorBody, type EventFrame, type Hello, type ServerMessage, type Welcome } from "./protocol.gen";
 import { applyCaughtUp, applyEvent, applyWelcome, initialState, type State } from "./reducer";
 
-export type Status = "connecting" | "catchingUp" | "live" | "offline" | "pending" | "denied";
+export type Status = "connecting" | "catchingUp" | "live" | "offline" | "pending" | "denied" | "refused";
+
+/** Errors with which the relay refuses to open a peer's VM (then it closes
+ * the socket with 1008). */
+export const RELAY_REFUSALS = ["peer_unavailable", "fingerprint_mismatch", "forbidden", "not_found"];
+
+export interface ConnectionOptions {
+  /** Subscribe to the event stream (default true); false for a connection
+   * used only to call actions (the owner's LAN actions). */
+  subscribe?: boolean;
+  /** Through this host's relay to a paired host: the relay's refusals end
+   * the connection (status "refused"). */
+  relay?: boolean;
+}
 
 export class ActionError extends Error {
   constructor(
@@ -41,11 +60,14 @@ export class VmConnection {
   status: Status = $state("connecting");
   lastError: string | null = $state(null);
   /** Why the host refused this page (`unauthorized`, `join_denied`), once
-   * `status` is "denied". */
+   * `status` is "denied"; or why the relay refused (`peer_unavailable`,
+   * `fingerprint_mismatch`, …) once it is "refused". */
   deniedCode: string | null = $state(null);
   /** `none`: the host runs this VM's processes without a sandbox
    * (`ensemble serve --isolation none`); the page warns everyone. */
   isolation: string = $state("bwrap");
+  /** The host's message with `deniedCode`. */
+  deniedMessage: string | null = $state(null);
   /** Events folded in, and events dropped because they were already in. */
   applied = $state(0);
   duplicates = $state(0);
@@ -63,19 +85,44 @@ export class VmConnection {
   // burst of events renders once.
   #current: State = initialState();
   #publishScheduled = false;
+  #welcomed = false;
+  #timer: ReturnType<typeof setTimeout> | null = null;
+  readonly #subscribe: boolean;
+  readonly relay: boolean;
 
   constructor(
     readonly key: string[],
     private credential: Credential,
     private readonly name: string,
-    private readonly url: string,
+    readonly url: string,
     private readonly storage: Storage | null,
+    options: ConnectionOptions = {},
   ) {
+    this.#subscribe = options.subscribe ?? true;
+    this.relay = options.relay ?? false;
+    this.#connect();
+  }
+
+  /** The token this connection proves itself with, if it has one (given,
+   * or issued in welcome). */
+  get token(): string | undefined {
+    return this.credential.token;
+  }
+
+  /** Connects again after a refusal (the person asked to). */
+  retry(): void {
+    if (this.#closed || (this.status !== "refused" && this.status !== "offline")) return;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    this.deniedCode = null;
+    this.deniedMessage = null;
+    this.#attempt = 0;
     this.#connect();
   }
 
   close(): void {
     this.#closed = true;
+    if (this.#timer) clearTimeout(this.#timer);
     this.#ws?.close();
   }
 
@@ -132,10 +179,13 @@ export class VmConnection {
     this.#buffer = null;
     for (const p of this.#pending.values()) p.reject(new ActionError("offline", "The connection closed"));
     this.#pending.clear();
-    if (this.#closed || this.status === "denied") return;
+    if (this.#closed || this.status === "denied" || this.status === "refused") return;
     this.status = "offline";
     const delay = Math.min(MAX_BACKOFF_MS, 250 * 2 ** this.#attempt++);
-    setTimeout(() => this.#connect(), delay);
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#connect();
+    }, delay);
   }
 
   #onText(text: string): void {
@@ -171,6 +221,7 @@ export class VmConnection {
   #onWelcome(w: Welcome): void {
     this.#ready = true;
     this.isolation = w.isolation ?? "bwrap";
+    this.#welcomed = true;
     this.#attempt = 0;
     this.lastError = null;
     if (w.token) {
@@ -178,6 +229,10 @@ export class VmConnection {
       storeToken(this.storage, w.token);
     }
     this.#set(applyWelcome(this.#current, w));
+    if (!this.#subscribe) {
+      this.status = "live";
+      return;
+    }
     const since = this.#current.lastSeq;
     this.status = "catchingUp";
     if (since > 0 || w.head === 0) {
@@ -227,9 +282,21 @@ export class VmConnection {
       return;
     }
     this.lastError = `${error.code}: ${error.message}`;
+    if (this.relay && RELAY_REFUSALS.includes(error.code)) {
+      // A peer that went away while this page was on it may come back: keep
+      // resuming (the message says why it waits). Anything else, and a
+      // first connection, stops here with the reason.
+      if (error.code === "peer_unavailable" && this.#welcomed) return;
+      this.deniedCode = error.code;
+      this.deniedMessage = error.message;
+      this.status = "refused";
+      this.#ws?.close();
+      return;
+    }
     if (error.code === "unauthorized" || error.code === "join_denied") {
       if (error.code === "unauthorized" && this.credential.token) forgetToken(this.storage);
       this.deniedCode = error.code;
+      this.deniedMessage = error.message;
       this.status = "denied";
       this.#ws?.close();
     }

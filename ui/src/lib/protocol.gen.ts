@@ -54,6 +54,10 @@ export const ACTIONS = [
   "createJoinCode",
   "listJoinCodes",
   "revokeJoinCode",
+  "getLan",
+  "setLanSharing",
+  "joinPeer",
+  "forgetPeer",
   "emit",
 ] as const;
 export type ActionName = (typeof ACTIONS)[number];
@@ -88,6 +92,10 @@ export const OWNER_ACTIONS = [
   "createJoinCode",
   "listJoinCodes",
   "revokeJoinCode",
+  "getLan",
+  "setLanSharing",
+  "joinPeer",
+  "forgetPeer",
 ] as const;
 export type OwnerActionName = (typeof OWNER_ACTIONS)[number];
 
@@ -153,6 +161,8 @@ export const ERROR_CODES = [
   "join_denied",
   "rate_limited",
   "sandbox_unavailable",
+  "peer_unavailable",
+  "fingerprint_mismatch",
 ] as const;
 export type KnownErrorCode = (typeof ERROR_CODES)[number];
 
@@ -200,6 +210,8 @@ export interface Participant {
 }
 
 export interface JoinRequest {
+  code?: string;
+  fingerprint?: string;
   name: string;
   requestId: string;
   since: number;

@@ -97,10 +97,27 @@ export interface State {
    * host, a request outlives a change of holder: whoever answers now (the
    * holder, or the agent's supervisor) may grant or deny it. */
   controlRequests: string[];
-  joinRequests: Record<string, { requestId: string; name: string }>;
+  joinRequests: Record<string, JoinRequestState>;
   /** The owner's welcome lists the join requests waiting as of this seq;
    * older join events are already in it (0: no such welcome yet). */
   joinSeq: number;
+}
+
+/** A join request waiting for the owner. `code` and `fingerprint` are set
+ * when another host asks over TLS: the verification code both screens show,
+ * and the asking install's certificate fingerprint. */
+export interface JoinRequestState {
+  requestId: string;
+  name: string;
+  code?: string;
+  fingerprint?: string;
+}
+
+function joinRequest(requestId: string, name: string, code: unknown, fingerprint: unknown): JoinRequestState {
+  const r: JoinRequestState = { requestId, name };
+  if (typeof code === "string" && code) r.code = code;
+  if (typeof fingerprint === "string" && fingerprint) r.fingerprint = fingerprint;
+  return r;
 }
 
 /** Output kept per process for its log view. */
@@ -142,7 +159,7 @@ export function applyWelcome(prev: State, w: Welcome): State {
     authSeq: Math.max(s.authSeq, w.head),
     ...(w.joinRequests
       ? {
-          joinRequests: Object.fromEntries(w.joinRequests.map((r) => [r.requestId, { requestId: r.requestId, name: r.name }])),
+          joinRequests: Object.fromEntries(w.joinRequests.map((r) => [r.requestId, joinRequest(r.requestId, r.name, r.code, r.fingerprint)])),
           joinSeq: Math.max(s.joinSeq, w.head),
         }
       : {}),
@@ -479,7 +496,7 @@ function applyAccessEvent(s: State, name: string, d: Record<string, unknown>, se
     }
     case "joinRequested": {
       const requestId = str(d.requestId);
-      return { ...s, joinRequests: { ...s.joinRequests, [requestId]: { requestId, name: str(d.name, "someone") } } };
+      return { ...s, joinRequests: { ...s.joinRequests, [requestId]: joinRequest(requestId, str(d.name, "someone"), d.code, d.fingerprint) } };
     }
     case "joinResolved": {
       const requestId = str(d.requestId);

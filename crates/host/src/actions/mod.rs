@@ -3,6 +3,7 @@
 //! and test actions are here, processes and shells in [`workload`].
 
 mod control;
+mod lan;
 mod workload;
 
 use base64::Engine;
@@ -35,6 +36,8 @@ pub struct ActionContext<'a> {
     /// The caller, as of this action.
     pub me: crate::access::Member,
     pub access: &'a crate::access::Access,
+    /// LAN sharing and peers (the owner's LAN actions).
+    pub lan: &'a crate::lan::Lan,
     /// Which command starts an agent of a given type.
     pub agents: &'a crate::agents::AgentRegistry,
     /// How long a new agent has to answer `initialize`.
@@ -98,6 +101,10 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
         "createJoinCode" => control::create_join_code(ctx, args).await,
         "listJoinCodes" => control::list_join_codes(ctx, args).await,
         "revokeJoinCode" => control::revoke_join_code(ctx, args).await,
+        "getLan" => lan::get(ctx, args).await,
+        "setLanSharing" => lan::set_sharing(ctx, args).await,
+        "joinPeer" => lan::join(ctx, args).await,
+        "forgetPeer" => lan::forget(ctx, args).await,
         "emit" if ctx.test_actions => emit(ctx.vm, args).await,
         "emit" => Err(ErrorBody::new(
             ErrorCode::Disabled,

@@ -1,0 +1,390 @@
+//! The client commands against the real host: `ensemble attach` in a real
+//! PTY (the screen, typing while driving, refused keys while someone else
+//! drives, detach leaving the shell running), `ensemble events` (the log as
+//! JSON Lines, gap-free), `ensemble who` and `ensemble invite`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use portable_pty::{CommandBuilder, PtySize};
+use serde_json::{json, Value};
+
+/// A program in a PTY of 100x30; its output arrives on a channel.
+struct Attached {
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+    writer: Box<dyn Write + Send>,
+    output: mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl Attached {
+    /// `ensemble ARGS`.
+    fn start(args: &[&str]) -> Attached {
+        Attached::spawn(BIN, args)
+    }
+
+    fn spawn(program: &str, args: &[&str]) -> Attached {
+        let pty = portable_pty::native_pty_system()
+            .openpty(PtySize {
+                rows: 30,
+                cols: 100,
+                pixel_width: 0,
+                pixel_height: 0,
+            })
+            .expect("a PTY");
+        let mut cmd = CommandBuilder::new(program);
+        cmd.args(args);
+        cmd.env("RUST_LOG", "warn");
+        let child = pty.slave.spawn_command(cmd).expect("start ensemble attach");
+        let mut reader = pty.master.try_clone_reader().expect("reader");
+        let writer = pty.master.take_writer().expect("writer");
+        let (tx, output) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        std::mem::forget(pty.slave);
+        std::mem::forget(pty.master);
+        Attached {
+            child,
+            writer,
+            output,
+            seen: Vec::new(),
+        }
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        self.writer.write_all(keys).unwrap();
+        self.writer.flush().unwrap();
+    }
+
+    /// Waits until the output (since the last wait) contains `needle`.
+    fn expect(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !String::from_utf8_lossy(&self.seen).contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(_) => panic!(
+                    "no {needle:?} on the attached terminal; it shows {:?}",
+                    String::from_utf8_lossy(&self.seen)
+                ),
+            }
+        }
+        self.seen.clear();
+    }
+
+    fn wait(&mut self) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.exit_code();
+            }
+            assert!(Instant::now() < deadline, "attach did not exit");
+            while self.output.try_recv().is_ok() {}
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn url(host: &HostProcess) -> String {
+    host.url()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_shows_the_shell_sends_keys_only_while_driving_and_detaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let owner = open(&host, json!("att"), None).await;
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let host_url = url(&host);
+
+    // The owner attaches with a new shell: it takes control, keys go in.
+    let mut alice = tokio::task::block_in_place(|| {
+        let mut a = Attached::start(&[
+            "attach",
+            "--url",
+            &host_url,
+            "--key",
+            "att",
+            "--new",
+            "--data-dir",
+            &data_dir,
+        ]);
+        a.expect("You drive");
+        a.type_keys(b"echo attach-$((6*7))\r");
+        a.expect("attach-42");
+        a
+    });
+    let shells = owner.call("listShells", json!([])).await.unwrap();
+    let shell = shells[0]["shellId"].as_u64().unwrap();
+    assert_eq!(shells[0]["cols"], 100, "the driver's terminal size applies");
+
+    // A collaborator attaches to the same shell: same screen; keys refused.
+    let token = member_token(&host, &owner, json!("att"), "collaborator", "Bea").await;
+    let shell_arg = shell.to_string();
+    let mut bea = tokio::task::block_in_place(|| {
+        let mut b = Attached::start(&[
+            "attach", "--url", &host_url, "--key", "att", "--shell", &shell_arg, "--token", &token,
+        ]);
+        b.expect("attach-42");
+        b.type_keys(b"echo from-bea\r");
+        b.expect("drives");
+        b
+    });
+    let (_, mut events) = ensemble_client::Client::new(host.url())
+        .with_token(&host.owner_token)
+        .open_with_events(
+            json!("att"),
+            ensemble_client::OpenOptions {
+                since: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let all = collect(&mut events, 10_000, Duration::from_secs(2)).await;
+    let typed: String = all
+        .iter()
+        .filter_map(|e| match e {
+            ensemble_client::Event::Bytes { payload, .. } => {
+                Some(String::from_utf8_lossy(payload).into_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !typed.contains("from-bea"),
+        "keys of a non-driver reached the shell"
+    );
+
+    // Both detach with Ctrl-] d; the shell goes on.
+    tokio::task::block_in_place(|| {
+        bea.type_keys(&[0x1d, b'd']);
+        assert_eq!(bea.wait(), 0);
+        alice.type_keys(&[0x1d, b'd']);
+        assert_eq!(alice.wait(), 0);
+    });
+    let shells = owner.call("listShells", json!([])).await.unwrap();
+    assert_eq!(shells[0]["running"], true, "detaching ended the shell");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_prints_the_log_as_gap_free_json_lines_and_who_and_invite_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let owner = open(&host, json!("ev"), None).await;
+    owner
+        .call(
+            "emit",
+            json!([{"name": "testEvent", "data": {"n": 1}, "count": 50}]),
+        )
+        .await
+        .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .args(["--url", &host.url(), "--key", "ev", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("run ensemble");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let lines = run(&["events"]);
+    let events: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs.first(), Some(&1));
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gap: {seqs:?}");
+    assert_eq!(
+        events.iter().filter(|e| e["name"] == "testEvent").count(),
+        50
+    );
+    let only = run(&["events", "--only", "testEvent", "--since", "10"]);
+    assert!(only.lines().all(|l| l.contains("\"testEvent\"")));
+    assert!(only
+        .lines()
+        .all(|l| serde_json::from_str::<Value>(l).unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+            > 10));
+
+    let who = run(&["who"]);
+    assert!(
+        who.contains("owner") && who.contains("Nobody drives"),
+        "{who}"
+    );
+    let invite = run(&["invite", "--role", "viewer", "--hours", "2"]);
+    let code = invite.split_whitespace().nth(2).expect("a code").to_owned();
+    // The code works once: `who --join` stores the token it yields.
+    let joined_dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "who",
+            "--url",
+            &host.url(),
+            "--key",
+            "ev",
+            "--name",
+            "Cy",
+            "--join",
+            &code,
+            "--data-dir",
+        ])
+        .arg(joined_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Cy"));
+    assert!(joined_dir.path().join("client-tokens.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_json_lines_and_an_asciicast_that_asciinema_plays() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let owner = open(&host, json!("rec"), None).await;
+    drive(&owner).await;
+    let shell = owner
+        .call(
+            "openShell",
+            json!([{"command": "/bin/sh", "cols": 91, "rows": 27}]),
+        )
+        .await
+        .unwrap()["shellId"]
+        .as_u64()
+        .unwrap();
+    let mut events = owner.on("shellData");
+    owner
+        .call("writeShell", json!([shell, "echo rec-$((40+2)) é\n"]))
+        .await
+        .unwrap();
+    owner
+        .call("resizeShell", json!([shell, 100, 30]))
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("rec-42") {
+        if let Some(ensemble_client::Event::Bytes { payload, .. }) =
+            tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .unwrap()
+        {
+            seen.push_str(&String::from_utf8_lossy(&payload));
+        }
+    }
+    let out = tempfile::tempdir().unwrap();
+    let export = |args: &[&str]| {
+        let status = std::process::Command::new(BIN)
+            .arg("export")
+            .args(args)
+            .args(["--url", &host.url(), "--key", "rec", "--data-dir"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "export {args:?}");
+    };
+    let cast = out.path().join("shell.cast");
+    let jsonl = out.path().join("log.jsonl");
+    export(&[
+        "--asciicast",
+        "--shell",
+        &shell.to_string(),
+        "-o",
+        cast.to_str().unwrap(),
+    ]);
+    export(&["--jsonl", "-o", jsonl.to_str().unwrap()]);
+
+    let text = std::fs::read_to_string(&cast).unwrap();
+    let header: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (
+            header["version"].as_u64(),
+            header["width"].as_u64(),
+            header["height"].as_u64()
+        ),
+        (Some(2), Some(91), Some(27))
+    );
+    assert!(text.contains("\"r\",\"100x30\""), "no resize event: {text}");
+    // The real asciinema (it wants a terminal) reads it and prints what
+    // the shell showed.
+    tokio::task::block_in_place(|| {
+        let mut played = Attached::spawn("asciinema", &["cat", cast.to_str().unwrap()]);
+        played.expect("rec-42 é");
+        assert_eq!(played.wait(), 0, "asciinema cat failed");
+    });
+
+    let log = std::fs::read_to_string(&jsonl).unwrap();
+    let seqs: Vec<u64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs.first(), Some(&1));
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_streams_the_agents_answer_and_says_who_drives_when_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let prompt = |args: &[&str], token: Option<&str>| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("prompt")
+            .args(["--url", &host.url(), "--key", "ask", "--data-dir"])
+            .arg(dir.path());
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        cmd.args(args).output().unwrap()
+    };
+    let out = prompt(&["--agent", "scripted", "say hello from the agent"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from the agent"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("end_turn"));
+    // The same session again, handing the turn to the agent.
+    let out = prompt(&["--hand-off", "turn"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "turn 2");
+    // Someone else drives: a collaborator is told who.
+    let owner = open(&host, json!("ask"), None).await;
+    drive(&owner).await;
+    let token = member_token(&host, &owner, json!("ask"), "collaborator", "Bea").await;
+    let out = prompt(&["turn"], Some(&token));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(" drives ("), "{err}");
+}
