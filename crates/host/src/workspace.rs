@@ -64,12 +64,18 @@ impl Workspace {
 
     /// A path a user or agent sent, on the host: relative ones are taken
     /// from the workspace root, absolute ones in the VM's view are mapped
-    /// (host paths inside the workspace, from logs of older hosts, still work).
+    /// (host paths inside the workspace, from logs of older hosts or of
+    /// runs without a sandbox, still work).
     fn to_host(&self, path: &str) -> PathBuf {
         let p = Path::new(path);
-        if p.is_absolute() && self.view != self.root {
-            if let Ok(rest) = p.strip_prefix(&self.view) {
-                return self.root.join(rest);
+        if p.is_absolute() && !p.starts_with(&self.root) {
+            // The sandbox's view also when this host runs without one: a
+            // session created sandboxed resumes after `--isolation none`.
+            let views = [self.view.as_path(), Path::new(ensemble_sandbox::WORKSPACE)];
+            for view in views {
+                if let Ok(rest) = p.strip_prefix(view) {
+                    return self.root.join(rest);
+                }
             }
         }
         self.root.join(p)
