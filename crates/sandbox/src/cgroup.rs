@@ -29,11 +29,17 @@ enum Kind {
     V2 { base: PathBuf },
 }
 
-/// The host's own cgroup directories, one per hierarchy.
+/// A host's cgroup directories, one per hierarchy.
 #[derive(Debug)]
 pub(crate) struct Root {
     kind: Kind,
+    /// This host's (not one left by a host that is gone).
+    own: bool,
 }
+
+/// A host's groups younger than this are never taken for a dead host's:
+/// it may not have joined its base yet.
+const DEAD_HOST_AGE: Duration = Duration::from_secs(60);
 
 /// Counters that grow each time a limit is hit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,6 +92,7 @@ impl Root {
             }
             return Some(Root {
                 kind: Kind::V2 { base },
+                own: true,
             });
         }
         let v1 = |ctrl: &str| {
@@ -101,9 +108,59 @@ impl Root {
                 return None;
             }
         }
-        Some(Root {
+        // The host joins its pids base (no limit there): a base with no
+        // process of its own belongs to a host that is gone, and any host
+        // may clean it up (a host killed by SIGKILL cannot remove its groups).
+        if let Err(e) = std::fs::write(pids.join("cgroup.procs"), "0") {
+            tracing::debug!(error = %e, "cannot join the host's own cgroup");
+        }
+        let root = Root {
             kind: Kind::V1 { pids, memory, cpu },
-        })
+            own: true,
+        };
+        root.clean_dead_hosts(&name);
+        Some(root)
+    }
+
+    /// Removes the groups of hosts that are gone (v1: their pids base holds
+    /// no process), killing anything still in them.
+    fn clean_dead_hosts(&self, own: &str) {
+        let hierarchy = Path::new(CGROUP_FS);
+        let Ok(entries) = std::fs::read_dir(hierarchy.join("pids")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("ensemble-") || name == own {
+                continue;
+            }
+            let base = entry.path();
+            let old = std::fs::metadata(&base)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > DEAD_HOST_AGE);
+            let empty = std::fs::read_to_string(base.join("cgroup.procs"))
+                .is_ok_and(|procs| procs.trim().is_empty());
+            if old && empty {
+                let dead = Root {
+                    kind: Kind::V1 {
+                        pids: base,
+                        memory: hierarchy.join("memory").join(&name),
+                        cpu: hierarchy.join("cpu").join(&name),
+                    },
+                    own: false,
+                };
+                let killed = dead.clean_leftovers();
+                if killed > 0 {
+                    tracing::warn!(
+                        killed,
+                        group = name,
+                        "killed processes left by a host that is gone"
+                    );
+                }
+            }
+        }
     }
 
     pub(crate) fn version(&self) -> &'static str {
@@ -198,6 +255,10 @@ impl Drop for Root {
     /// The host's base groups go with it (VM groups are gone by then; a
     /// base that still has some stays for the next start to clean).
     fn drop(&mut self) {
+        if let (true, Kind::V1 { .. }) = (self.own, &self.kind) {
+            // Out of the pids base, so that it can go.
+            let _ = std::fs::write(Path::new(CGROUP_FS).join("pids/cgroup.procs"), "0");
+        }
         for base in self.bases() {
             let _ = std::fs::remove_dir(base);
         }
