@@ -50,11 +50,14 @@ unit: setup
 
 # Chromium pages against real hosts: three participants of one VM
 # (ui/e2e/multiplayer.mjs), and a teammate joining over the LAN through her
-# own host's relay (ui/e2e/lan.mjs: two hosts, mDNS on lo only).
+# own host's relay (ui/e2e/lan.mjs: two hosts, mDNS on lo only); following
+# a session (ui/e2e/follow.mjs: turns, stick to bottom, permission dock,
+# toasts and title, focus and shortcuts).
 browser: ui
 	$(CARGO) build -p ensemble -p ensemble-scripted-agent
 	cd ui && node e2e/multiplayer.mjs
 	cd ui && node e2e/lan.mjs
+	cd ui && node e2e/follow.mjs
 
 # The UI is checked and built first: the host embeds the build.
 test: ui-check ui lint unit browser

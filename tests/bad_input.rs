@@ -369,3 +369,43 @@ async fn pages_of_another_origin_are_refused() {
     .await
     .unwrap();
 }
+
+/// Issue 12 (8): a text frame that is not UTF-8 closes the connection with
+/// status 1007 (RFC 6455); the host and the VM live on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_in_a_text_frame_closes_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    for opened in [false, true] {
+        let mut raw = Raw::connect(&host).await;
+        if opened {
+            assert_eq!(raw.hello(json!(["utf8"])).await["type"], "welcome");
+        }
+        let bad = vec![b'{', b'"', 0xff, 0xfe, b'"', b'}'];
+        raw.ws
+            .send(Message::Frame(Frame::message(
+                bad,
+                OpCode::Data(Data::Text),
+                true,
+            )))
+            .await
+            .unwrap();
+        let mut close_code = None;
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(10), raw.ws.next()).await
+        {
+            match msg {
+                Ok(Message::Close(Some(frame))) => {
+                    close_code = Some(u16::from(frame.code));
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        assert_eq!(close_code, Some(1007), "opened: {opened}");
+    }
+    let vm = open(&host, json!(["utf8"]), None).await;
+    assert!(head(&vm).await >= 1);
+}

@@ -224,6 +224,8 @@ async fn events_prints_the_log_as_gap_free_json_lines_and_who_and_invite_work() 
             .unwrap()
             > 10));
 
+    let vms = run(&["vms"]);
+    assert!(vms.contains("ev"), "{vms}");
     let who = run(&["who"]);
     assert!(
         who.contains("owner") && who.contains("Nobody drives"),
@@ -387,4 +389,73 @@ async fn prompt_streams_the_agents_answer_and_says_who_drives_when_it_cannot() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(" drives ("), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reads_its_settings_from_the_config_file_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(
+        &file,
+        "lan = true\nlan-bind = \"127.0.0.1:0\"\nmdns-interfaces = \"lo\"\nlan-name = \"FromFile\"\ncontrol-grace = 0.5\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let host = HostProcess::start_with(
+        &data,
+        HostOptions {
+            extra: vec![
+                "--config".into(),
+                file.display().to_string(),
+                "--lan-name".into(),
+                "FromFlag".into(),
+            ],
+            ..HostOptions::default()
+        },
+    );
+    let vm = open(&host, json!("cfg"), None).await;
+    let (state, _) =
+        common::lan::wait_lan(&vm, "sharing from the file", Duration::from_secs(10), |s| {
+            s["sharing"] == true
+        })
+        .await;
+    assert_eq!(
+        state["displayName"], "FromFlag",
+        "the flag wins over the file"
+    );
+
+    let explained = std::process::Command::new(BIN)
+        .args([
+            "config",
+            "--config",
+            file.to_str().unwrap(),
+            "--",
+            "--lan-name",
+            "X",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explained.stdout);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(line("lan ").contains("config.toml"), "{text}");
+    assert!(line("lan-name ").contains("command line"), "{text}");
+    assert!(line("stall-timeout ").contains("default"), "{text}");
+
+    std::fs::write(&file, "lan-bnd = \"127.0.0.1:0\"\n").unwrap();
+    let bad = std::process::Command::new(BIN)
+        .args(["serve", "--config", file.to_str().unwrap(), "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("lan-bnd") && err.contains("config.toml"),
+        "{err}"
+    );
 }

@@ -379,6 +379,31 @@ async fn hand_to_agent_take_over_and_hand_back_with_what_was_done() {
         .await
         .unwrap();
     assert_eq!(r["text"], "plain");
+    // The log says who handed what, and whether the context went with it:
+    // the person's text, not the context.
+    let page = p
+        .collaborator
+        .call("getEvents", json!([{"since": 0, "names": ["prompt"]}]))
+        .await
+        .unwrap();
+    let prompts: Vec<&Value> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["data"])
+        .collect();
+    let handed: Vec<(&Value, &Value, &Value)> = prompts
+        .iter()
+        .filter(|d| d["handed"] == true)
+        .map(|d| (&d["text"], &d["shellContext"], &d["name"]))
+        .collect();
+    assert_eq!(
+        handed[handed.len() - 2..],
+        [
+            (&json!("say ok"), &json!(true), &json!("Cleo")),
+            (&json!("say plain"), &json!(false), &json!("Cleo")),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,4 +669,105 @@ async fn two_people_taking_control_at_once_get_one_holder() {
         assert_eq!(holder(&owner).await, person(&winners[0].you().id));
         winners[0].call("releaseControl", json!([])).await.unwrap();
     }
+}
+
+/// Issue 12 (3): a member token opens only the VMs the owner invited its
+/// member to; only the owner creates VMs; `listVms` shows each their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_is_scoped_per_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let owner_a = open(&host, json!(["vm-a"]), None).await;
+    let owner_b = open(&host, json!(["vm-b"]), None).await;
+    let token = member_token(&host, &owner_a, json!(["vm-a"]), "collaborator", "Ida").await;
+
+    // Invited to vm-a: it opens; vm-b (exists) and vm-new (does not) are
+    // refused, and vm-new is not created.
+    let ida = open_as(&host, &token, json!(["vm-a"]), None).await;
+    for key in [json!(["vm-b"]), json!(["vm-new"])] {
+        let mut raw = Raw::connect(&host).await;
+        raw.token = Some(token.clone());
+        let reply = raw.hello(key.clone()).await;
+        assert_eq!(code(&reply), "forbidden", "{key}: {reply}");
+        assert!(reply.get("id").is_none(), "{reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("only the owner creates VMs"),
+            "{reply}"
+        );
+        // The connection stays open: the right key still works on it.
+        assert_eq!(raw.hello(json!(["vm-a"])).await["type"], "welcome");
+    }
+    let keys = |list: &Value| -> Vec<Value> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["key"].clone())
+            .collect()
+    };
+    let mine = ida.call("listVms", json!([])).await.unwrap();
+    assert_eq!(keys(&mine), vec![json!(["vm-a"])], "{mine}");
+    assert_eq!(mine[0]["id"], owner_a.info().id, "{mine}");
+    let all = owner_b.call("listVms", json!([])).await.unwrap();
+    assert_eq!(keys(&all), vec![json!(["vm-a"]), json!(["vm-b"])], "{all}");
+
+    // A code made in vm-b does not open vm-a, and is not used up by trying.
+    let made = owner_b
+        .call("createJoinCode", json!([{"role": "viewer"}]))
+        .await
+        .unwrap();
+    assert_eq!(made["key"], json!(["vm-b"]));
+    let mut raw = Raw::connect(&host).await;
+    raw.token = None;
+    raw.send_json(
+        json!({"type": "hello", "protocol": 1, "key": ["vm-a"], "joinCode": made["code"]}),
+    )
+    .await;
+    let reply = raw.next_reply().await;
+    assert_eq!(code(&reply), "forbidden", "{reply}");
+    raw.send_json(
+        json!({"type": "hello", "protocol": 1, "key": ["vm-b"], "joinCode": made["code"]}),
+    )
+    .await;
+    let welcome = raw.next_reply().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let viewer = open_as(
+        &host,
+        welcome["token"].as_str().unwrap(),
+        json!(["vm-b"]),
+        None,
+    )
+    .await;
+    let theirs = viewer.call("listVms", json!([])).await.unwrap();
+    assert_eq!(keys(&theirs), vec![json!(["vm-b"])]);
+
+    // A join request names an existing VM; approval invites to that one.
+    let mut raw = Raw::connect(&host).await;
+    raw.token = None;
+    raw.send_json(json!({"type": "hello", "protocol": 1, "key": ["nowhere"], "requestJoin": true, "name": "Pat"}))
+        .await;
+    assert_eq!(code(&raw.next_reply().await), "forbidden");
+    raw.send_json(json!({"type": "hello", "protocol": 1, "key": ["vm-b"], "requestJoin": true, "name": "Pat"}))
+        .await;
+    let pending = raw.next_reply().await;
+    assert_eq!(pending["type"], "joinPending", "{pending}");
+    owner_a
+        .call("approveJoin", json!([pending["requestId"]]))
+        .await
+        .unwrap();
+    let welcome = raw.next_reply().await;
+    let pat = welcome["token"].as_str().unwrap().to_owned();
+    let mut raw = Raw::connect(&host).await;
+    raw.token = Some(pat.clone());
+    assert_eq!(code(&raw.hello(json!(["vm-a"])).await), "forbidden");
+    assert_eq!(raw.hello(json!(["vm-b"])).await["type"], "welcome");
+
+    // The owner still creates VMs; nobody else made one.
+    let all = owner_a.call("listVms", json!([])).await.unwrap();
+    assert_eq!(keys(&all), vec![json!(["vm-a"]), json!(["vm-b"])], "{all}");
+    open(&host, json!(["vm-c"]), None).await;
+    let all = owner_a.call("listVms", json!([])).await.unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 3, "{all}");
 }

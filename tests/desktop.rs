@@ -300,6 +300,15 @@ fn start_headless_host(out: &Path) -> HeadlessHost {
 /// drives its shell.
 fn check_lan_join(session: &Session, out: &Path) {
     let other = start_headless_host(out);
+    // Its owner has the VM open (as their window would): a join request is
+    // made in an existing VM, since only the owner creates VMs.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        ensemble_client::Client::new(format!("ws://{}", other.http))
+            .with_token(other.owner_token.clone())
+            .get_or_create("default")
+            .await
+            .expect("the owner opens the VM")
+    });
     let entry = format!(
         "document.querySelector('[data-nearby-host][data-fingerprint=\"{}\"]')",
         other.fingerprint

@@ -230,3 +230,181 @@ async fn kill_9_loses_nothing_any_client_saw_and_seq_continues() {
         );
     }
 }
+
+/// Issue 12 (9): docs/protocol.md's `ensemble serve` table lists exactly the
+/// flags of the real binary's `--help`, with the defaults it prints.
+#[test]
+fn the_serve_flag_table_matches_serve_help() {
+    let help = std::process::Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .expect("ensemble serve --help");
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    // "      --flag <VALUE>   text [default: X]" (help itself aside).
+    let mut flags: Vec<(String, Option<String>)> = Vec::new();
+    for line in help.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("--") else {
+            continue;
+        };
+        let flag = format!("--{}", rest.split_whitespace().next().unwrap_or(""));
+        if flag == "--help" {
+            continue;
+        }
+        let default = line
+            .rsplit_once("[default: ")
+            .map(|(_, d)| d.split(']').next().unwrap_or("").to_owned());
+        flags.push((flag, default));
+    }
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/protocol.md"),
+    )
+    .unwrap();
+    let rows: Vec<&str> = doc
+        .lines()
+        .skip_while(|l| l.trim_end() != "## `ensemble serve`")
+        .skip(1)
+        .take_while(|l| !l.starts_with("## "))
+        .filter(|l| l.starts_with("| `--"))
+        .collect();
+    assert!(flags.len() >= 10, "read {flags:?} from {help}");
+    for (flag, default) in &flags {
+        let row = rows
+            .iter()
+            .find(|r| r[3..].split([' ', '`']).next() == Some(flag.as_str()))
+            .unwrap_or_else(|| panic!("`{flag}` has no row in docs/protocol.md's flag table"));
+        if let Some(default) = default {
+            let cell = row.split('|').nth(2).unwrap_or("");
+            assert!(
+                cell.contains(&format!("`{default}`")),
+                "docs/protocol.md gives {flag} the default {cell:?}, --help says {default}"
+            );
+        }
+    }
+    assert_eq!(
+        rows.len(),
+        flags.len(),
+        "the table has rows for flags --help does not list"
+    );
+}
+
+/// Issue 12 (7): numbers a client gives come back exactly as given, in the
+/// live event, in catch-up and in `getEvents`: doubles to their last digit,
+/// integers beyond 64 bits, exponents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_come_back_exactly_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    // Random doubles, written the shortest way that reads back the same.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut doubles = Vec::new();
+    while doubles.len() < 2000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let d = f64::from_bits(state);
+        if d.is_finite() {
+            doubles.push(format!("{d:?}"));
+        }
+    }
+    let data = format!(
+        r#"{{"x":0.24744098492908506,"big":18446744073709551616,"neg":-9223372036854775809,"small":1e-7,"kept":[1.0,2.50,1E3],"doubles":[{}]}}"#,
+        doubles.join(",")
+    );
+    let mut raw = Raw::connect(&host).await;
+    assert_eq!(raw.hello(json!(["numbers"])).await["type"], "welcome");
+    raw.send(r#"{"type":"subscribe"}"#).await;
+    assert_eq!(raw.next_reply().await["type"], "caughtUp");
+    // Spaces and newlines outside strings may go; the numbers may not change.
+    let spaced = data.replace(",\"", ", \"").replace(":", ": ");
+    raw.send(format!(
+        r#"{{"type":"action","id":1,"name":"emit","args":[{{"data":{spaced}}}]}}"#
+    ))
+    .await;
+    let expected = format!(r#""data":{data}}}"#);
+    let mut live = None;
+    let mut result = false;
+    while live.is_none() || !result {
+        let msg = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut raw.ws),
+        )
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("ok");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            if t.contains(r#""type":"event""#) && t.contains("testEvent") {
+                live = Some(t.to_string());
+            } else if t.contains(r#""type":"result""#) {
+                result = true;
+            }
+        }
+    }
+    let live = live.unwrap();
+    assert!(
+        live.ends_with(&expected),
+        "live event changed the numbers: {live}"
+    );
+    let page = raw
+        .call(2, "getEvents", json!([{"names": ["testEvent"]}]))
+        .await;
+    assert_eq!(page["type"], "result");
+    let mut raw2 = Raw::connect(&host).await;
+    raw2.hello(json!(["numbers"])).await;
+    raw2.send(r#"{"type":"action","id":3,"name":"getEvents","args":[{"names":["testEvent"]}]}"#)
+        .await;
+    let text = loop {
+        let msg = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::StreamExt::next(&mut raw2.ws),
+        )
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("ok");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            if t.contains(r#""id":3"#) {
+                break t.to_string();
+            }
+        }
+    };
+    assert!(text.contains(&expected), "getEvents changed the numbers");
+}
+
+/// Issue 12 (12): `--durability full` (SQLite `synchronous=FULL`) works, keeps
+/// what it committed across a kill -9, and what it costs is measured: the
+/// time of 300 single-event commits in each mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_full_commits_survive_and_its_cost_is_measured() {
+    let mut took = Vec::new();
+    for mode in ["normal", "full"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = HostProcess::start_with(
+            dir.path(),
+            HostOptions {
+                extra: vec!["--durability".into(), mode.into()],
+                ..HostOptions::default()
+            },
+        );
+        let vm = open(&host, json!(["durable"]), None).await;
+        let start = std::time::Instant::now();
+        let mut last = 0;
+        for n in 0..300 {
+            last = vm.call("emit", json!([{"data": {"n": n}}])).await.unwrap()["last"]
+                .as_u64()
+                .unwrap();
+        }
+        let elapsed = start.elapsed();
+        took.push((mode, elapsed));
+        host.kill9();
+        let host = HostProcess::start(dir.path());
+        let vm = open(&host, json!(["durable"]), None).await;
+        assert!(head(&vm).await >= last, "{mode}: a commit was lost");
+    }
+    for (mode, elapsed) in &took {
+        eprintln!(
+            "durability {mode}: 300 single-event commits in {elapsed:?} ({:?} each)",
+            *elapsed / 300
+        );
+    }
+}

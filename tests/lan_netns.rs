@@ -12,7 +12,6 @@
 mod common;
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -21,7 +20,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::lan::*;
-use common::{drive, error_code, BIN};
+use common::{drive, error_code, listening_addr, BIN};
 use ensemble_client::{Client, Event, OpenOptions, VmClient};
 use serde_json::{json, Value};
 
@@ -141,17 +140,7 @@ impl NsHost {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start ensemble in a namespace");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("listening line");
-        let addr = line
-            .split("ws://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("host did not start: {line:?}"));
+        let addr = listening_addr(child.stdout.take().expect("stdout"));
         let owner_token = std::fs::read_to_string(data_dir.join("owner-token"))
             .expect("owner token")
             .trim()
@@ -425,6 +414,10 @@ fn two_hosts_in_two_namespaces_share_join_and_relay() {
     );
     assert!(non_loopback_listeners(&lab.b).is_empty());
 
+    // Alice has the VM open (as her window would): a join request is made
+    // in an existing VM, since only the owner creates VMs.
+    let vms = call(&a, "listVms", json!([]));
+    assert_eq!(vms[0]["key"], json!([KEY]), "{vms}");
     // Join: both sides show the same code; Alice approves.
     let join_id = call(
         &b,

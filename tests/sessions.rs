@@ -406,6 +406,68 @@ async fn an_agent_that_never_initializes_times_out_and_modes_can_be_set() {
 }
 
 /// The `sequenceNumber`s and texts of a session's logged notifications.
+/// The VM's events named `names`, in log order: (name, data).
+async fn named_events(vm: &VmClient, names: &[&str]) -> Vec<(String, Value)> {
+    let page = vm
+        .call("getEvents", json!([{"since": 0, "names": names}]))
+        .await
+        .unwrap();
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["data"].clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_turn_is_framed_by_a_prompt_and_a_turn_ended_event() {
+    require_scripted_agent();
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let vm = open(&host, json!(["turns"]), None).await;
+    drive(&vm).await;
+    let me = vm.call("listParticipants", json!([])).await.unwrap();
+    let session = scripted(&vm, json!({})).await;
+    vm.call("sendPrompt", json!([session, "say hello"]))
+        .await
+        .unwrap();
+    vm.call("sendPrompt", json!([session, "say again"]))
+        .await
+        .unwrap();
+    let events = named_events(&vm, &["prompt", "sessionEvent", "turnEnded"]).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    let first_end = names.iter().position(|n| *n == "turnEnded").unwrap();
+    assert_eq!(names[0], "prompt", "{names:?}");
+    assert!(names[1..first_end].iter().all(|n| *n == "sessionEvent"));
+    assert!(first_end > 1, "the turn's updates come between: {names:?}");
+    assert_eq!(names[first_end + 1], "prompt", "{names:?}");
+    assert_eq!(names.last(), Some(&"turnEnded"), "{names:?}");
+    assert_eq!(names.iter().filter(|n| **n == "prompt").count(), 2);
+
+    let (_, p1) = &events[0];
+    assert_eq!(p1["sessionId"], session.as_str());
+    assert_eq!(p1["turn"], 1);
+    assert_eq!(p1["text"], "say hello");
+    assert_eq!(p1["shellContext"], false);
+    assert_eq!(p1["handed"], false);
+    let owner = me["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["role"] == "owner")
+        .unwrap();
+    assert_eq!(p1["participantId"], owner["id"]);
+    assert_eq!(p1["name"], owner["name"]);
+    assert_eq!(p1["color"], owner["color"]);
+    let (_, end1) = &events[first_end];
+    assert_eq!(end1["turn"], 1);
+    assert_eq!(end1["stopReason"], "end_turn");
+    assert_eq!(end1["error"], Value::Null);
+    assert_eq!(events[first_end + 1].1["turn"], 2);
+    assert_eq!(events.last().unwrap().1["turn"], 2);
+}
+
 async fn transcript(vm: &VmClient, session: &str) -> Vec<(u64, String)> {
     let page = vm
         .call("getSequencedEvents", json!([session, {"limit": 10000}]))
@@ -497,6 +559,12 @@ async fn a_session_is_resumed_after_a_host_restart_and_after_its_agent_exits() {
         .call("sendPrompt", json!([session, "turn\nenv API_KEY"]))
         .await
         .unwrap();
+    let prompts = named_events(&vm, &["prompt"]).await;
+    let turns: Vec<u64> = prompts
+        .iter()
+        .map(|(_, d)| d["turn"].as_u64().unwrap())
+        .collect();
+    assert_eq!(turns, [1, 2], "a resumed session numbers its turns on");
     assert_eq!(
         r["text"],
         format!("turn 2env API_KEY is set ({} chars)", SECRET.len())

@@ -57,9 +57,7 @@ impl EmbeddedHost {
         let host = Host::start(config)
             .await
             .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;
-        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .context("cannot listen on 127.0.0.1")?;
+        let listener = stable_listener(&data_dir).await?;
         let addr = listener.local_addr()?;
         let owner_token = host.owner_token().to_owned();
         let stop = CancellationToken::new();
@@ -90,6 +88,33 @@ impl EmbeddedHost {
             }
         }
     }
+}
+
+/// Where the port of the last launch is remembered.
+const PORT_FILE: &str = "desktop-port";
+
+/// Ports tried after the remembered one: the usual host port, then a few
+/// next to it (the LAN port 6421 left out).
+const PORTS: [u16; 9] = [6420, 6422, 6423, 6424, 6425, 6426, 6427, 6428, 6429];
+
+/// A listener on 127.0.0.1 at a port that stays the same from one launch to
+/// the next (the page's origin, and so its stored state, with it): the
+/// remembered port, else 6420 or the next free one, else any.
+async fn stable_listener(data_dir: &std::path::Path) -> anyhow::Result<tokio::net::TcpListener> {
+    let remembered = std::fs::read_to_string(data_dir.join(PORT_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok());
+    for port in remembered.into_iter().chain(PORTS) {
+        if let Ok(listener) = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
+            if remembered != Some(port) {
+                let _ = std::fs::write(data_dir.join(PORT_FILE), port.to_string());
+            }
+            return Ok(listener);
+        }
+    }
+    tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .context("cannot listen on 127.0.0.1")
 }
 
 /// The host's UI at `addr`, signed in with `owner_token`. The token travels

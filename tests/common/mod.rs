@@ -18,6 +18,20 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ensemble");
 
+/// The address in a starting host's first stdout line, "Ensemble host
+/// listening on ws://127.0.0.1:PORT/v1/ws (data in ...)".
+pub fn listening_addr(stdout: std::process::ChildStdout) -> SocketAddr {
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the listening line");
+    line.split("ws://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("host did not start: {line:?}"))
+}
+
 /// A running host process; killed when dropped.
 pub struct HostProcess {
     pub child: Child,
@@ -83,17 +97,7 @@ impl HostProcess {
         cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("start ensemble");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        // "Ensemble host listening on ws://127.0.0.1:PORT/v1/ws (data in ...)"
-        let addr = line
-            .split("ws://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("host did not start: {line:?}"));
+        let addr = listening_addr(stdout);
         let owner_token = std::fs::read_to_string(data_dir.join("owner-token"))
             .expect("the host wrote its owner token")
             .trim()

@@ -290,6 +290,10 @@ async function main() {
           const text = await transcript(p);
           return text.includes("back again") && text.includes("While you were paused");
         });
+        // The transcript says who handed the turn and that the shell
+        // context went with it.
+        await p.locator(".prompt-item", { hasText: "say back again" }).getByText("with shell context").waitFor();
+        await p.locator(".prompt-item", { hasText: "say back again" }).locator(".author", { hasText: "Bea" }).waitFor();
       }
       await shot("cy", "10-hand-back");
     });

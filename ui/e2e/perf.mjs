@@ -3,6 +3,9 @@
 // meanwhile, then a typed marker must echo. Prints the figures that
 // docs/ui.md quotes. Not part of `make test` (it measures, it does not judge):
 // `make ui && cargo build -p ensemble && node ui/e2e/perf.mjs`.
+// PERF_SESSION=<chunks> also has a scripted session stream that many agent
+// message chunks meanwhile (started from the Session tab; the Shell tab is
+// shown during the measurement).
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -15,6 +18,7 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const bin = process.env.ENSEMBLE_BIN ?? join(root, "target/debug/ensemble");
 const RATE_MIB_S = 20;
 const SECONDS = 5;
+const SESSION_CHUNKS = Number(process.env.PERF_SESSION ?? 0);
 
 const FLOOD = `import sys, time
 line = (b"0123456789abcdef" * 6 + b"\\x1b[32mok\\x1b[0m\\n")
@@ -48,6 +52,17 @@ try {
   await page.locator(".shell .xterm").waitFor();
   writeFileSync(join(dataDir, "vms/1/workspace/flood.py"), FLOOD);
   await page.waitForTimeout(500);
+  if (SESSION_CHUNKS > 0) {
+    await page.getByRole("tab", { name: "Session" }).click();
+    await page.getByLabel("Agent", { exact: true }).selectOption("scripted");
+    await page.getByRole("button", { name: "New session" }).click();
+    await page.locator(".session .bar button.active").waitFor();
+    const prompt = page.getByLabel("Prompt", { exact: true });
+    await prompt.fill(`stream ${SESSION_CHUNKS}`);
+    await prompt.press("Enter");
+    await page.getByRole("tab", { name: /Shell 1/ }).click();
+    await page.locator(".shell .xterm").waitFor();
+  }
   await page.locator(".shell .xterm").click();
   await page.evaluate(() => {
     const w = /** @type {any} */ (window);
@@ -73,6 +88,10 @@ try {
   const pct = (/** @type {number} */ p) => deltas[Math.min(deltas.length - 1, Math.floor(deltas.length * p))]?.toFixed(1);
   console.log(`frames: ${deltas.length}, frame time p50 ${pct(0.5)} ms, p95 ${pct(0.95)} ms, p99 ${pct(0.99)} ms, max ${deltas[deltas.length - 1]?.toFixed(1)} ms`);
   const skips = await page.locator(".shell .xterm").getAttribute("data-skips");
+  if (SESSION_CHUNKS > 0) {
+    const seq = await page.locator("[data-status]").getAttribute("data-last-seq");
+    console.log(`session streaming ${SESSION_CHUNKS} chunks at the same time; the page's seq at the end: ${seq}`);
+  }
   console.log(`marker typed after ${SECONDS} s of flood echoed in ${echoMs} ms; backlog skips to a snapshot: ${skips ?? "n/a"}`);
   await page.screenshot({ path: join(root, "target/ui-test-output/perf-flood.png") });
 } finally {

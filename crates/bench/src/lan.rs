@@ -235,14 +235,20 @@ pub async fn measure(opts: &crate::Options) -> Result<LanFigures> {
     for clients in TPUT_CLIENTS {
         let direct = shell::tput_run(&alice, &file, clients).await?;
         released().await;
+        let bea_cpu = bea.cpu_secs();
         let relay = shell::tput_run(&relayed, &file, clients).await?;
+        let relay_cores = (bea.cpu_secs() - bea_cpu) / relay.secs;
         released().await;
         println!(
-            "  cat {:.0} MB to {clients:>2} client(s): direct {:.1} MB/s, relayed {:.1} MB/s ({:.0} %), every byte checked",
+            "  cat {:.0} MB to {clients:>2} client(s): direct {:.1} MB/s (Alice {:.2} cores), relayed {:.1} MB/s ({:.0} %; Alice {:.2} cores, Bea's relay {:.2} cores, bench {:.2}), every byte checked",
             file.file_bytes as f64 / 1e6,
             direct.slowest_mb_s,
+            direct.host_cores,
             relay.slowest_mb_s,
-            100.0 * relay.slowest_mb_s / direct.slowest_mb_s
+            100.0 * relay.slowest_mb_s / direct.slowest_mb_s,
+            relay.host_cores,
+            relay_cores,
+            relay.bench_cores
         );
         tput.push((clients, direct.slowest_mb_s, relay.slowest_mb_s));
     }

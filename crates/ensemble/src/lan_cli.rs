@@ -134,6 +134,46 @@ struct Target {
     addr: SocketAddr,
     fingerprint: Option<String>,
     join_code: Option<String>,
+    /// The VM the link's code was made in (`key=`, a JSON array, URL-encoded).
+    key: Option<String>,
+}
+
+/// `%XX` escapes decoded (what `encodeURIComponent` and the links `ensemble
+/// invite` prints produce); anything malformed is kept as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `key=` of a join link: the canonical key, percent-encoded.
+pub fn link_key(key: &serde_json::Value) -> String {
+    let text = serde_json::to_string(key).unwrap_or_default();
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn parse_target(text: &str) -> anyhow::Result<Target> {
@@ -160,11 +200,13 @@ fn parse_target(text: &str) -> anyhow::Result<Target> {
         addr,
         fingerprint: None,
         join_code: None,
+        key: None,
     };
     for pair in fragment.unwrap_or("").split('&') {
         match pair.split_once('=') {
             Some(("fp", v)) => target.fingerprint = Some(v.to_owned()),
             Some(("code", v)) => target.join_code = Some(v.to_owned()),
+            Some(("key", v)) => target.key = Some(percent_decode(v)),
             _ => {}
         }
     }
@@ -187,8 +229,10 @@ pub async fn join(args: JoinArgs) -> anyhow::Result<()> {
         .iter()
         .find(|p| p.address == target.addr)
         .cloned();
+    // A join code opens only the VM it was made in: a link says which.
+    let key_text = target.key.clone().unwrap_or_else(|| args.key.clone());
     let key =
-        serde_json::from_str(&args.key).unwrap_or(serde_json::Value::String(args.key.clone()));
+        serde_json::from_str(&key_text).unwrap_or(serde_json::Value::String(key_text.clone()));
     let join_code = args.join_code.or(target.join_code);
     let approval = join_code.is_none();
     let request = LanJoin {
@@ -257,8 +301,17 @@ mod tests {
                 addr: "10.77.0.1:7000".parse().unwrap(),
                 fingerprint: Some("abc".into()),
                 join_code: Some("XYZ".into()),
+                key: None,
             }
         );
+        // A link names the VM its code was made in; it reads back.
+        let key = serde_json::json!(["team", "a b"]);
+        let with_key = parse_target(&format!(
+            "ensemble://10.77.0.1/#code=XYZ&key={}",
+            link_key(&key)
+        ))
+        .unwrap();
+        assert_eq!(with_key.key.as_deref(), Some(r#"["team","a b"]"#));
         assert!(parse_target("alice.local").is_err());
     }
 }

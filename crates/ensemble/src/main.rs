@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ensemble_host::{Host, HostConfig};
 
 mod attach;
+mod config;
 mod events;
 mod export;
 mod lan_cli;
@@ -34,7 +35,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a host without a window: VMs, the event log and the WebSocket endpoint.
+    // A flag given twice takes the later value: the configuration file's
+    // settings come first, the command line's after them.
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
+    /// Print the effective `serve` settings and where each comes from
+    /// (command line, configuration file, environment, default).
+    Config {
+        /// The configuration file (default: $XDG_CONFIG_HOME/ensemble/config.toml).
+        #[arg(long, env = "ENSEMBLE_CONFIG")]
+        config: Option<PathBuf>,
+        /// `serve` flags to take into account, after `--`.
+        #[arg(last = true)]
+        flags: Vec<String>,
+    },
     /// List the Ensemble hosts shared on this network (mDNS).
     Nearby(lan_cli::NearbyArgs),
     /// Ask a host on the LAN to let this install in; prints the code to
@@ -48,6 +62,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Send a prompt to the VM's agent and print its answer as it comes.
     Prompt(prompt::PromptArgs),
+    /// The VMs you may open on a host (the owner: all of them).
+    Vms(people::VmsArgs),
     /// Who is in a VM, with roles and presence, and who drives.
     Who(people::WhoArgs),
     /// Create a join code for a teammate (owner only).
@@ -61,6 +77,11 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// A TOML file of settings: any flag below by its long name
+    /// (`lan = true`, `lan-bind = "0.0.0.0:6421"`); flags given here win
+    /// (default: $XDG_CONFIG_HOME/ensemble/config.toml, if it exists).
+    #[arg(long, env = "ENSEMBLE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Address the local listener (this machine's UI and clients) binds: a
     /// loopback address. Teammates on other machines come in through
     /// --lan (TLS), never through this one.
@@ -73,6 +94,11 @@ struct ServeArgs {
     /// A command started once and fed every event as one JSON line on stdin.
     #[arg(long, value_name = "COMMAND")]
     hook_command: Option<String>,
+    /// The hook command acknowledges each line it has processed by writing
+    /// `ack VMID SEQ` to its stdout; unacknowledged lines are written again
+    /// after it or the host restarts.
+    #[arg(long, requires = "hook_command")]
+    hook_ack: bool,
     /// Enable the test action `emit`, which appends arbitrary test events.
     #[arg(long)]
     test_actions: bool,
@@ -84,6 +110,11 @@ struct ServeArgs {
     /// pruned (everything else is kept, and late joiners still get the screen).
     #[arg(long, default_value_t = ensemble_host::DEFAULT_OUTPUT_BUDGET >> 20, value_name = "MIB")]
     output_budget_mib: u64,
+    /// How hard each commit of the event log is made durable: `normal`
+    /// survives a crash of the host, `full` also a power loss (an fsync per
+    /// commit).
+    #[arg(long, value_enum, default_value = "normal")]
+    durability: DurabilityArg,
     /// A TOML file adding or overriding agent types ([agents.NAME] command = "...", args = [...]).
     #[arg(long, value_name = "FILE")]
     agents: Option<PathBuf>,
@@ -156,6 +187,12 @@ impl SandboxArgs {
     }
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DurabilityArg {
+    Normal,
+    Full,
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -163,20 +200,49 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let (args, _) = config::apply(std::env::args().collect(), &Cli::command())?;
+    let cli = Cli::parse_from(args);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Config { config, flags } => {
+            let command = Cli::command();
+            let serve = command
+                .find_subcommand("serve")
+                .context("no serve command")?;
+            let file = match config {
+                Some(path) => Some(path),
+                None => config::default_path().filter(|p| p.exists()),
+            };
+            let file_flags = match &file {
+                Some(path) => config::flags_from(path, serve)?,
+                None => Vec::new(),
+            };
+            match &file {
+                Some(path) => println!("# configuration file: {}", path.display()),
+                None => println!(
+                    "# no configuration file ({} does not exist)",
+                    config::default_path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ),
+            }
+            print!(
+                "{}",
+                config::explain(serve, file.as_deref(), &file_flags, &flags)?
+            );
+            Ok(())
+        }
         Command::Nearby(args) => runtime.block_on(lan_cli::nearby(args)),
         Command::Join(args) => runtime.block_on(lan_cli::join(args)),
         Command::Attach(args) => runtime.block_on(attach::run(args)),
         Command::Events(args) => runtime.block_on(events::run(args)),
         Command::Export(args) => runtime.block_on(export::run(args)),
         Command::Prompt(args) => runtime.block_on(prompt::run(args)),
+        Command::Vms(args) => runtime.block_on(people::vms(args)),
         Command::Who(args) => runtime.block_on(people::who(args)),
         Command::Invite(args) => runtime.block_on(people::invite(args)),
         Command::Completions { shell } => {
-            use clap::CommandFactory;
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "ensemble", &mut script);
             // A reader that stops early (`| head`) is not an error.
@@ -204,8 +270,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.sandbox = args.sandbox.config();
     config.test_actions = args.test_actions;
     config.hook_command = args.hook_command;
+    config.hook_ack = args.hook_ack;
     config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
     config.output_budget = args.output_budget_mib.max(1) << 20;
+    config.durability = match args.durability {
+        DurabilityArg::Normal => ensemble_host::log::Durability::Normal,
+        DurabilityArg::Full => ensemble_host::log::Durability::Full,
+    };
     config.agents_file = args.agents;
     config.agent_init_timeout = Duration::try_from_secs_f64(args.agent_init_timeout)
         .context("--agent-init-timeout takes a positive number of seconds")?;

@@ -74,6 +74,35 @@ pub fn control_line(holder: &Value, participants: &Value) -> String {
 }
 
 #[derive(clap::Args)]
+pub struct VmsArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Print the answer of `listVms` as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The VMs this credential may open (the owner: all of the host's).
+pub async fn vms(args: VmsArgs) -> anyhow::Result<()> {
+    let vm = args.remote.open().await?;
+    let list = vm.call("listVms", json!([])).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    for v in list.as_array().into_iter().flatten() {
+        let key: Vec<&str> = v["key"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!("{:<6} {}", v["id"], key.join(" / "));
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
 pub struct InviteArgs {
     #[command(flatten)]
     remote: Remote,
@@ -96,19 +125,25 @@ pub async fn invite(args: InviteArgs) -> anyhow::Result<()> {
         )
         .await?;
     let text = code["code"].as_str().context("no code in the answer")?;
-    println!("Join code: {text} ({}, {} h)", args.role, args.hours);
+    // A code opens the VM it was made in, and no other.
+    let key = serde_json::to_string(&vm.info().key).unwrap_or_default();
+    println!(
+        "Join code: {text} ({}, {} h, for the VM {key} only)",
+        args.role, args.hours
+    );
     let lan = vm.call("getLan", json!([])).await.ok();
     match lan.as_ref().filter(|l| l["sharing"] == true) {
         Some(l) => {
             if let Some(addr) = l["addresses"][0].as_str() {
                 println!(
-                    "Link for the app or `ensemble join`: ensemble://{addr}/#fp={}&code={text}",
-                    l["fingerprint"].as_str().unwrap_or_default()
+                    "Link for the app or `ensemble join`: ensemble://{addr}/#fp={}&code={text}&key={}",
+                    l["fingerprint"].as_str().unwrap_or_default(),
+                    crate::lan_cli::link_key(&serde_json::to_value(&vm.info().key).unwrap_or_default())
                 );
             }
         }
         None => println!(
-            "On this machine: ensemble attach --join {text}   (share on the LAN, `ensemble serve --lan`, for teammates)"
+            "On this machine: ensemble attach --key '{key}' --join {text}   (share on the LAN, `ensemble serve --lan`, for teammates)"
         ),
     }
     Ok(())

@@ -25,7 +25,13 @@ pub struct Remote {
     #[arg(long, value_name = "PEER_ID")]
     peer: Option<String>,
     /// A token (the owner's, or a member token).
-    #[arg(long, env = "ENSEMBLE_TOKEN", hide_env_values = true)]
+    // Tokens are URL-safe base64: one may begin with `-`.
+    #[arg(
+        long,
+        env = "ENSEMBLE_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     token: Option<String>,
     /// A join code from the owner; the token it yields is stored for next time.
     #[arg(long = "join", value_name = "CODE")]
@@ -53,6 +59,12 @@ impl Remote {
             .or_else(ensemble_host::store::default_data_dir)
     }
 
+    /// Where a token from `--join` is kept: per host and VM, since a
+    /// member token opens only the VM its code was made in.
+    fn stored_name(&self) -> String {
+        format!("{} {}", self.url, self.key())
+    }
+
     fn stored(&self) -> BTreeMap<String, String> {
         self.data_dir()
             .and_then(|d| std::fs::read(d.join(TOKENS_FILE)).ok())
@@ -61,24 +73,14 @@ impl Remote {
     }
 
     fn store(&self, token: &str) -> anyhow::Result<PathBuf> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let dir = self
             .data_dir()
             .context("no data directory; pass --data-dir")?;
         std::fs::create_dir_all(&dir)?;
         let mut tokens = self.stored();
-        tokens.insert(self.url.clone(), token.to_owned());
+        tokens.insert(self.stored_name(), token.to_owned());
         let path = dir.join(TOKENS_FILE);
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&tokens)?)?;
-        std::fs::rename(&tmp, &path)?;
+        ensemble_lan::write_private(&path, &serde_json::to_vec_pretty(&tokens)?)?;
         Ok(path)
     }
 
@@ -90,7 +92,7 @@ impl Remote {
         if self.join_code.is_some() {
             return None;
         }
-        if let Some(t) = self.stored().get(&self.url) {
+        if let Some(t) = self.stored().get(&self.stored_name()) {
             return Some(t.clone());
         }
         let file = self.data_dir()?.join("owner-token");

@@ -9,8 +9,7 @@
 //! that member's open connections through a `watch` and every VM through a
 //! broadcast, so they take effect at once.
 
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -98,6 +97,15 @@ pub struct TlsPeer {
     pub code: String,
 }
 
+/// The VM a `hello` names, for the check that a member was invited to it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its canonical key.
+    pub key: String,
+    /// Whether the host has the VM already (only the owner creates VMs).
+    pub exists: bool,
+}
+
 /// A connection let in.
 pub struct Admitted {
     pub member: Member,
@@ -151,6 +159,9 @@ pub struct Access {
 
 struct Pending {
     name: String,
+    /// The VM the request was made in (canonical key): approval invites
+    /// the new member to it.
+    vm: String,
     address: IpAddr,
     /// Over TLS (a peer host): who asks, and the code both people compare.
     tls: Option<TlsPeer>,
@@ -166,6 +177,9 @@ struct State {
     bound: HashMap<u64, String>,
     /// token hash → member id
     by_token: HashMap<String, u64>,
+    /// member id → the VMs (canonical keys) the owner invited them to. The
+    /// owner is in none: the owner opens and creates every VM.
+    vms: HashMap<u64, HashSet<String>>,
     watchers: HashMap<u64, watch::Sender<Option<Member>>>,
     changes: broadcast::Sender<MemberChange>,
     /// Plain, for the one-time login exchange.
@@ -208,6 +222,29 @@ impl Access {
                  uses INTEGER NOT NULL DEFAULT 0);",
         )
         .map_err(db)?;
+        let scoped = conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'member_vms'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(db)?
+            .is_some();
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS member_vms(
+                 member_id INTEGER NOT NULL,
+                 vm_key TEXT NOT NULL,
+                 PRIMARY KEY(member_id, vm_key));",
+        )
+        .map_err(db)?;
+        // Codes from before access was scoped per VM have no VM: see `admit`.
+        let _ = conn.execute("ALTER TABLE join_codes ADD COLUMN vm_key TEXT", []);
+        if !scoped {
+            // Members from before access was scoped per VM could open every
+            // VM: they keep the VMs that existed then, and nothing newer.
+            grant_existing_vms(&conn, &dir.join("ensemble.db")).map_err(db)?;
+        }
         // Databases from before LAN sharing lack the column; adding it twice
         // fails harmlessly.
         let _ = conn.execute("ALTER TABLE members ADD COLUMN fingerprint TEXT", []);
@@ -217,6 +254,7 @@ impl Access {
             members: HashMap::new(),
             bound: HashMap::new(),
             by_token: HashMap::new(),
+            vms: HashMap::new(),
             watchers: HashMap::new(),
             changes: changes.clone(),
             owner_token: String::new(),
@@ -288,16 +326,34 @@ impl Access {
         rx.await.map_err(|_| gone())
     }
 
-    /// Checks what `hello` presented.
+    /// Checks what `hello` presented, and that a member may open `target`
+    /// (the VM the `hello` names; `None` where no VM of this host is
+    /// opened, as on the relay).
     pub async fn admit(
         &self,
         credential: Credential,
         name: Option<String>,
         address: IpAddr,
         tls: Option<TlsPeer>,
+        target: Option<Target>,
     ) -> Result<Admission, ErrorBody> {
-        self.with(move |s| s.admit(credential, name, address, tls))
+        self.with(move |s| s.admit(credential, name, address, tls, target))
             .await?
+    }
+
+    /// The VMs (canonical keys) member `id` was invited to; empty for the
+    /// owner, who may open every VM.
+    pub async fn member_vms(&self, id: u64) -> Result<Vec<String>, ErrorBody> {
+        self.with(move |s| {
+            let mut keys: Vec<String> = s
+                .vms
+                .get(&id)
+                .map(|k| k.iter().cloned().collect())
+                .unwrap_or_default();
+            keys.sort();
+            keys
+        })
+        .await
     }
 
     /// A requester left before the owner decided.
@@ -339,8 +395,14 @@ impl Access {
         self.with(move |s| s.decide(request_id, role)).await?
     }
 
-    pub async fn create_code(&self, role: Role, ttl: Duration) -> Result<JoinCodeInfo, ErrorBody> {
-        self.with(move |s| s.create_code(role, ttl)).await?
+    /// A join code that invites to the VM `vm` (canonical key).
+    pub async fn create_code(
+        &self,
+        role: Role,
+        ttl: Duration,
+        vm: String,
+    ) -> Result<JoinCodeInfo, ErrorBody> {
+        self.with(move |s| s.create_code(role, ttl, vm)).await?
     }
 
     pub async fn list_codes(&self) -> Result<Vec<JoinCodeInfo>, ErrorBody> {
@@ -378,9 +440,49 @@ pub struct JoinCodeInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
     pub role: Role,
+    /// The VM the code invites to (absent for a code made before access
+    /// was scoped per VM: it invites to the VM its `hello` names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<serde_json::Value>,
     pub expires_at: u64,
     pub revoked: bool,
     pub uses: u64,
+}
+
+/// A canonical key as the JSON array it is.
+fn key_value(canonical: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(canonical).ok()
+}
+
+fn forbidden(message: String) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Forbidden, message)
+}
+
+/// Members of a database from before access was scoped per VM are invited
+/// to every VM the host had then (what they could open before).
+fn grant_existing_vms(conn: &Connection, registry: &Path) -> Result<(), rusqlite::Error> {
+    if !registry.exists() {
+        return Ok(());
+    }
+    let keys: Vec<String> = {
+        let reg =
+            Connection::open_with_flags(registry, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = match reg.prepare("SELECT key FROM vms") {
+            Ok(stmt) => stmt,
+            // No VM table yet: no VM to keep.
+            Err(_) => return Ok(()),
+        };
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for key in keys {
+        conn.execute(
+            "INSERT OR IGNORE INTO member_vms(member_id, vm_key)
+             SELECT id, ?1 FROM members WHERE role != 'owner' AND removed_ms IS NULL",
+            [key],
+        )?;
+    }
+    Ok(())
 }
 
 pub fn request_wire_id(id: u64) -> String {
@@ -514,7 +616,52 @@ impl State {
             }
             self.members.insert(id, (member, token_hash));
         }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT member_id, vm_key FROM member_vms")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut vms: HashMap<u64, HashSet<String>> = HashMap::new();
+        for row in rows {
+            let (id, key) = row?;
+            vms.entry(id).or_default().insert(key);
+        }
+        drop(stmt);
+        self.vms = vms;
         Ok(())
+    }
+
+    /// Invites member `id` to the VM `key` (canonical).
+    fn invite(&mut self, id: u64, key: &str) -> Result<(), ErrorBody> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO member_vms(member_id, vm_key) VALUES (?1, ?2)",
+                params![id, key],
+            )
+            .map_err(internal)?;
+        self.vms.entry(id).or_default().insert(key.to_owned());
+        Ok(())
+    }
+
+    /// A member (not the owner) opens only the VMs they were invited to;
+    /// only the owner creates VMs.
+    fn check_scope(&self, id: u64, target: Option<&Target>) -> Result<(), ErrorBody> {
+        let Some(target) = target else { return Ok(()) };
+        let owner = self
+            .members
+            .get(&id)
+            .is_some_and(|(m, _)| m.role == Role::Owner);
+        let invited = target.exists
+            && self
+                .vms
+                .get(&id)
+                .is_some_and(|keys| keys.contains(&target.key));
+        if owner || invited {
+            return Ok(());
+        }
+        Err(forbidden(format!(
+            "you were not invited to the VM {}: a member opens only the VMs the owner invited them to, and only the owner creates VMs",
+            target.key
+        )))
     }
 
     /// The owner's token: the one in `file` if it still matches, else a new
@@ -640,6 +787,7 @@ impl State {
         name: Option<String>,
         address: IpAddr,
         tls: Option<TlsPeer>,
+        target: Option<Target>,
     ) -> Result<Admission, ErrorBody> {
         // Failures are limited per address, but a valid credential always
         // works: every local client shares 127.0.0.1, and the owner must not
@@ -663,6 +811,7 @@ impl State {
                             ));
                         }
                     }
+                    self.check_scope(id, target.as_ref())?;
                     self.admitted(id, None)
                 }
                 None => Err(self.failed(address, "unknown or revoked token; ask the owner for a join code")),
@@ -687,18 +836,39 @@ impl State {
             }
             Credential::JoinCode(code) => {
                 let code_hash = hash(&normalize_code(&code));
-                let row: Option<(u64, String)> = self
+                let row: Option<(u64, String, Option<String>)> = self
                     .conn
                     .query_row(
-                        "SELECT id, role FROM join_codes
+                        "SELECT id, role, vm_key FROM join_codes
                          WHERE code_hash = ?1 AND revoked_ms IS NULL AND expires_ms > ?2",
                         params![code_hash, now_ms() as i64],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()
                     .map_err(internal)?;
-                let Some((code_id, role)) = row else {
+                let Some((code_id, role, code_vm)) = row else {
                     return Err(self.failed(address, "join code unknown, expired or revoked; ask the owner for a new one"));
+                };
+                // A code invites to the VM it was made in; checked before it
+                // is used, so a wrong key costs the code nothing. A code from
+                // before access was scoped per VM has none and invites to the
+                // VM named, if it exists.
+                let vm = match (code_vm, &target) {
+                    (Some(code_vm), Some(t)) if code_vm != t.key => {
+                        return Err(forbidden(format!(
+                            "this join code invites you to the VM {code_vm}, not {}; open that key",
+                            t.key
+                        )))
+                    }
+                    (Some(code_vm), _) => Some(code_vm),
+                    (None, Some(t)) if t.exists => Some(t.key.clone()),
+                    (None, Some(t)) => {
+                        return Err(forbidden(format!(
+                            "there is no VM {}, and only the owner creates VMs",
+                            t.key
+                        )))
+                    }
+                    (None, None) => None,
                 };
                 self.conn
                     .execute(
@@ -710,9 +880,28 @@ impl State {
                 if let Some(tls) = &tls {
                     self.bind(member.id, &tls.fingerprint)?;
                 }
+                if let Some(vm) = vm {
+                    self.invite(member.id, &vm)?;
+                }
                 self.admitted(member.id, Some(token))
             }
             Credential::RequestJoin => {
+                // A request is made in a VM, which must exist: only the
+                // owner creates VMs. Probing for keys counts as a failure.
+                let vm = match target {
+                    Some(t) if t.exists => t.key,
+                    Some(t) => {
+                        let message = format!(
+                            "there is no VM {}, and only the owner creates VMs; ask the owner for the right link",
+                            t.key
+                        );
+                        self.failed(address, "");
+                        return Err(forbidden(message));
+                    }
+                    None => {
+                        return Err(unauthorized("a join request is made in a VM of this host"))
+                    }
+                };
                 self.requests.retain(|_, r| !r.reply.is_closed());
                 let from_here = self
                     .requests
@@ -734,6 +923,7 @@ impl State {
                     request_id,
                     Pending {
                         name: clean_name(name).unwrap_or_else(|| "Guest".to_owned()),
+                        vm,
                         address,
                         tls,
                         since_ms: now_ms(),
@@ -830,6 +1020,7 @@ impl State {
         if let Some(tls) = &request.tls {
             self.bind(member.id, &tls.fingerprint)?;
         }
+        self.invite(member.id, &request.vm)?;
         let Admission::Admitted(admitted) = self.admitted(member.id, Some(token))? else {
             return Err(internal("admission"));
         };
@@ -839,20 +1030,26 @@ impl State {
         Ok(Some(member))
     }
 
-    fn create_code(&mut self, role: Role, ttl: Duration) -> Result<JoinCodeInfo, ErrorBody> {
+    fn create_code(
+        &mut self,
+        role: Role,
+        ttl: Duration,
+        vm: String,
+    ) -> Result<JoinCodeInfo, ErrorBody> {
         let code = random_code().map_err(internal)?;
         let now = now_ms();
         let expires_at = now + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
         self.conn
             .execute(
-                "INSERT INTO join_codes(code_hash, role, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![hash(&normalize_code(&code)), role.as_str(), now as i64, expires_at as i64],
+                "INSERT INTO join_codes(code_hash, role, created_ms, expires_ms, vm_key) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash(&normalize_code(&code)), role.as_str(), now as i64, expires_at as i64, vm],
             )
             .map_err(internal)?;
         Ok(JoinCodeInfo {
             code_id: code_wire_id(self.conn.last_insert_rowid() as u64),
             code: Some(code),
             role,
+            key: key_value(&vm),
             expires_at,
             revoked: false,
             uses: 0,
@@ -862,7 +1059,7 @@ impl State {
     fn list_codes(&mut self) -> Result<Vec<JoinCodeInfo>, ErrorBody> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, role, expires_ms, revoked_ms IS NOT NULL, uses FROM join_codes ORDER BY id")
+            .prepare("SELECT id, role, expires_ms, revoked_ms IS NOT NULL, uses, vm_key FROM join_codes ORDER BY id")
             .map_err(internal)?;
         let rows = stmt
             .query_map([], |r| {
@@ -870,6 +1067,10 @@ impl State {
                     code_id: code_wire_id(r.get(0)?),
                     code: None,
                     role: parse_role(&r.get::<_, String>(1)?),
+                    key: r
+                        .get::<_, Option<String>>(5)?
+                        .as_deref()
+                        .and_then(key_value),
                     expires_at: r.get(2)?,
                     revoked: r.get(3)?,
                     uses: r.get(4)?,
@@ -946,6 +1147,7 @@ impl State {
         if let Some((_, token_hash)) = self.members.remove(&id) {
             self.by_token.remove(&token_hash);
         }
+        self.vms.remove(&id);
         self.publish(id, None);
         self.watchers.remove(&id);
         Ok(())
@@ -992,18 +1194,7 @@ impl State {
 /// Writes `secret` to `path` readable by this user only (created 0600, so
 /// it is never readable by others even for a moment).
 fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(secret.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    ensemble_lan::write_private(path, format!("{secret}\n").as_bytes())
 }
 
 #[cfg(test)]
@@ -1012,6 +1203,14 @@ mod tests {
     use std::net::Ipv4Addr;
 
     const HERE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const VM: &str = r#"["a"]"#;
+
+    fn target(key: &str, exists: bool) -> Option<Target> {
+        Some(Target {
+            key: key.to_owned(),
+            exists,
+        })
+    }
 
     fn admitted(a: Result<Admission, ErrorBody>) -> Admitted {
         match a {
@@ -1033,7 +1232,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let owner = admitted(
             access
-                .admit(Credential::Token(token.clone()), None, HERE, None)
+                .admit(Credential::Token(token.clone()), None, HERE, None, None)
                 .await,
         );
         assert_eq!(owner.member.role, Role::Owner);
@@ -1048,7 +1247,7 @@ mod tests {
         let rotated = Access::open(dir.path()).unwrap();
         assert_ne!(rotated.owner_token(), token);
         assert!(rotated
-            .admit(Credential::Token(token), None, HERE, None)
+            .admit(Credential::Token(token), None, HERE, None, None)
             .await
             .is_err());
     }
@@ -1060,12 +1259,12 @@ mod tests {
         let code = access.login_code().to_owned();
         let first = admitted(
             access
-                .admit(Credential::LoginCode(code.clone()), None, HERE, None)
+                .admit(Credential::LoginCode(code.clone()), None, HERE, None, None)
                 .await,
         );
         assert_eq!(first.issued.as_deref(), Some(access.owner_token()));
         let Err(e) = access
-            .admit(Credential::LoginCode(code), None, HERE, None)
+            .admit(Credential::LoginCode(code), None, HERE, None, None)
             .await
         else {
             panic!("a login code worked twice");
@@ -1079,7 +1278,7 @@ mod tests {
         let access = Access::open(dir.path()).unwrap();
         for _ in 0..MAX_FAILURES {
             let Err(e) = access
-                .admit(Credential::Token("forged".into()), None, HERE, None)
+                .admit(Credential::Token("forged".into()), None, HERE, None, None)
                 .await
             else {
                 panic!("forged token accepted");
@@ -1087,7 +1286,7 @@ mod tests {
             assert_eq!(e.code, ErrorCode::Unauthorized);
         }
         let Err(e) = access
-            .admit(Credential::Token("forged".into()), None, HERE, None)
+            .admit(Credential::Token("forged".into()), None, HERE, None, None)
             .await
         else {
             panic!("forged token accepted");
@@ -1098,13 +1297,13 @@ mod tests {
         let token = access.owner_token().to_owned();
         admitted(
             access
-                .admit(Credential::Token(token.clone()), None, HERE, None)
+                .admit(Credential::Token(token.clone()), None, HERE, None, None)
                 .await,
         );
         let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
         admitted(
             access
-                .admit(Credential::Token(token), None, elsewhere, None)
+                .admit(Credential::Token(token), None, elsewhere, None, None)
                 .await,
         );
     }
@@ -1114,14 +1313,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let access = Access::open(dir.path()).unwrap();
         let info = access
-            .create_code(Role::Viewer, Duration::from_secs(60))
+            .create_code(Role::Viewer, Duration::from_secs(60), VM.into())
             .await
             .unwrap();
         let code = info.code.clone().unwrap();
         let typed = code.to_lowercase().replace('-', " ");
         let guest = admitted(
             access
-                .admit(Credential::JoinCode(typed), Some("Ann".into()), HERE, None)
+                .admit(
+                    Credential::JoinCode(typed),
+                    Some("Ann".into()),
+                    HERE,
+                    None,
+                    None,
+                )
                 .await,
         );
         assert_eq!(guest.member.role, Role::Viewer);
@@ -1129,7 +1334,7 @@ mod tests {
         let token = guest.issued.clone().unwrap();
         admitted(
             access
-                .admit(Credential::Token(token.clone()), None, HERE, None)
+                .admit(Credential::Token(token.clone()), None, HERE, None, None)
                 .await,
         );
         access
@@ -1137,11 +1342,11 @@ mod tests {
             .await
             .unwrap();
         assert!(access
-            .admit(Credential::JoinCode(code), None, HERE, None)
+            .admit(Credential::JoinCode(code), None, HERE, None, None)
             .await
             .is_err());
         let expired = access
-            .create_code(Role::Collaborator, Duration::ZERO)
+            .create_code(Role::Collaborator, Duration::ZERO, VM.into())
             .await
             .unwrap();
         assert!(access
@@ -1149,6 +1354,7 @@ mod tests {
                 Credential::JoinCode(expired.code.unwrap()),
                 None,
                 HERE,
+                None,
                 None
             )
             .await
@@ -1159,7 +1365,157 @@ mod tests {
         watch.changed().await.unwrap();
         assert!(watch.borrow().is_none());
         assert!(access
-            .admit(Credential::Token(token), None, HERE, None)
+            .admit(Credential::Token(token), None, HERE, None, None)
+            .await
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn members_open_only_the_vms_they_were_invited_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = Access::open(dir.path()).unwrap();
+        let other = r#"["b"]"#;
+        let code = access
+            .create_code(Role::Collaborator, Duration::from_secs(60), VM.into())
+            .await
+            .unwrap()
+            .code
+            .unwrap();
+        // A code made in one VM does not open another, and is not used up.
+        let Err(e) = access
+            .admit(
+                Credential::JoinCode(code.clone()),
+                None,
+                HERE,
+                None,
+                target(other, true),
+            )
+            .await
+        else {
+            panic!("a code opened another VM");
+        };
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        assert!(e.message.contains(VM), "{}", e.message);
+        let guest = admitted(
+            access
+                .admit(
+                    Credential::JoinCode(code),
+                    None,
+                    HERE,
+                    None,
+                    target(VM, true),
+                )
+                .await,
+        );
+        let token = guest.issued.unwrap();
+        admitted(
+            access
+                .admit(
+                    Credential::Token(token.clone()),
+                    None,
+                    HERE,
+                    None,
+                    target(VM, true),
+                )
+                .await,
+        );
+        for (key, exists) in [(other, true), (r#"["new"]"#, false)] {
+            let Err(e) = access
+                .admit(
+                    Credential::Token(token.clone()),
+                    None,
+                    HERE,
+                    None,
+                    target(key, exists),
+                )
+                .await
+            else {
+                panic!("a member opened {key}");
+            };
+            assert_eq!(e.code, ErrorCode::Forbidden);
+        }
+        assert_eq!(access.member_vms(guest.member.id).await.unwrap(), vec![VM]);
+        // The owner opens and creates any VM.
+        let owner = access.owner_token().to_owned();
+        admitted(
+            access
+                .admit(
+                    Credential::Token(owner),
+                    None,
+                    HERE,
+                    None,
+                    target(r#"["new"]"#, false),
+                )
+                .await,
+        );
+        // A join request is made in an existing VM; approval invites to it.
+        let Err(e) = access
+            .admit(
+                Credential::RequestJoin,
+                None,
+                HERE,
+                None,
+                target(r#"["new"]"#, false),
+            )
+            .await
+        else {
+            panic!("a join request for a VM that does not exist");
+        };
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        let Ok(Admission::Pending {
+            request_id,
+            decision,
+        }) = access
+            .admit(
+                Credential::RequestJoin,
+                Some("Rae".into()),
+                HERE,
+                None,
+                target(other, true),
+            )
+            .await
+        else {
+            panic!("no pending request");
+        };
+        let rae = access
+            .decide(request_id, Some(Role::Viewer))
+            .await
+            .unwrap()
+            .unwrap();
+        let rae_token = decision.await.unwrap().unwrap().issued.unwrap();
+        assert_eq!(access.member_vms(rae.id).await.unwrap(), vec![other]);
+        assert!(access
+            .admit(
+                Credential::Token(rae_token.clone()),
+                None,
+                HERE,
+                None,
+                target(VM, true)
+            )
+            .await
+            .is_err());
+        // Kept across a restart.
+        drop(access);
+        let again = Access::open(dir.path()).unwrap();
+        admitted(
+            again
+                .admit(
+                    Credential::Token(rae_token),
+                    None,
+                    HERE,
+                    None,
+                    target(other, true),
+                )
+                .await,
+        );
+        assert!(again
+            .admit(
+                Credential::Token(token),
+                None,
+                HERE,
+                None,
+                target(other, true)
+            )
             .await
             .is_err());
     }

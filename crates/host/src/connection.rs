@@ -21,7 +21,7 @@ use ensemble_protocol::{
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{request_wire_id, Access, Admission, Admitted, Credential, Member, TlsPeer};
@@ -39,8 +39,21 @@ const OUT_QUEUE: usize = 256;
 /// socket is not read meanwhile).
 const MAX_INFLIGHT_ACTIONS: usize = 64;
 
-/// Events read from the log per catch-up page.
+/// Events read from the log per catch-up page, at most.
 const CATCH_UP_PAGE: u32 = 4096;
+
+/// Bytes of frames read from the log per catch-up page (plus one event,
+/// at most 64 KiB of output): a late joiner that does not read holds no
+/// more than this page and the socket's write buffer, whatever the log
+/// holds. The next page is read once this one is written.
+pub const CATCH_UP_BYTES: usize = 1 << 20; // 1 MiB
+
+/// Actions whose answer may be large (up to about `MAX_RESULT_BYTES` of
+/// events): `MAX_LARGE_READS` at a time per connection run or wait to be
+/// written, so a client that sends many and reads nothing holds one answer,
+/// not 64 running plus 256 queued.
+const LARGE_READS: &[&str] = &["getEvents", "getSequencedEvents"];
+pub const MAX_LARGE_READS: usize = 1;
 
 /// How long a closing connection's writer may take to send what is queued.
 const WRITER_DRAIN: Duration = Duration::from_secs(1);
@@ -48,8 +61,70 @@ const WRITER_DRAIN: Duration = Duration::from_secs(1);
 /// Live events sent before a flush.
 const LIVE_BATCH: usize = 512;
 
+/// Open connections one member (not the owner) may have at once: a UI
+/// opens one per VM it shows, so this is many tabs' worth, and it bounds
+/// what one member's connections can cost the host.
+pub const MAX_MEMBER_CONNECTIONS: usize = 16;
+
+/// Open WebSocket connections from one address other than the loopback
+/// (where every local client, the owner's included, shares 127.0.0.1).
+pub const MAX_ADDRESS_CONNECTIONS: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SlotKey {
+    Member(u64),
+    Address(IpAddr),
+}
+
+/// Counts of open connections per member and per address.
+#[derive(Default)]
+pub struct Slots(std::sync::Mutex<std::collections::HashMap<SlotKey, usize>>);
+
+/// One counted connection; uncounted when dropped.
+pub struct Slot {
+    slots: Arc<Slots>,
+    key: SlotKey,
+}
+
+impl Slots {
+    /// A slot for `key` unless `cap` are taken.
+    pub fn take(self: &Arc<Self>, key: SlotKey, cap: usize) -> Option<Slot> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = counts.entry(key).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            slots: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .slots
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// What every connection shares.
 pub struct Shared {
+    /// Open connections per member and per address.
+    pub slots: Arc<Slots>,
     pub registry: Registry,
     pub access: Access,
     pub agents: crate::agents::AgentRegistry,
@@ -70,6 +145,8 @@ pub struct Shared {
 
 enum Out {
     Text(String),
+    /// A large answer: the permit it holds is returned once it is written.
+    Held(String, OwnedSemaphorePermit),
     /// Close the connection with this WebSocket status.
     Close(u16, &'static str),
     Subscribe {
@@ -123,6 +200,8 @@ struct ReadState {
     /// once removed). Set together with `vm`: no VM, no events.
     me: Option<watch::Receiver<Option<Member>>>,
     subscribed: bool,
+    /// Counts this connection against its member's cap while it is open.
+    slot: Option<Slot>,
 }
 
 async fn read_half(
@@ -134,6 +213,7 @@ async fn read_half(
     tls: Option<TlsPeer>,
 ) -> ReadState {
     let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_ACTIONS));
+    let large = Arc::new(Semaphore::new(MAX_LARGE_READS));
     let mut state = ReadState {
         conn_id: shared
             .next_conn_id
@@ -143,6 +223,7 @@ async fn read_half(
         vm: None,
         me: None,
         subscribed: false,
+        slot: None,
     };
     loop {
         let removed = async {
@@ -175,6 +256,12 @@ async fn read_half(
                 if is_capacity_error(&e) {
                     let _ = out_tx
                         .send(Out::Close(1009, "message over the hard size limit"))
+                        .await;
+                } else if is_utf8_error(&e) {
+                    // RFC 6455 8.1: a text frame that is not UTF-8 fails the
+                    // connection with 1007 (invalid frame payload data).
+                    let _ = out_tx
+                        .send(Out::Close(1007, "a text frame that is not UTF-8"))
                         .await;
                 }
                 tracing::debug!(error = %e, "connection read failed");
@@ -214,7 +301,10 @@ async fn read_half(
                         None => return state,
                     }
                 }
-                Ok(m) => handle(m, &mut state, &shared, &out_tx, &permits).await,
+                Ok(m) => {
+                    let raw_data = raw_emit_data(text.as_str(), &m);
+                    handle(m, raw_data, &mut state, &shared, &out_tx, &permits, &large).await
+                }
                 Err((id, body)) => Some(error_text(id, body)),
             },
             Message::Binary(b) if b.len() > MAX_MESSAGE_BYTES => Some(too_large(b.len())),
@@ -321,6 +411,10 @@ async fn hello_with_join(
             None
         }
         Some(Ok(admitted)) => {
+            // A new member: its first connection counts against its cap.
+            state.slot = shared
+                .slots
+                .take(SlotKey::Member(admitted.member.id), MAX_MEMBER_CONNECTIONS);
             let _ = vm
                 .log()
                 .append(vec![resolved(
@@ -381,17 +475,55 @@ async fn open_hello(hello: Hello, state: &mut ReadState, shared: &Arc<Shared>) -
             ))
         }
     };
+    // Whether the VM exists decides what a member may do: only the owner
+    // creates VMs, and a join request is made in an existing one.
+    let exists = match shared.registry.lookup(key.clone()).await {
+        Ok(id) => id.is_some(),
+        Err(e) => return Opened::Reply(error_text(None, e.to_body())),
+    };
+    let target = crate::access::Target {
+        key: key.canonical(),
+        exists,
+    };
     let admission = match shared
         .access
-        .admit(credential, name.clone(), state.peer, state.tls.clone())
+        .admit(
+            credential,
+            name.clone(),
+            state.peer,
+            state.tls.clone(),
+            Some(target),
+        )
         .await
     {
         Ok(a) => a,
         Err(e) => return Opened::Reply(error_text(None, e)),
     };
+    if let Admission::Admitted(a) = &admission {
+        if a.member.role != Role::Owner {
+            match shared
+                .slots
+                .take(SlotKey::Member(a.member.id), MAX_MEMBER_CONNECTIONS)
+            {
+                Some(slot) => state.slot = Some(slot),
+                None => {
+                    return Opened::Reply(error_text(
+                        None,
+                        ErrorBody::new(
+                            ErrorCode::RateLimited,
+                            format!("you have {MAX_MEMBER_CONNECTIONS} connections open to this host already; close one first"),
+                        ),
+                    ))
+                }
+            }
+        }
+    }
     let vm = match shared.registry.open(key).await {
         Ok(vm) => vm,
-        Err(e) => return Opened::Reply(error_text(None, e.to_body())),
+        Err(e) => {
+            state.slot = None;
+            return Opened::Reply(error_text(None, e.to_body()));
+        }
     };
     match admission {
         Admission::Admitted(admitted) => {
@@ -491,15 +623,26 @@ async fn welcome(
 }
 
 fn is_capacity_error(e: &axum::Error) -> bool {
+    tungstenite_error(e)
+        .is_some_and(|t| matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_)))
+}
+
+fn is_utf8_error(e: &axum::Error) -> bool {
+    tungstenite_error(e)
+        .is_some_and(|t| matches!(t, tokio_tungstenite::tungstenite::Error::Utf8(_)))
+}
+
+/// The WebSocket layer's own error behind axum's.
+fn tungstenite_error(e: &axum::Error) -> Option<&tokio_tungstenite::tungstenite::Error> {
     use std::error::Error as _;
     let mut source = e.source();
     while let Some(s) = source {
         if let Some(t) = s.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-            return matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_));
+            return Some(t);
         }
         source = s.source();
     }
-    false
+    None
 }
 
 fn too_large(len: usize) -> String {
@@ -546,10 +689,12 @@ fn parse(text: &str) -> Result<ClientMessage, (Option<u64>, ErrorBody)> {
 /// Handles one message; returns the text to answer with, if any.
 async fn handle(
     msg: ClientMessage,
+    raw_data: Option<String>,
     state: &mut ReadState,
     shared: &Arc<Shared>,
     out_tx: &mpsc::Sender<Out>,
     permits: &Arc<Semaphore>,
+    large: &Arc<Semaphore>,
 ) -> Option<String> {
     match msg {
         // Handled by the reading loop, which owns the socket a join request waits on.
@@ -617,6 +762,7 @@ async fn handle(
                 return None;
             };
             let out_tx = out_tx.clone();
+            let large = LARGE_READS.contains(&name.as_str()).then(|| large.clone());
             let test_actions = shared.test_actions;
             let conn_id = state.conn_id;
             let shared = shared.clone();
@@ -626,21 +772,92 @@ async fn handle(
                     conn_id,
                     me,
                     access: &shared.access,
+                    registry: &shared.registry,
                     lan: &shared.lan,
                     agents: &shared.agents,
                     agent_init_timeout: shared.agent_init_timeout,
                     test_actions,
+                    raw_data,
                 };
-                let text = match actions::call(&ctx, &name, args).await {
+                // When the host stops, running actions are dropped: one
+                // that waits (for a turn, an agent starting, a process) must
+                // not keep its VM, and so the host, from stopping.
+                let call = async {
+                    // Held from before the read until the answer is written.
+                    let held = match large {
+                        Some(large) => Some(large.acquire_owned().await.ok()?),
+                        None => None,
+                    };
+                    Some((actions::call(&ctx, &name, args).await, held))
+                };
+                let called = tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    called = call => called,
+                };
+                let Some((called, held)) = called else { return };
+                let text = match called {
                     Ok(value) => format!(r#"{{"type":"result","id":{id},"value":{value}}}"#),
                     Err(body) => error_text(Some(id), body),
                 };
-                let _ = out_tx.send(Out::Text(text)).await;
+                let out = match held {
+                    Some(permit) => Out::Held(text, permit),
+                    None => Out::Text(text),
+                };
+                let _ = out_tx.send(out).await;
                 drop(permit);
             });
             None
         }
     }
+}
+
+/// `emit`'s `data` exactly as the client wrote it (insignificant whitespace
+/// removed): parsed into a `Value`, a number would come back as the nearest
+/// double (2^64 as `1.8446744073709552e19`), not as given.
+fn raw_emit_data(text: &str, msg: &ClientMessage) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct RawAction<'a> {
+        #[serde(borrow)]
+        args: Option<Vec<&'a serde_json::value::RawValue>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RawOptions<'a> {
+        #[serde(borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    let ClientMessage::Action { name, .. } = msg else {
+        return None;
+    };
+    if name != "emit" {
+        return None;
+    }
+    let action: RawAction = serde_json::from_str(text).ok()?;
+    let options: RawOptions = serde_json::from_str(action.args?.first()?.get()).ok()?;
+    Some(minify(options.data?.get()))
+}
+
+/// Valid JSON text without whitespace outside strings.
+fn minify(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn not_open(id: Option<u64>) -> String {
@@ -794,6 +1011,12 @@ async fn handle_out(w: &mut Writer, feed: &mut Option<Feed>, out: Out) -> Result
             w.feed(Message::Text(text.into())).await?;
             w.flush().await
         }
+        Out::Held(text, permit) => {
+            w.feed(Message::Text(text.into())).await?;
+            w.flush().await?;
+            drop(permit);
+            Ok(())
+        }
         Out::Subscribe { log, since, filter } => {
             // Subscribe before reading the head, so nothing falls between.
             // The reading half checked `since` against an earlier head, and
@@ -846,7 +1069,10 @@ async fn send_caught_up(w: &mut Writer, f: &mut Feed) -> Result<(), WriteError> 
 async fn catch_up_page(w: &mut Writer, f: &mut Feed) -> Result<(), WriteError> {
     let head = f.log.head();
     if f.cursor < head {
-        let page = f.log.page(f.cursor, head, CATCH_UP_PAGE, None).await?;
+        let (page, _) = f
+            .log
+            .page_bytes(f.cursor, head, CATCH_UP_PAGE, None, CATCH_UP_BYTES)
+            .await?;
         // Seqs of pruned output (before `outputFrom`) are skipped here.
         for event in &page {
             f.cursor = event.seq;

@@ -69,6 +69,9 @@ pub struct HostConfig {
     pub test_actions: bool,
     /// A command fed every event as JSON Lines.
     pub hook_command: Option<String>,
+    /// The hook command acknowledges lines (`ack VMID SEQ` on its stdout);
+    /// its position advances only with them.
+    pub hook_ack: bool,
     /// Rust hooks (embedders).
     pub hooks: Vec<Hook>,
     /// A client that accepts no bytes for this long is disconnected.
@@ -86,6 +89,8 @@ pub struct HostConfig {
     pub sandbox: ensemble_sandbox::Config,
     /// Sharing on the LAN.
     pub lan: lan::LanConfig,
+    /// How hard each commit of a VM's log is made durable.
+    pub durability: log::Durability,
 }
 
 impl HostConfig {
@@ -94,6 +99,7 @@ impl HostConfig {
             data_dir: data_dir.into(),
             test_actions: false,
             hook_command: None,
+            hook_ack: false,
             hooks: Vec::new(),
             stall_timeout: Duration::from_secs(30),
             output_budget: DEFAULT_OUTPUT_BUDGET,
@@ -102,6 +108,7 @@ impl HostConfig {
             control_grace: control::DEFAULT_GRACE,
             sandbox: ensemble_sandbox::Config::default(),
             lan: lan::LanConfig::default(),
+            durability: log::Durability::Normal,
         }
     }
 }
@@ -190,7 +197,11 @@ impl Host {
         let can_open = sandboxes.check().is_ok();
         let mut hooks = config.hooks;
         if let Some(command) = config.hook_command {
-            hooks.push(Hook::command(command, shutdown.child_token()));
+            hooks.push(Hook::command_with(
+                command,
+                config.hook_ack,
+                shutdown.child_token(),
+            ));
         }
         let hooks = Hooks::new(hooks, shutdown.child_token());
         let lan = lan::Lan::start(
@@ -204,6 +215,7 @@ impl Host {
             store,
             hooks,
             config.output_budget,
+            config.durability,
             access.clone(),
             config.control_grace,
             sandboxes,
@@ -215,6 +227,7 @@ impl Host {
         }
         Ok(Host {
             shared: Arc::new(Shared {
+                slots: Arc::default(),
                 registry,
                 access,
                 agents,

@@ -54,6 +54,19 @@ pub enum Frame {
     Binary(Bytes),
 }
 
+impl Frame {
+    /// Its size on the wire.
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(b) | Frame::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// An event to append. Data is already serialized JSON so that the writer
 /// thread only concatenates.
 #[derive(Debug)]
@@ -115,6 +128,8 @@ struct Inner {
     pins: Pins,
     held_back: Arc<AtomicBool>,
     readers: ReaderPool,
+    /// Bytes of output the log keeps (pruning starts beyond).
+    output_budget: u64,
 }
 
 /// Readers that must not lose output they have not read yet (terminal
@@ -161,6 +176,27 @@ impl Drop for Pin {
 /// when the writer thread has committed its last batch and exited, which
 /// happens once every [`Log`] clone is dropped.
 pub fn open(path: &Path, output_budget: u64) -> Result<(Log, oneshot::Receiver<()>), LogError> {
+    open_with(path, output_budget, Durability::Normal)
+}
+
+/// How hard a commit is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// SQLite `synchronous=NORMAL` in WAL mode: a commit survives a crash of
+    /// the host; an OS crash or power loss may lose the latest commits.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: each commit is synced to disk before it is
+    /// published, so it survives a power loss too; costs an fsync per commit.
+    Full,
+}
+
+/// [`open`] with a durability.
+pub fn open_with(
+    path: &Path,
+    output_budget: u64,
+    durability: Durability,
+) -> Result<(Log, oneshot::Receiver<()>), LogError> {
     let open_err = |source| LogError::Open {
         path: path.to_owned(),
         source,
@@ -169,6 +205,7 @@ pub fn open(path: &Path, output_budget: u64) -> Result<(Log, oneshot::Receiver<(
     conn.execute_batch(
         "PRAGMA auto_vacuum=INCREMENTAL;
          PRAGMA journal_mode=WAL;
+         PRAGMA journal_size_limit=8388608;
          PRAGMA synchronous=NORMAL;
          PRAGMA busy_timeout=5000;
          CREATE TABLE IF NOT EXISTS events(
@@ -190,6 +227,10 @@ pub fn open(path: &Path, output_budget: u64) -> Result<(Log, oneshot::Receiver<(
              v INTEGER NOT NULL);",
     )
     .map_err(open_err)?;
+    if durability == Durability::Full {
+        conn.execute_batch("PRAGMA synchronous=FULL;")
+            .map_err(open_err)?;
+    }
     let (head, first): (u64, u64) = conn
         .query_row(
             "SELECT COALESCE(MAX(seq), 0), COALESCE(MIN(seq), 1) FROM events",
@@ -261,6 +302,7 @@ pub fn open(path: &Path, output_budget: u64) -> Result<(Log, oneshot::Receiver<(
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
             },
+            output_budget,
         }),
     };
     Ok((log, done_rx))
@@ -310,6 +352,62 @@ impl Log {
         self.inner.output_from.load(Ordering::Acquire)
     }
 
+    /// Bytes of output the log keeps; older output is pruned.
+    pub fn output_budget(&self) -> u64 {
+        self.inner.output_budget
+    }
+
+    /// Bytes of output (binary events, all shells and processes) with
+    /// `after < seq <= upto`: what a pin at `after` holds in the log.
+    pub async fn output_bytes_between(&self, after: u64, upto: u64) -> Result<u64, LogError> {
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT COALESCE(SUM(length(body)), 0) FROM events
+                 WHERE seq > ?1 AND seq <= ?2 AND kind != 0",
+                params![
+                    after.min(i64::MAX as u64) as i64,
+                    upto.min(i64::MAX as u64) as i64
+                ],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    /// The seq after which the last `tail` bytes of shell `shell_id`'s
+    /// output up to `upto` begin (at least `after`).
+    pub async fn shell_tail_start(
+        &self,
+        shell_id: u32,
+        after: u64,
+        upto: u64,
+        tail: u64,
+    ) -> Result<u64, LogError> {
+        self.read(move |conn| {
+            // The binary header holds the shell id at bytes 18..22 (1-based).
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, length(body) FROM events
+                 WHERE seq > ?1 AND seq <= ?2 AND name = 'shellData' AND substr(body, 18, 4) = ?3
+                 ORDER BY seq DESC",
+            )?;
+            let mut rows = stmt.query(params![
+                after.min(i64::MAX as u64) as i64,
+                upto.min(i64::MAX as u64) as i64,
+                shell_id.to_be_bytes().to_vec()
+            ])?;
+            let mut bytes = 0u64;
+            while let Some(row) = rows.next()? {
+                let seq: u64 = row.get(0)?;
+                bytes += row.get::<_, u64>(1)?;
+                if bytes >= tail {
+                    return Ok(seq.saturating_sub(1).max(after));
+                }
+            }
+            Ok(after)
+        })
+        .await
+    }
+
     /// Keeps output after `seq` from being pruned until the pin advances or
     /// is dropped.
     pub fn pin(&self, seq: u64) -> Pin {
@@ -355,6 +453,24 @@ impl Log {
     ) -> Result<Vec<LoggedEvent>, LogError> {
         self.read(move |conn| read_page(conn, after, upto, limit, names.as_deref()))
             .await
+    }
+
+    /// Like [`Log::page`], but stops once the frames read reach `max_bytes`
+    /// (a page holds at least one event, so at most `max_bytes` plus one
+    /// event): what a reader holds is bounded in bytes, however large the
+    /// events. Also says whether it stopped for the bytes.
+    pub async fn page_bytes(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: u32,
+        names: Option<Vec<String>>,
+        max_bytes: usize,
+    ) -> Result<(Vec<LoggedEvent>, bool), LogError> {
+        self.read(move |conn| {
+            read_page_bytes(conn, after, upto, limit, names.as_deref(), max_bytes)
+        })
+        .await
     }
 
     /// Like [`Log::page`], for readers that walk the log to `upto` with a name
@@ -417,6 +533,19 @@ pub fn read_page(
     limit: u32,
     names: Option<&[String]>,
 ) -> Result<Vec<LoggedEvent>, rusqlite::Error> {
+    read_page_bytes(conn, after, upto, limit, names, usize::MAX).map(|(page, _)| page)
+}
+
+/// [`read_page`] that stops once `max_bytes` of frames are read; rows are
+/// read one at a time, so no more than that (plus one event) is held.
+pub fn read_page_bytes(
+    conn: &Connection,
+    after: u64,
+    upto: u64,
+    limit: u32,
+    names: Option<&[String]>,
+    max_bytes: usize,
+) -> Result<(Vec<LoggedEvent>, bool), rusqlite::Error> {
     let mut sql =
         String::from("SELECT seq, ts, name, kind, body FROM events WHERE seq > ?1 AND seq <= ?2");
     let mut values: Vec<rusqlite::types::Value> = vec![
@@ -451,7 +580,17 @@ pub fn read_page(
             },
         })
     })?;
-    rows.collect()
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let event = row?;
+        bytes = bytes.saturating_add(event.frame.len());
+        page.push(event);
+        if bytes >= max_bytes {
+            return Ok((page, true));
+        }
+    }
+    Ok((page, false))
 }
 
 impl LoggedEvent {
@@ -479,12 +618,19 @@ impl LoggedEvent {
 
 /// For `getSequencedEvents`: `(sequenceNumber, notification)` pairs of one
 /// session after `since`, at most `limit`.
+/// Notifications of a session with their `sequenceNumber`, and whether the
+/// page stopped for its size.
+pub type SessionPage = (Vec<(u64, Box<RawValue>)>, bool);
+
+/// The notifications of a session after `since`, at most `limit`, stopping
+/// once `max_bytes` of them are read (then the flag is true).
 pub fn read_session_page(
     conn: &Connection,
     session_id: &str,
     since: u64,
     limit: u32,
-) -> Result<Vec<(u64, Box<RawValue>)>, rusqlite::Error> {
+    max_bytes: usize,
+) -> Result<SessionPage, rusqlite::Error> {
     #[derive(serde::Deserialize)]
     struct FrameData {
         data: SessionData,
@@ -502,14 +648,19 @@ pub fn read_session_page(
         |r| Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?)),
     )?;
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     for row in rows {
         let (n, body) = row?;
         let frame: FrameData = serde_json::from_slice(&body).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Blob, Box::new(e))
         })?;
+        bytes = bytes.saturating_add(frame.data.event.get().len());
         out.push((n, frame.data.event));
+        if bytes >= max_bytes {
+            return Ok((out, true));
+        }
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 struct ReaderPool {

@@ -321,12 +321,13 @@ impl Processes {
         if !self.entry(pid)?.info.running {
             return Err(VmError::Exited(format!("process {pid}")));
         }
-        signal_group(pid, signal);
         if self.sandbox.isolated() {
-            // Its sandbox ends with it (whatever the signal): the bwrap got
-            // the signal, the namespace is killed here, in case the bwrap
+            // Its sandbox ends with it (whatever the signal): the bwrap gets
+            // the signal, the namespace is killed too, in case the bwrap
             // was still setting it up.
-            ensemble_sandbox::kill_namespace(pid);
+            ensemble_sandbox::end_sandbox(pid, signal);
+        } else {
+            signal_group(pid, signal);
         }
         Ok(())
     }

@@ -31,6 +31,15 @@ enum Msg {
         key: Key,
         reply: oneshot::Sender<Result<Vm, HostError>>,
     },
+    /// The id of `key`'s VM if the host has one (opened or not).
+    Lookup {
+        key: Key,
+        reply: oneshot::Sender<Result<Option<u64>, HostError>>,
+    },
+    /// Every VM the host has, by id.
+    List {
+        reply: oneshot::Sender<Result<Vec<(u64, Key)>, HostError>>,
+    },
     /// Drops every VM and answers once each log writer has exited.
     Close { reply: oneshot::Sender<()> },
 }
@@ -47,6 +56,7 @@ impl Registry {
         store: Store,
         hooks: Hooks,
         output_budget: u64,
+        durability: log::Durability,
         access: Access,
         grace: Duration,
         sandboxes: Sandboxes,
@@ -54,6 +64,7 @@ impl Registry {
         let (tx, rx) = mpsc::channel(REGISTRY_QUEUE);
         let settings = Settings {
             output_budget,
+            durability,
             access,
             grace,
             sandboxes,
@@ -72,6 +83,26 @@ impl Registry {
         rx.await.map_err(|_| HostError::ShuttingDown)?
     }
 
+    /// The id of `key`'s VM, if the host has one; creates nothing.
+    pub async fn lookup(&self, key: Key) -> Result<Option<u64>, HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Lookup { key, reply })
+            .await
+            .map_err(|_| HostError::ShuttingDown)?;
+        rx.await.map_err(|_| HostError::ShuttingDown)?
+    }
+
+    /// Every VM the host has (opened or not), by id.
+    pub async fn list(&self) -> Result<Vec<(u64, Key)>, HostError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::List { reply })
+            .await
+            .map_err(|_| HostError::ShuttingDown)?;
+        rx.await.map_err(|_| HostError::ShuttingDown)?
+    }
+
     /// Closes every VM: their logs commit what they hold and stop.
     pub async fn close(&self) {
         let (reply, rx) = oneshot::channel();
@@ -83,6 +114,7 @@ impl Registry {
 
 struct Settings {
     output_budget: u64,
+    durability: log::Durability,
     access: Access,
     grace: Duration,
     sandboxes: Sandboxes,
@@ -95,6 +127,7 @@ async fn run(
     mut rx: mpsc::Receiver<Msg>,
 ) {
     let output_budget = settings.output_budget;
+    let durability = settings.durability;
     let mut vms: HashMap<Key, Vm> = HashMap::new();
     // Resolve when each VM's processes are gone, then when its log is committed.
     let mut actors: Vec<oneshot::Receiver<()>> = Vec::new();
@@ -110,7 +143,7 @@ async fn run(
                 let sandboxes = settings.sandboxes.clone();
                 let opened = tokio::task::spawn_blocking({
                     let key = key.clone();
-                    move || open_vm(&store, key, output_budget, &sandboxes)
+                    move || open_vm(&store, key, output_budget, durability, &sandboxes)
                 })
                 .await
                 .map_err(|_| HostError::ShuttingDown)
@@ -149,7 +182,38 @@ async fn run(
                 };
                 let _ = reply.send(result);
             }
+            Msg::Lookup { key, reply } => {
+                if let Some(vm) = vms.get(&key) {
+                    let _ = reply.send(Ok(Some(vm.info().id)));
+                    continue;
+                }
+                // Answered off the actor's task: a slow disk delays only
+                // this caller's reply, never other opens.
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let found = store
+                        .lock()
+                        .map_err(|_| HostError::ShuttingDown)
+                        .and_then(|s| s.vm_id(&key).map_err(HostError::from));
+                    let _ = reply.send(found);
+                });
+            }
+            Msg::List { reply } => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let all = store
+                        .lock()
+                        .map_err(|_| HostError::ShuttingDown)
+                        .and_then(|s| s.all_vms().map_err(HostError::from));
+                    let _ = reply.send(all);
+                });
+            }
             Msg::Close { reply } => {
+                // Closed actively: a VM whose handle some task still holds
+                // would otherwise stay open until that task ends.
+                for vm in vms.values() {
+                    vm.close();
+                }
                 vms.clear();
                 hooks.detach_all();
                 // Bounded: a stuck VM must not keep the host from stopping.
@@ -186,6 +250,7 @@ fn open_vm(
     store: &Mutex<Store>,
     key: Key,
     output_budget: u64,
+    durability: log::Durability,
     sandboxes: &Sandboxes,
 ) -> Result<Opened, HostError> {
     sandboxes.check()?;
@@ -211,7 +276,7 @@ fn open_vm(
         sandbox.workspace_view().to_owned(),
         sandbox.home_view().to_owned(),
     );
-    let (log, writer_done) = log::open(&dir.join("log.db"), output_budget)?;
+    let (log, writer_done) = log::open_with(&dir.join("log.db"), output_budget, durability)?;
     tracing::info!(vm = id, %key, head = log.head(), hostname = sandbox.hostname(), "VM opened");
     Ok(Opened {
         id,

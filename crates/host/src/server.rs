@@ -131,16 +131,36 @@ async fn upgrade(
         )
             .into_response();
     }
+    // Counted from the upgrade to the connection's end; the loopback is
+    // not capped, since every local client (the owner's UI too) shares it.
+    let slot = if peer.ip().is_loopback() {
+        None
+    } else {
+        match shared.slots.take(
+            connection::SlotKey::Address(peer.ip()),
+            connection::MAX_ADDRESS_CONNECTIONS,
+        ) {
+            Some(slot) => Some(slot),
+            None => {
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address\n",
+                )
+                    .into_response()
+            }
+        }
+    };
     ws.max_message_size(HARD_MAX_MESSAGE_BYTES)
         .max_frame_size(HARD_MAX_MESSAGE_BYTES)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
             let (tls, stop) = match lan {
                 Some(Extension(lan)) => (lan.tls, lan.stop),
                 None => (None, shared.shutdown.clone()),
             };
-            connection::serve(socket, shared, peer.ip(), tls, stop)
+            connection::serve(socket, shared, peer.ip(), tls, stop).await
         })
 }
 

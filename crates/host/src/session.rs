@@ -32,9 +32,11 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
+use nix::sys::signal::Signal;
+
 use crate::agents::AgentCommand;
 use crate::log::{Log, NewEvent};
-use crate::process::{ExitInfo, Tap};
+use crate::process::{signal_group, ExitInfo, Tap};
 use crate::vm::VmError;
 use crate::vm::WeakVm;
 use crate::workspace::{Environment, Workspace};
@@ -72,10 +74,26 @@ pub struct TurnResult {
     pub text: String,
 }
 
+/// Who sent a prompt and how, for the `prompt` event.
+#[derive(Debug, Clone)]
+pub struct PromptOrigin {
+    /// The author's participant id (`p1`), name and colour as of the prompt.
+    pub participant_id: String,
+    pub name: String,
+    pub color: String,
+    /// What the person wrote; the agent may get more (the shell context).
+    pub text: String,
+    /// The shell context was put before the person's text.
+    pub shell_context: bool,
+    /// Sent with `handToAgent` (the agent holds control for the turn).
+    pub handed: bool,
+}
+
 /// What a session's task is asked to do.
 pub enum SessionCommand {
     Prompt {
         text: String,
+        origin: PromptOrigin,
         reply: oneshot::Sender<Result<TurnResult, VmError>>,
     },
     Cancel,
@@ -209,12 +227,20 @@ impl Sessions {
 impl SessionCommand {
     pub fn prompt(
         text: String,
+        origin: PromptOrigin,
     ) -> (
         SessionCommand,
         oneshot::Receiver<Result<TurnResult, VmError>>,
     ) {
         let (reply, rx) = oneshot::channel();
-        (SessionCommand::Prompt { text, reply }, rx)
+        (
+            SessionCommand::Prompt {
+                text,
+                origin,
+                reply,
+            },
+            rx,
+        )
     }
 
     pub fn set_mode(mode: String) -> (SessionCommand, oneshot::Receiver<Result<(), VmError>>) {
@@ -284,6 +310,9 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
                 agent.command
             ))
         })?;
+    // The agent leads its own process group: whatever it started (`npx`
+    // starts `npm exec`, which starts node) is killed with it.
+    let group = child.id().map(GroupKill);
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(VmError::AgentFailed("agent has no pipes".to_owned()));
     };
@@ -300,6 +329,11 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
     let (commands_tx, commands_rx) = mpsc::channel(SESSION_QUEUE);
     let (ready_tx, ready_rx) = oneshot::channel();
     let turn_text: Arc<Mutex<String>> = Arc::default();
+    // A resumed session numbers its turns on from the ones it logged.
+    let turns = match &load {
+        Some(_) => logged_turns(&log, &session_id).await,
+        None => 0,
+    };
     let task = SessionTask {
         session_id: session_id.clone(),
         log: log.clone(),
@@ -308,12 +342,17 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         pending: pending.clone(),
         info: info.clone(),
         turn_text,
+        turns,
         vm,
         terminals: Arc::default(),
         loading: Arc::default(),
     };
     let opening = Opening { cwd, load };
-    let running = tokio::spawn(task.run(child, transport, opening, commands_rx, ready_tx));
+    let mut running = AbortOnDrop(Some(tokio::spawn(async move {
+        let _group = group;
+        task.run(child, transport, opening, commands_rx, ready_tx)
+            .await
+    })));
     match tokio::time::timeout(init_timeout, ready_rx).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(e),
@@ -323,15 +362,16 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
             )))
         }
         Err(_) => {
-            // The task waits on the agent's answer: stopping it drops (and
-            // so kills) the agent process.
-            running.abort();
+            // The task waits on the agent's answer: stopping it (dropping
+            // `running`) drops and so kills the agent and its group.
             return Err(VmError::AgentFailed(format!(
                 "agent {agent_type:?} did not answer initialize within {}s",
                 init_timeout.as_secs_f32()
             )));
         }
     }
+    // Started: the session runs on its own from now on.
+    running.0.take();
     let snapshot = info
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -347,6 +387,30 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
     })
 }
 
+/// Kills an agent's process group when dropped: when its session ends,
+/// when it fails to start, and when the task is aborted (the host stops
+/// while the agent initializes). A group outlives its leader while any
+/// member lives, so the id cannot have been reused meanwhile.
+struct GroupKill(u32);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        signal_group(self.0, Signal::SIGKILL);
+    }
+}
+
+/// Aborts a task when dropped unless taken out: a `createSession` that is
+/// dropped (the host stops) must not leave its agent starting.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
 #[derive(Clone)]
 struct SessionTask {
     session_id: String,
@@ -358,12 +422,29 @@ struct SessionTask {
     info: Arc<Mutex<SessionInfo>>,
     /// The agent's message text of the current turn.
     turn_text: Arc<Mutex<String>>,
+    /// Turns started before this task (a resumed session's).
+    turns: u64,
     vm: WeakVm,
     /// The agent's terminals: VM processes everyone can watch.
     terminals: Arc<Mutex<HashMap<String, Terminal>>>,
     /// True while `session/load` runs: the transcript the agent replays is
     /// already in the log, so its updates are not logged again.
     loading: Arc<AtomicBool>,
+}
+
+/// How many `prompt` events the log holds for `session_id`.
+async fn logged_turns(log: &Log, session_id: &str) -> u64 {
+    let id = session_id.to_owned();
+    log.read(move |conn| {
+        conn.query_row(
+            "SELECT count(*) FROM events WHERE name = 'prompt'
+             AND json_extract(CAST(body AS TEXT), '$.data.sessionId') = ?1",
+            [id],
+            |r| r.get::<_, u64>(0),
+        )
+    })
+    .await
+    .unwrap_or(0)
 }
 
 /// How the task opens its session: `session/new` in `cwd`, or `session/load`
@@ -384,7 +465,7 @@ struct Terminal {
 /// (without a sandbox: its children), then the process.
 async fn end_agent(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
-        ensemble_sandbox::kill_namespace(pid);
+        ensemble_sandbox::kill_sandbox(pid);
     }
     let _ = child.kill().await;
 }
@@ -725,6 +806,7 @@ impl SessionTask {
         commands: &mut mpsc::Receiver<SessionCommand>,
     ) -> Result<(), Error> {
         let mut turn: Option<oneshot::Sender<Result<TurnResult, VmError>>> = None;
+        let mut turns = self.turns;
         let (done_tx, mut done_rx) = mpsc::channel(1);
         loop {
             tokio::select! {
@@ -746,11 +828,18 @@ impl SessionTask {
                         self.cancel_pending();
                         cx.send_notification(CancelNotification::new(agent_session.clone()))?;
                     }
-                    Some(SessionCommand::Prompt { text, reply }) => {
+                    Some(SessionCommand::Prompt { text, origin, reply }) => {
                         if turn.is_some() {
                             let _ = reply.send(Err(VmError::Busy(self.session_id.clone())));
                             continue;
                         }
+                        turns += 1;
+                        self.log_json("prompt", json!({
+                            "sessionId": self.session_id, "turn": turns,
+                            "participantId": origin.participant_id, "name": origin.name,
+                            "color": origin.color, "text": origin.text,
+                            "shellContext": origin.shell_context, "handed": origin.handed,
+                        })).await;
                         if let Ok(mut t) = self.turn_text.lock() {
                             t.clear();
                         }
@@ -776,6 +865,14 @@ impl SessionTask {
                     if let Err(e) = self.log.append(Vec::new()).await {
                         tracing::error!(session = %self.session_id, error = %e, "the turn's events were not logged");
                     }
+                    let (stop_reason, error) = match &finished {
+                        Ok(r) => (serde_json::to_value(r.stop_reason).unwrap_or(Value::Null), None),
+                        Err(e) => (Value::Null, Some(e.to_string())),
+                    };
+                    self.log_json("turnEnded", json!({
+                        "sessionId": self.session_id, "turn": turns,
+                        "stopReason": stop_reason, "error": error,
+                    })).await;
                     self.set_state("ready");
                     let text = self.turn_text.lock().map(|t| t.clone()).unwrap_or_default();
                     let result = finished

@@ -507,6 +507,9 @@ enum ModelInput {
     },
     /// The output has paused: parse what is held back.
     Settle,
+    /// Start over with an empty screen (the model skipped output it was too
+    /// far behind to parse).
+    Reset,
     /// Everything up to `seq` has been given: answer with the screen.
     Snapshot {
         seq: u64,
@@ -550,7 +553,7 @@ async fn run_model(
             request = requests.recv() => {
                 let Some(reply) = request else { return };
                 let upto = log.head();
-                if let Err(e) = catch_up(&log, &tx, shell_id, &mut cursor, upto).await {
+                if let Err(e) = catch_up(&log, &tx, &pin, shell_id, &mut cursor, upto).await {
                     let _ = reply.send(Err(e));
                     continue;
                 }
@@ -573,7 +576,7 @@ async fn run_model(
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
                         let head = log.head();
-                        if let Err(e) = catch_up(&log, &tx, shell_id, &mut cursor, head).await {
+                        if let Err(e) = catch_up(&log, &tx, &pin, shell_id, &mut cursor, head).await {
                             tracing::error!(shell_id, error = %e, "terminal model cannot read the log");
                         }
                     }
@@ -600,6 +603,10 @@ fn model_thread(mut inputs: mpsc::Receiver<ModelInput>, rows: u16, cols: u16) {
             ModelInput::Output(bytes) => model.feed(&bytes),
             ModelInput::Resize { rows, cols } => model.resize(rows, cols),
             ModelInput::Settle => model.settle(),
+            ModelInput::Reset => {
+                let (rows, cols) = model.size();
+                model = TerminalModel::new(rows, cols, MODEL_SCROLLBACK);
+            }
             ModelInput::Snapshot { seq, reply } => {
                 let data = model.snapshot(SNAPSHOT_SCROLLBACK);
                 let (rows, cols) = model.size();
@@ -614,31 +621,110 @@ fn model_thread(mut inputs: mpsc::Receiver<ModelInput>, rows: u16, cols: u16) {
     }
 }
 
-/// Hands the model what the log holds after `cursor` up to `upto`.
+/// What a model that skipped ahead parses again: the last this many bytes
+/// of its shell's output (half the output budget, if that is less), enough
+/// to redraw a screen and its recent scrollback.
+const SKIP_TAIL: u64 = 512 << 10;
+
+/// Hands the model what the log holds after `cursor` up to `upto`, and
+/// moves the pin with it. A model more than the output budget behind (a
+/// flood faster than it parses) would pin the log without bound: it skips
+/// to the shell's last `SKIP_TAIL` bytes instead, from an empty screen.
 async fn catch_up(
     log: &Log,
     tx: &mpsc::Sender<ModelInput>,
+    pin: &Pin,
     shell_id: u32,
     cursor: &mut u64,
     upto: u64,
 ) -> Result<(), VmError> {
     const PAGE: u32 = 1024;
+    let internal = |e: crate::log::LogError| VmError::Internal(e.to_string());
+    let stopped = || VmError::Internal("the terminal model stopped".to_owned());
     let names = Some(vec!["shellData".to_owned(), "shellResized".to_owned()]);
+    let budget = log.output_budget();
+    // Pages small against the budget, so the check below runs often enough.
+    let page_bytes = usize::try_from(budget / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(64 << 10, 4 << 20);
+    let mut upto = upto;
     while *cursor < upto {
-        let (page, reached) = log
-            .scan(*cursor, upto, PAGE, names.clone())
+        // What the pin holds: everything after the cursor, to the head.
+        let head = log.head();
+        let behind = log
+            .output_bytes_between(*cursor, head)
             .await
-            .map_err(|e| VmError::Internal(e.to_string()))?;
+            .map_err(internal)?;
+        if behind > budget {
+            let tail = SKIP_TAIL.min(budget / 2);
+            let from = log
+                .shell_tail_start(shell_id, *cursor, head, tail)
+                .await
+                .map_err(internal)?;
+            // The tail is parsed whatever `upto` was, so the screen is not
+            // left empty.
+            upto = upto.max(head);
+            // Sizes set meanwhile still apply to what follows.
+            let (resizes, _) = log
+                .scan(
+                    *cursor,
+                    from,
+                    u32::MAX,
+                    Some(vec!["shellResized".to_owned()]),
+                )
+                .await
+                .map_err(internal)?;
+            log_skip(shell_id, behind, from - *cursor);
+            tx.send(ModelInput::Reset).await.map_err(|_| stopped())?;
+            for event in &resizes {
+                if let Some(input) = model_input(shell_id, event) {
+                    tx.send(input).await.map_err(|_| stopped())?;
+                }
+            }
+            *cursor = from;
+            pin.advance(*cursor);
+        }
+        let (page, full) = log
+            .page_bytes(*cursor, upto, PAGE, names.clone(), page_bytes)
+            .await
+            .map_err(internal)?;
+        // A short page that did not stop for its size reached `upto`.
+        let reached = match page.last() {
+            Some(last) if full || page.len() == PAGE as usize => last.seq,
+            _ => upto,
+        };
         for event in &page {
             if let Some(input) = model_input(shell_id, event) {
-                tx.send(input)
-                    .await
-                    .map_err(|_| VmError::Internal("the terminal model stopped".to_owned()))?;
+                tx.send(input).await.map_err(|_| stopped())?;
             }
         }
         *cursor = reached;
+        pin.advance(*cursor);
     }
     Ok(())
+}
+
+/// Says that a model skipped output: a warning at most every 10 s (a flood
+/// skips many times a second), the rest at debug level.
+fn log_skip(shell_id: u32, behind: u64, skipped: u64) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
+    let now = crate::log::now_ms();
+    let last = LAST_WARNING.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 10_000
+        && LAST_WARNING
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            shell_id,
+            behind,
+            skipped,
+            "terminal model skips output it cannot keep up with (late joiners get the screen from the last output only)"
+        );
+    } else {
+        tracing::debug!(shell_id, behind, skipped, "terminal model skips output");
+    }
 }
 
 /// What `event` means to the model of shell `shell_id`, if anything.

@@ -70,16 +70,22 @@ impl Store {
         })
     }
 
+    /// The VM id of `key`, if the key is registered.
+    pub fn vm_id(&self, key: &Key) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id FROM vms WHERE key = ?1",
+                [&key.canonical()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// The VM id of `key`, registering the key on first use.
     pub fn vm_for_key(&self, key: &Key) -> Result<u64, StoreError> {
         let canonical = key.canonical();
-        let existing: Option<u64> = self
-            .conn
-            .query_row("SELECT id FROM vms WHERE key = ?1", [&canonical], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if let Some(id) = existing {
+        if let Some(id) = self.vm_id(key)? {
             return Ok(id);
         }
         self.conn.execute(

@@ -110,6 +110,8 @@ struct VmInner {
     log: Log,
     control: Control,
     jobs: mpsc::Sender<Job>,
+    /// Closes the VM now, whoever still holds a handle (the host stops).
+    closing: CancellationToken,
 }
 
 /// What a VM is made of, as the registry opened it.
@@ -151,7 +153,8 @@ impl Vm {
             log.clone(),
             cancel.clone(),
         ));
-        tokio::spawn(run(state, jobs_rx, cancel, done_tx));
+        let closing = CancellationToken::new();
+        tokio::spawn(run(state, jobs_rx, closing.clone(), cancel, done_tx));
         let vm = Vm {
             inner: Arc::new(VmInner {
                 info: VmInfo { id, key },
@@ -161,9 +164,17 @@ impl Vm {
                 log,
                 control,
                 jobs: jobs_tx,
+                closing,
             }),
         };
         (vm, done_rx)
+    }
+
+    /// Closes the VM at once (the host stops): its agents, processes and
+    /// shells are stopped although handles remain (an action awaiting a
+    /// turn, say), and from then on every call is `VmError::Closed`.
+    pub(crate) fn close(&self) {
+        self.inner.closing.cancel();
     }
 
     pub fn info(&self) -> &VmInfo {
@@ -235,13 +246,28 @@ impl WeakVm {
 async fn run(
     mut state: VmState,
     mut jobs: mpsc::Receiver<Job>,
+    closing: CancellationToken,
     cancel: CancellationToken,
     done: oneshot::Sender<()>,
 ) {
-    while let Some(job) = jobs.recv().await {
-        job(&mut state);
+    // Until the last handle is gone, or the host closes the VM: waiting for
+    // the last handle alone would let any task that holds one (an action
+    // waiting for a turn that only the VM's closing would end) keep the
+    // host from stopping.
+    loop {
+        tokio::select! {
+            biased;
+            _ = closing.cancelled() => break,
+            job = jobs.recv() => match job {
+                Some(job) => job(&mut state),
+                None => break,
+            },
+        }
     }
-    // Last handle gone: nothing may outlive the VM.
+    // Callers waiting in the queue, and any later call, get `Closed`.
+    jobs.close();
+    while jobs.try_recv().is_ok() {}
+    // Nothing may outlive the VM.
     state.sessions.close_all();
     let mut exits = state.processes.kill_all();
     exits.extend(state.shells.close_all());

@@ -150,8 +150,9 @@ impl Identity {
     }
 }
 
-/// Writes a file only this user can read, replacing it atomically.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a file only this user can read (mode 0600), replacing it
+/// atomically: secrets (keys, tokens) never sit in a readable file.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");

@@ -18,4 +18,4 @@ pub mod join;
 pub mod peers;
 pub mod tls;
 
-pub use identity::{Fingerprint, Identity};
+pub use identity::{write_private, Fingerprint, Identity};

@@ -110,27 +110,14 @@ impl Peers {
     }
 
     fn save(&self) -> Result<(), PeersError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let io = |source| PeersError::Io {
-            path: self.path.clone(),
-            source,
-        };
         let bytes = serde_json::to_vec_pretty(&self.peers).map_err(|source| PeersError::Parse {
             path: self.path.clone(),
             source,
         })?;
-        let tmp = self.path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        file.write_all(&bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)
+        crate::write_private(&self.path, &bytes).map_err(|source| PeersError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 

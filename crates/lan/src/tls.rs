@@ -68,7 +68,7 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let verifier = Arc::new(AnyClientCert {
-        algorithms: provider.signature_verification_algorithms,
+        signatures: Signatures(provider.signature_verification_algorithms),
     });
     let config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -86,7 +86,7 @@ pub fn client_config(
     let provider = provider();
     let verifier = Arc::new(PinnedServer {
         pin,
-        algorithms: provider.signature_verification_algorithms,
+        signatures: Signatures(provider.signature_verification_algorithms),
     });
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -209,9 +209,39 @@ pub fn verification_code(ours: Fingerprint, theirs: Fingerprint, secret: &[u8]) 
     format!("{:03} {:03}", n / 1000, n % 1000)
 }
 
+/// The handshake signature checks both verifiers share: trust comes from
+/// fingerprints, but the peer must still prove it holds the certificate's
+/// key.
+#[derive(Debug)]
+struct Signatures(WebPkiSupportedAlgorithms);
+
+impl Signatures {
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
 #[derive(Debug)]
 struct AnyClientCert {
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: Signatures,
 }
 
 impl ClientCertVerifier for AnyClientCert {
@@ -224,8 +254,7 @@ impl ClientCertVerifier for AnyClientCert {
     }
 
     /// Any certificate: who it is, and what it may do, is decided by its
-    /// fingerprint afterwards. The handshake still proves the client holds
-    /// the certificate's key (the signature checks below).
+    /// fingerprint afterwards.
     fn verify_client_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -237,31 +266,31 @@ impl ClientCertVerifier for AnyClientCert {
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.signatures.tls12(m, c, d)
     }
 
     fn verify_tls13_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.tls13(m, c, d)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.schemes()
     }
 }
 
 #[derive(Debug)]
 struct PinnedServer {
     pin: Option<Fingerprint>,
-    algorithms: WebPkiSupportedAlgorithms,
+    signatures: Signatures,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -285,24 +314,24 @@ impl ServerCertVerifier for PinnedServer {
 
     fn verify_tls12_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.signatures.tls12(m, c, d)
     }
 
     fn verify_tls13_signature(
         &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.tls13(m, c, d)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.schemes()
     }
 }
 

@@ -78,6 +78,7 @@ pub const ACTIONS: &[&str] = &[
     "setMode",
     "closeSession",
     "respondPermission",
+    "emit",
     "takeControl",
     "requestControl",
     "grantControl",
@@ -86,6 +87,7 @@ pub const ACTIONS: &[&str] = &[
     "handToAgent",
     "listParticipants",
     "updateParticipant",
+    "listVms",
     "setRole",
     "removeParticipant",
     "listJoinRequests",
@@ -98,7 +100,6 @@ pub const ACTIONS: &[&str] = &[
     "setLanSharing",
     "joinPeer",
     "forgetPeer",
-    "emit",
 ];
 
 /// Actions that change what runs in a VM: only the control holder may call
@@ -153,6 +154,8 @@ pub const EVENTS: &[&str] = &[
     "sessionCreated",
     "sessionResumed",
     "sessionEvent",
+    "prompt",
+    "turnEnded",
     "permissionRequest",
     "permissionTimeout",
     "sessionEnded",

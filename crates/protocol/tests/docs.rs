@@ -104,3 +104,108 @@ fn every_limit_is_stated_with_its_value() {
         );
     }
 }
+
+/// The `### \`name\`` headings of the sections from `## Actions` on (actions,
+/// participants, access, LAN), in document order.
+fn action_headings(doc: &str) -> Vec<String> {
+    doc.lines()
+        .skip_while(|l| l.trim_end() != "## Actions")
+        .take_while(|l| l.trim_end() != "## Resume semantics")
+        .filter_map(|l| l.strip_prefix("### `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_action_headings_are_exactly_the_actions_in_order() {
+    let doc = doc();
+    let headings = action_headings(&doc);
+    let actions: Vec<String> = ACTIONS.iter().map(|a| (*a).to_owned()).collect();
+    assert_eq!(
+        headings, actions,
+        "docs/protocol.md's action headings (left) must be ACTIONS in its order (right)"
+    );
+}
+
+/// The long flags of `ensemble serve`, read from clap's definition: every
+/// field of `ServeArgs` (and of the structs it flattens) with
+/// `#[arg(long ...)]` is the flag `--field-name`. Read from the source so
+/// that this crate needs no dependency on the binary; `tests/host_core.rs`
+/// checks the same table against `ensemble serve --help` of the real binary.
+fn serve_flags() -> Vec<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ensemble/src");
+    let main = std::fs::read_to_string(src.join("main.rs")).expect("main.rs");
+    let lan = std::fs::read_to_string(src.join("lan_cli.rs")).expect("lan_cli.rs");
+    let mut flags = Vec::new();
+    struct_flags(&main, "ServeArgs", &[&main, &lan], &mut flags);
+    flags
+}
+
+fn struct_flags(source: &str, name: &str, all: &[&str], flags: &mut Vec<String>) {
+    let start = format!("struct {name} {{");
+    let body: Vec<&str> = source
+        .lines()
+        .skip_while(|l| !l.contains(&start))
+        .skip(1)
+        .take_while(|l| l.trim() != "}")
+        .collect();
+    assert!(!body.is_empty(), "no struct {name}");
+    // An attribute applies to the next field line (`name: Type,`).
+    let mut attr = String::new();
+    for line in body {
+        let line = line.trim();
+        if line.starts_with("///") {
+            continue;
+        }
+        if line.starts_with("#[") || !attr.is_empty() && !line.contains(": ") {
+            attr.push_str(line);
+            continue;
+        }
+        let Some((field, ty)) = line.split_once(':') else {
+            continue;
+        };
+        let field = field.trim().trim_start_matches("pub ").trim();
+        if attr.contains("flatten") {
+            let inner = ty
+                .trim()
+                .trim_end_matches(',')
+                .rsplit("::")
+                .next()
+                .unwrap_or("");
+            let holder = all
+                .iter()
+                .find(|s| s.contains(&format!("struct {inner} {{")))
+                .unwrap_or_else(|| panic!("no struct {inner}"));
+            struct_flags(holder, inner, all, flags);
+        } else if attr.contains("long") {
+            flags.push(format!("--{}", field.replace('_', "-")));
+        }
+        attr.clear();
+    }
+}
+
+#[test]
+fn the_serve_flag_table_lists_exactly_the_flags() {
+    let doc = doc();
+    let documented: Vec<String> = section(&doc, "`ensemble serve`")
+        .into_iter()
+        .filter_map(first_code_cell)
+        .filter_map(|cell| cell.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let flags = serve_flags();
+    assert!(flags.len() >= 10, "read only {flags:?} from ServeArgs");
+    for flag in &flags {
+        assert!(
+            documented.contains(flag),
+            "`ensemble serve {flag}` has no row in the flag table of docs/protocol.md"
+        );
+    }
+    for flag in &documented {
+        assert!(
+            flags.contains(flag),
+            "docs/protocol.md lists `ensemble serve {flag}`, which ServeArgs does not have"
+        );
+    }
+}

@@ -329,28 +329,21 @@ impl Sandboxes {
 }
 
 /// SIGKILLs a sandbox by the host pid of its bwrap (what the host
-/// spawned): its PID namespace (see [`kill_namespace`]), then the bwrap and
-/// its group.
+/// spawned): see [`end_sandbox`].
 pub fn kill_sandbox(pid: u32) {
-    use nix::sys::signal::{kill, killpg, Signal};
-    use nix::unistd::Pid;
-    kill_namespace(pid);
-    if let Ok(pid) = i32::try_from(pid) {
-        if pid > 1 {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
+    end_sandbox(pid, nix::sys::signal::Signal::SIGKILL);
 }
 
-/// SIGKILLs the first process of the sandbox whose bwrap has host pid
-/// `pid` (the bwrap's child: pid 1 of its namespace), which takes every
-/// process of the namespace with it. Call it when ending a sandbox, before
-/// the bwrap is gone: the parent-death signal bwrap gives that process is
-/// only set once the sandbox is set up, so a bwrap killed within its first
-/// milliseconds would leave it running.
-pub fn kill_namespace(pid: u32) {
-    use nix::sys::signal::{kill, Signal};
+/// Ends the sandbox whose bwrap has host pid `pid`: `signal` to the
+/// bwrap's process group (what the exit then reports), then SIGKILL to the
+/// sandbox's first process (the bwrap's child, pid 1 of its namespace),
+/// which takes every process of the namespace with it. bwrap gives that
+/// process a parent-death signal only once the sandbox is set up, so a
+/// bwrap ended in its first milliseconds would otherwise leave it running.
+/// The child is looked up before the signal, while it is still the
+/// bwrap's. Without a sandbox, `pid`'s children go the same way.
+pub fn end_sandbox(pid: u32, signal: nix::sys::signal::Signal) {
+    use nix::sys::signal::{kill, killpg, Signal};
     use nix::unistd::Pid;
     let Ok(pid) = i32::try_from(pid) else {
         return;
@@ -358,9 +351,23 @@ pub fn kill_namespace(pid: u32) {
     if pid <= 1 {
         return;
     }
+    let children = children_of(pid);
+    if let Err(e) = killpg(Pid::from_raw(pid), signal) {
+        if e == nix::errno::Errno::ESRCH {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+    for child in children {
+        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+    }
+}
+
+/// The processes whose parent is `pid`, from /proc.
+fn children_of(pid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for entry in dir.flatten() {
         let Some(child) = entry
             .file_name()
@@ -378,9 +385,10 @@ pub fn kill_namespace(pid: u32) {
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse::<i32>().ok());
         if ppid == Some(pid) {
-            let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+            out.push(child);
         }
     }
+    out
 }
 
 /// A short name for a data directory, so that two hosts with different

@@ -38,9 +38,15 @@ export function toAsciicast(events: LogEvent[], shellId: number): string {
   const own = shellEvents(events, shellId);
   const opened = own.find((e) => e.name === "shellOpened");
   const od = (opened?.kind === "json" ? opened.data : {}) as { cols?: number; rows?: number; command?: string };
+  // The size the shell really had when its output began: a holder's window
+  // resizes it right after it opens.
+  const firstOutput = own.findIndex((e) => e.kind === "bytes");
+  const before = firstOutput < 0 ? own : own.slice(0, firstOutput);
+  const start = before.filter((e) => e.kind === "json" && e.name === "shellResized").pop();
+  const sd = (start?.kind === "json" ? start.data : od) as { cols?: number; rows?: number };
   const t0 = opened?.ts ?? own[0]?.ts ?? 0;
   const lines = [
-    JSON.stringify({ version: 2, width: od.cols ?? 80, height: od.rows ?? 24, timestamp: Math.floor(t0 / 1000), title: od.command ?? `shell ${shellId}` }),
+    JSON.stringify({ version: 2, width: sd.cols ?? od.cols ?? 80, height: sd.rows ?? od.rows ?? 24, timestamp: Math.floor(t0 / 1000), title: od.command ?? `shell ${shellId}` }),
   ];
   const decoder = new TextDecoder();
   const at = (ts: number) => Math.max(0, (ts - t0) / 1000);
@@ -48,7 +54,7 @@ export function toAsciicast(events: LogEvent[], shellId: number): string {
     if (e.kind === "bytes") {
       const text = decoder.decode(e.bytes, { stream: true });
       if (text) lines.push(JSON.stringify([at(e.ts), "o", text]));
-    } else if (e.name === "shellResized") {
+    } else if (e.name === "shellResized" && !before.includes(e)) {
       const d = e.data as { cols?: number; rows?: number };
       lines.push(JSON.stringify([at(e.ts), "r", `${d.cols}x${d.rows}`]));
     }

@@ -36,6 +36,13 @@ describe("join targets", () => {
     expect(parseJoinTarget("ensemble://10.77.0.1")).toEqual({ address: "10.77.0.1" });
     // A link made by joinLink reads back.
     expect(parseJoinTarget(joinLink("127.0.0.1:46271", FP, "a b"))).toEqual({ address: "127.0.0.1:46271", fingerprint: FP, joinCode: "a b" });
+    // With the VM the code was made in (a code opens only that VM).
+    expect(parseJoinTarget(joinLink("127.0.0.1:46271", FP, "C", ["team", "a&b"]))).toEqual({
+      address: "127.0.0.1:46271",
+      fingerprint: FP,
+      joinCode: "C",
+      key: ["team", "a&b"],
+    });
   });
 
   it("refuses names, bad ports and bad fingerprints with a reason", () => {

@@ -84,6 +84,8 @@ export interface JoinTarget {
   address: string;
   fingerprint?: string;
   joinCode?: string;
+  /** The VM a link's join code was made in (a code opens only that VM). */
+  key?: string[];
 }
 
 const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
@@ -124,6 +126,8 @@ export function parseJoinTarget(input: string): JoinTarget {
       target.fingerprint = v.toLowerCase();
     } else if (k === "code" && v) {
       target.joinCode = v;
+    } else if (k === "key" && v) {
+      target.key = parseLinkKey(v);
     }
   }
   return target;
@@ -162,10 +166,23 @@ export function peerWithNames(status: Pick<LanStatus, "peers" | "nearby">, peerI
   return seen ? { ...peer, displayName: seen.displayName || peer.displayName, hostName: seen.hostName || peer.hostName } : peer;
 }
 
-/** A join link for a host at `address` with `fingerprint` (and a join code). */
-export function joinLink(address: string, fingerprint: string, joinCode?: string): string {
+/** A link's `key=`: a JSON array of names, or one name. */
+function parseLinkKey(v: string): string[] {
+  try {
+    const parsed: unknown = JSON.parse(v);
+    if (Array.isArray(parsed) && parsed.length > 0 && parsed.every((p) => typeof p === "string")) return parsed as string[];
+  } catch {
+    // Not JSON: one name.
+  }
+  return [v];
+}
+
+/** A join link for a host at `address` with `fingerprint` (and a join code,
+ * with the VM it was made in: a code opens only that VM). */
+export function joinLink(address: string, fingerprint: string, joinCode?: string, key?: string[]): string {
   const code = joinCode ? `&code=${encodeURIComponent(joinCode)}` : "";
-  return `ensemble://${address}/#fp=${fingerprint}${code}`;
+  const vm = joinCode && key ? `&key=${encodeURIComponent(JSON.stringify(key))}` : "";
+  return `ensemble://${address}/#fp=${fingerprint}${code}${vm}`;
 }
 
 /** Where a join is, in the words the panel uses. */

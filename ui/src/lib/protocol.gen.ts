@@ -38,6 +38,7 @@ export const ACTIONS = [
   "setMode",
   "closeSession",
   "respondPermission",
+  "emit",
   "takeControl",
   "requestControl",
   "grantControl",
@@ -46,6 +47,7 @@ export const ACTIONS = [
   "handToAgent",
   "listParticipants",
   "updateParticipant",
+  "listVms",
   "setRole",
   "removeParticipant",
   "listJoinRequests",
@@ -58,7 +60,6 @@ export const ACTIONS = [
   "setLanSharing",
   "joinPeer",
   "forgetPeer",
-  "emit",
 ] as const;
 export type ActionName = (typeof ACTIONS)[number];
 
@@ -110,6 +111,8 @@ export const EVENTS = [
   "sessionCreated",
   "sessionResumed",
   "sessionEvent",
+  "prompt",
+  "turnEnded",
   "permissionRequest",
   "permissionTimeout",
   "sessionEnded",

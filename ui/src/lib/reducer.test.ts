@@ -41,6 +41,7 @@ const LOG: Live[] = [
   { json: ["controlChanged", { holder: { kind: "person", participantId: "p2" }, previous: null, by: "p1", reason: "granted" }] },
   { json: ["shellResized", { shellId: 1, cols: 120, rows: 40 }] },
   { json: ["sessionCreated", { sessionId: "s1", agentType: "scripted", agentInfo: { name: "scripted", version: "0.1.0" } }] },
+  { json: ["prompt", { sessionId: "s1", turn: 1, participantId: "p2", name: "bob", color: "#61afef", text: "list the files\nplease", shellContext: false, handed: false }] },
   { json: ["sessionEvent", update("s1", { sessionUpdate: "agent_thought_chunk", content: { type: "text", text: "let me " } })] },
   { json: ["sessionEvent", update("s1", { sessionUpdate: "agent_thought_chunk", content: { type: "text", text: "look" } })] },
   { json: ["sessionEvent", update("s1", { sessionUpdate: "plan", entries: [{ content: "look", priority: "medium", status: "in_progress" }] })] },
@@ -55,6 +56,10 @@ const LOG: Live[] = [
   { json: ["sessionEvent", update("s1", { sessionUpdate: "plan", entries: [{ content: "look", priority: "medium", status: "completed" }] })] },
   { json: ["sessionEvent", update("s1", { sessionUpdate: "agent_message_chunk", content: { type: "text", text: "all " } })] },
   { json: ["sessionEvent", update("s1", { sessionUpdate: "agent_message_chunk", content: { type: "text", text: "done" } })] },
+  { json: ["turnEnded", { sessionId: "s1", turn: 1, stopReason: "end_turn", error: null }] },
+  { json: ["prompt", { sessionId: "s1", turn: 2, participantId: "p2", name: "bob", color: "#61afef", text: "now fix it", shellContext: true, handed: true }] },
+  { json: ["sessionEvent", update("s1", { sessionUpdate: "agent_message_chunk", content: { type: "text", text: "fixing" } })] },
+  { json: ["sessionEvent", update("s1", { sessionUpdate: "plan", entries: [{ content: "fix", priority: "medium", status: "pending" }] })] },
   { json: ["joinRequested", { requestId: "r1", name: "carol" }] },
   { bin: [BinaryKind.ShellData, 1, "$ "] },
   { json: ["shellExit", { shellId: 1, exitCode: 0, signal: null }] },
@@ -117,10 +122,19 @@ describe("reducer", () => {
     ]);
     expect(s.processes[200]!.exit).toEqual({ exitCode: 0, signal: null });
     const session = s.sessions.s1!;
-    expect(session.items.map((i) => i.type)).toEqual(["thought", "plan", "tool", "message"]);
-    expect(session.items[0]).toMatchObject({ text: "let me look" });
-    expect(session.items[1]).toMatchObject({ entries: [{ status: "completed" }] });
-    expect(session.items[3]).toMatchObject({ role: "agent", text: "all done" });
+    expect(session.items.map((i) => i.type)).toEqual(["prompt", "thought", "plan", "tool", "message", "turnEnd", "prompt", "message", "plan"]);
+    expect(session.items[0]).toMatchObject({ turn: 1, participantId: "p2", name: "bob", color: "#61afef", text: "list the files\nplease", handed: false });
+    expect(session.items[1]).toMatchObject({ text: "let me look" });
+    expect(session.items[2]).toMatchObject({ entries: [{ status: "completed" }] });
+    expect(session.items[4]).toMatchObject({ role: "agent", text: "all done" });
+    expect(session.items[5]).toMatchObject({ type: "turnEnd", turn: 1, stopReason: "end_turn", error: null });
+    expect(session.items[6]).toMatchObject({ turn: 2, shellContext: true, handed: true });
+    // The next turn's message does not run into the last one, and its plan
+    // is its own.
+    expect(session.items[7]).toMatchObject({ role: "agent", text: "fixing" });
+    expect(session.items[8]).toMatchObject({ entries: [{ content: "fix" }] });
+    expect(session.turn).toBe(2);
+    expect(session.title).toBe("list the files");
     expect(session.toolCalls["call-1"]).toMatchObject({ status: "completed", title: "run ls" });
     expect(Object.keys(session.permissions)).toEqual(["perm-1"]);
     expect(s.control).toEqual({ kind: "person", participantId: "p2" });
@@ -151,12 +165,29 @@ describe("reducer", () => {
     let s = applyWelcome(initialState(), welcome(0, { you: alice, participants: [alice], control: null }));
     // Connected until seq 14, reconnect: the host resends from an older
     // cursor (a client that resumed with a stale since), then the rest.
-    for (let i = 0; i < 14; i++) s = applyEvent(s, live(i));
-    s = applyWelcome(s, welcome(14, { participants: Object.values(s.participants), control: s.control }));
+    for (let i = 0; i < 15; i++) s = applyEvent(s, live(i));
+    s = applyWelcome(s, welcome(15, { participants: Object.values(s.participants), control: s.control }));
     for (let i = 9; i < HEAD; i++) s = applyEvent(s, live(i));
     expect({ ...s, authSeq: 0 }).toEqual({ ...liveState, authSeq: 0 });
     const before = s;
     expect(applyEvent(s, live(3))).toBe(before);
+  });
+
+  it("closes a turn the session's end cut off, and a resume opens it again", () => {
+    let s = foldLive();
+    const at = (seq: number, name: string, data: unknown) =>
+      fromEventFrame(JSON.parse(JSON.stringify({ type: "event", seq, ts: 1_700_000_000_000 + seq, name, data })));
+    s = applyEvent(s, at(HEAD + 1, "sessionEnded", { sessionId: "s1", reason: "agent exited", exitCode: 3 }));
+    let ss = s.sessions.s1!;
+    expect(ss.ended).toEqual({ reason: "agent exited", exitCode: 3 });
+    expect(ss.turn).toBeNull();
+    expect(ss.items[ss.items.length - 1]).toMatchObject({ type: "turnEnd", turn: 2, stopReason: null, error: "the session ended (agent exited)" });
+    s = applyEvent(s, at(HEAD + 2, "sessionResumed", { sessionId: "s1", agentType: "scripted", agentSessionId: "x" }));
+    s = applyEvent(s, at(HEAD + 3, "prompt", { sessionId: "s1", turn: 3, participantId: "p1", name: "alice", color: "#e06c75", text: "again", shellContext: false, handed: false }));
+    ss = s.sessions.s1!;
+    expect(ss.ended).toBeNull();
+    expect(ss.turn).toBe(3);
+    expect(ss.title).toBe("list the files");
   });
 
   it("starts afresh for another VM", () => {

@@ -59,10 +59,38 @@ export type TranscriptItem =
   | { type: "message"; role: "agent" | "user"; text: string; seq: number }
   | { type: "thought"; text: string; seq: number }
   | { type: "plan"; entries: PlanEntry[]; seq: number }
-  | { type: "tool"; toolCallId: string; seq: number };
+  | { type: "tool"; toolCallId: string; seq: number }
+  | PromptItem
+  | TurnEndItem;
+
+/** A person's prompt: the start of a turn. */
+export interface PromptItem {
+  type: "prompt";
+  seq: number;
+  turn: number;
+  participantId: string;
+  name: string;
+  color: string;
+  text: string;
+  /** `handToAgent` put the shell context before the text. */
+  shellContext: boolean;
+  /** Handed with `handToAgent` (the agent drove for the turn). */
+  handed: boolean;
+}
+
+/** The boundary after a turn. */
+export interface TurnEndItem {
+  type: "turnEnd";
+  seq: number;
+  turn: number;
+  stopReason: string | null;
+  error: string | null;
+}
 
 export interface Permission {
   permissionId: string;
+  /** The seq of its `permissionRequest`. */
+  seq: number;
   toolCall: unknown;
   options: { optionId: string; name: string; kind: string }[];
 }
@@ -75,6 +103,12 @@ export interface SessionState {
   toolCalls: Record<string, ToolCall>;
   permissions: Record<string, Permission>;
   ended: { reason: string; exitCode: number | null } | null;
+  /** The turn running now (a prompt without its end), if any. */
+  turn: number | null;
+  /** What the first prompt said: with the agent's name, the session's name. */
+  title: string | null;
+  /** The agent supports `session/load`: an ended session can be resumed. */
+  canResume: boolean;
 }
 
 export interface State {
@@ -264,10 +298,15 @@ export function applyEvent(s: State, ev: LogEvent): State {
           toolCalls: {},
           permissions: {},
           ended: null,
+          turn: null,
+          title: null,
+          canResume: obj(d.capabilities).loadSession === true,
         },
       };
       return next;
     }
+    case "sessionResumed":
+      return patchSession(next, str(d.sessionId), (ss) => ({ ...ss, ended: null }));
     case "sessionEvent":
       return patchSession(next, str(d.sessionId), (ss) => applySessionUpdate(ss, obj(obj(obj(d.event).params).update), ev.seq));
     case "permissionRequest":
@@ -277,15 +316,41 @@ export function applyEvent(s: State, ev: LogEvent): State {
           const r = obj(o);
           return { optionId: str(r.optionId), name: str(r.name, str(r.optionId)), kind: str(r.kind) };
         });
-        const perm: Permission = { permissionId, toolCall: d.toolCall, options };
+        const perm: Permission = { permissionId, seq: ev.seq, toolCall: d.toolCall, options };
         return { ...ss, permissions: { ...ss.permissions, [permissionId]: perm } };
+      });
+    case "prompt":
+      return patchSession(next, str(d.sessionId), (ss) => {
+        const item: PromptItem = {
+          type: "prompt",
+          seq: ev.seq,
+          turn: num(d.turn),
+          participantId: str(d.participantId),
+          name: str(d.name, str(d.participantId, "someone")),
+          color: str(d.color, "#888888"),
+          text: str(d.text),
+          shellContext: d.shellContext === true,
+          handed: d.handed === true,
+        };
+        return { ...ss, items: [...ss.items, item], turn: item.turn, title: ss.title ?? firstLine(item.text) };
+      });
+    case "turnEnded":
+      return patchSession(next, str(d.sessionId), (ss) => {
+        const item: TurnEndItem = { type: "turnEnd", seq: ev.seq, turn: num(d.turn), stopReason: strOrNull(d.stopReason), error: strOrNull(d.error) };
+        return { ...ss, items: [...ss.items, item], turn: null };
       });
     case "permissionTimeout":
       return patchSession(next, str(d.sessionId), (ss) => dropPermission(ss, str(d.permissionId)));
     case "sessionEnded":
       return patchSession(next, str(d.sessionId), (ss) => ({
         ...ss,
+        // A turn the agent's exit cut off still gets its boundary.
+        items:
+          ss.turn === null
+            ? ss.items
+            : [...ss.items, { type: "turnEnd", seq: ev.seq, turn: ss.turn, stopReason: null, error: `the session ended (${str(d.reason, "ended")})` }],
         permissions: {},
+        turn: null,
         ended: { reason: str(d.reason, "ended"), exitCode: numOrNull(d.exitCode) },
       }));
     default:
@@ -334,6 +399,11 @@ function appendOutput(p: ProcessState, stream: "stdout" | "stderr", text: string
   return { ...p, output, outputChars, truncated };
 }
 
+function firstLine(text: string): string {
+  const line = text.trim().split("\n")[0] ?? "";
+  return line.length > 60 ? line.slice(0, 59) + "…" : line;
+}
+
 function textOf(content: unknown): string {
   const c = obj(content);
   return c.type === "text" ? str(c.text) : "";
@@ -370,7 +440,8 @@ function applySessionUpdate(ss: SessionState, u: Record<string, unknown>, seq: n
       // place unless the agent has said something since.
       const last = ss.items[ss.items.length - 1];
       const at = ss.items.findLastIndex((i) => i.type === "plan");
-      if (at >= 0 && last && (last.type === "plan" || last.type === "tool" || last.type === "thought")) {
+      const turnStart = ss.items.findLastIndex((i) => i.type === "prompt" || i.type === "turnEnd");
+      if (at > turnStart && last && (last.type === "plan" || last.type === "tool" || last.type === "thought")) {
         const items = ss.items.slice();
         items[at] = { type: "plan", entries, seq: items[at]!.seq };
         return { ...ss, items };

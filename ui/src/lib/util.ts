@@ -24,3 +24,8 @@ export function exitText(exit: { exitCode: number | null; signal: number | null 
   if (exit.signal !== null) return `killed by signal ${exit.signal}`;
   return `exit ${exit.exitCode ?? "?"}`;
 }
+
+/** A session's readable name: the agent and what its first prompt said. */
+export function sessionName(s: { agentName: string; title: string | null; sessionId: string }): string {
+  return s.title ? `${s.agentName}: ${s.title}` : `${s.agentName} (new session)`;
+}

@@ -119,14 +119,23 @@ pub async fn hand_to_agent(ctx: &ActionContext<'_>, args: Args) -> Result<String
     let since = control
         .hand_to_agent(ctx.me.clone(), session_id.clone())
         .await?;
-    let text = match since.filter(|_| opts.shell_context) {
-        Some(since) => match shell_context(ctx, since).await {
-            Some(context) => format!("{context}\n\n{prompt}"),
-            None => prompt,
-        },
+    let context = match since.filter(|_| opts.shell_context) {
+        Some(since) => shell_context(ctx, since).await,
+        None => None,
+    };
+    let origin = crate::session::PromptOrigin {
+        participant_id: ctx.me.wire_id(),
+        name: ctx.me.name.clone(),
+        color: ctx.me.color.clone(),
+        text: prompt.clone(),
+        shell_context: context.is_some(),
+        handed: true,
+    };
+    let text = match context {
+        Some(context) => format!("{context}\n\n{prompt}"),
         None => prompt,
     };
-    let (command, reply) = SessionCommand::prompt(text);
+    let (command, reply) = SessionCommand::prompt(text, origin);
     let result = match commands.send(command).await {
         Ok(()) => reply.await.map_err(|_| {
             ErrorBody::new(
@@ -331,7 +340,9 @@ pub async fn create_join_code(ctx: &ActionContext<'_>, args: Args) -> Result<Str
             MAX_CODE_TTL.as_secs()
         )));
     }
-    let info = ctx.access.create_code(role, ttl).await?;
+    // The code invites to the VM it is made in, and to no other.
+    let vm = ctx.vm.info().key.canonical();
+    let info = ctx.access.create_code(role, ttl, vm).await?;
     to_json(&info)
 }
 
@@ -347,6 +358,34 @@ pub async fn revoke_join_code(ctx: &ActionContext<'_>, args: Args) -> Result<Str
     let id = parse_code_id(&id).ok_or_else(|| invalid(format!("{id:?} is not a join code id")))?;
     ctx.access.revoke_code(id).await?;
     ok_null()
+}
+
+/// `listVms()` → `[{"id", "key"}]` by id: every VM of the host for the
+/// owner; for a member, the VMs they were invited to.
+pub async fn list_vms(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("listVms", 0).map_err(invalid)?;
+    let all = ctx.registry.list().await.map_err(|e| e.to_body())?;
+    let invited: Option<std::collections::HashSet<String>> = if ctx.me.role == Role::Owner {
+        None
+    } else {
+        Some(
+            ctx.access
+                .member_vms(ctx.me.id)
+                .await?
+                .into_iter()
+                .collect(),
+        )
+    };
+    let vms: Vec<ensemble_protocol::VmInfo> = all
+        .into_iter()
+        .filter(|(_, key)| {
+            invited
+                .as_ref()
+                .is_none_or(|i| i.contains(&key.canonical()))
+        })
+        .map(|(id, key)| ensemble_protocol::VmInfo { id, key })
+        .collect();
+    to_json(&vms)
 }
 
 #[cfg(test)]

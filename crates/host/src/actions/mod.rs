@@ -36,6 +36,8 @@ pub struct ActionContext<'a> {
     /// The caller, as of this action.
     pub me: crate::access::Member,
     pub access: &'a crate::access::Access,
+    /// The host's VMs (`listVms`).
+    pub registry: &'a crate::registry::Registry,
     /// LAN sharing and peers (the owner's LAN actions).
     pub lan: &'a crate::lan::Lan,
     /// Which command starts an agent of a given type.
@@ -44,6 +46,8 @@ pub struct ActionContext<'a> {
     pub agent_init_timeout: std::time::Duration,
     /// `emit` is refused unless the host was started with test actions.
     pub test_actions: bool,
+    /// `emit`'s `data` as the client wrote it, so numbers come back exactly.
+    pub raw_data: Option<String>,
 }
 
 /// Runs one action; the result is JSON text.
@@ -92,6 +96,7 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
         "releaseControl" => control::release(ctx, args).await,
         "handToAgent" => control::hand_to_agent(ctx, args).await,
         "listParticipants" => control::list_participants(ctx, args).await,
+        "listVms" => control::list_vms(ctx, args).await,
         "updateParticipant" => control::update_participant(ctx, args).await,
         "setRole" => control::set_role(ctx, args).await,
         "removeParticipant" => control::remove_participant(ctx, args).await,
@@ -105,7 +110,7 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
         "setLanSharing" => lan::set_sharing(ctx, args).await,
         "joinPeer" => lan::join(ctx, args).await,
         "forgetPeer" => lan::forget(ctx, args).await,
-        "emit" if ctx.test_actions => emit(ctx.vm, args).await,
+        "emit" if ctx.test_actions => emit(ctx.vm, args, ctx.raw_data.clone()).await,
         "emit" => Err(ErrorBody::new(
             ErrorCode::Disabled,
             "emit is a test action; start the host with --test-actions to use it",
@@ -179,8 +184,11 @@ async fn get_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
     // Read before the page: pruning commits, then raises `outputFrom`, so
     // no output event in the page is older than this value.
     let output_from = log.output_from();
-    let page = log
-        .page(since, head, limit, opts.names)
+    // Read no more than one answer's worth (binary events grow by 4/3 as
+    // base64): a page of 10000 events of 64 KiB would otherwise be read
+    // whole (640 MiB) to send 4 MiB of it.
+    let (page, full) = log
+        .page_bytes(since, head, limit, opts.names, MAX_RESULT_BYTES / 4 * 3)
         .await
         .map_err(internal)?;
     let mut out = String::from(r#"{"events":["#);
@@ -195,7 +203,7 @@ async fn get_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
         out.push_str(&event.json().map_err(internal)?);
         taken += 1;
     }
-    let cut = taken < page.len();
+    let cut = taken < page.len() || full;
     let more =
         (cut || page.len() == limit as usize) && page[..taken].last().is_some_and(|e| e.seq < head);
     let next = if more {
@@ -238,7 +246,7 @@ async fn get_sequenced_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> 
                 [&session_id],
                 |r| r.get(0),
             )?;
-            let page = read_session_page(&tx, &session_id, since, limit)?;
+            let page = read_session_page(&tx, &session_id, since, limit, MAX_RESULT_BYTES)?;
             Ok((page, head))
         })
         .await
@@ -249,7 +257,9 @@ async fn get_sequenced_events(vm: &Vm, args: Args) -> Result<String, ErrorBody> 
             format!("since {since} is beyond the session's last sequenceNumber ({session_head})"),
         ));
     }
-    let more = page.len() == limit as usize && page.last().is_some_and(|(n, _)| *n < session_head);
+    let (page, full) = page;
+    let more = (page.len() == limit as usize || full)
+        && page.last().is_some_and(|(n, _)| *n < session_head);
     let next = page.last().map_or(since, |(n, _)| *n);
     let mut out = String::from(r#"{"events":["#);
     for (i, (n, notification)) in page.iter().enumerate() {
@@ -292,15 +302,17 @@ fn one() -> u32 {
 
 /// Test action `emit({name, data, count, sessionId, bytes, id})`: appends
 /// `count` events and answers `{first, last}` once they are durable.
-async fn emit(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
+async fn emit(vm: &Vm, args: Args, raw_data: Option<String>) -> Result<String, ErrorBody> {
     args.at_most("emit", 1).map_err(invalid)?;
     let opts: EmitOptions = args.required(0, "options").map_err(invalid)?;
+    // The data as given when the message had it; else the parsed value.
+    let data_text = raw_data.unwrap_or_else(|| opts.data.to_string());
     if opts.count == 0 || opts.count > MAX_EMIT_COUNT {
         return Err(invalid(format!("count is 1 to {MAX_EMIT_COUNT}")));
     }
     let make: Box<dyn Fn() -> NewEvent + Send> = match opts.name.as_str() {
         "testEvent" => {
-            let data = opts.data.to_string();
+            let data = data_text;
             Box::new(move || NewEvent::Json {
                 name: "testEvent".to_owned(),
                 data: data.clone(),
@@ -310,7 +322,7 @@ async fn emit(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
             let session_id = opts
                 .session_id
                 .ok_or_else(|| invalid("a sessionEvent needs sessionId"))?;
-            let event = opts.data.to_string();
+            let event = data_text;
             Box::new(move || NewEvent::Session {
                 session_id: session_id.clone(),
                 event: event.clone(),

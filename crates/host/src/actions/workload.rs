@@ -572,7 +572,15 @@ pub async fn send_prompt(ctx: &ActionContext<'_>, args: Args) -> Result<String, 
     args.at_most("sendPrompt", 2).map_err(invalid)?;
     let id: String = args.required(0, "sessionId").map_err(invalid)?;
     let text: String = args.required(1, "text").map_err(invalid)?;
-    let (command, reply) = SessionCommand::prompt(text);
+    let origin = crate::session::PromptOrigin {
+        participant_id: ctx.me.wire_id(),
+        name: ctx.me.name.clone(),
+        color: ctx.me.color.clone(),
+        text: text.clone(),
+        shell_context: false,
+        handed: false,
+    };
+    let (command, reply) = SessionCommand::prompt(text, origin);
     send_to_session(ctx, &id, command).await?;
     let result = reply.await.map_err(|_| session_gone(&id))?.map_err(err)?;
     to_json(&result)

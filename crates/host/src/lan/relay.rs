@@ -70,7 +70,7 @@ pub async fn serve(
                 return;
             }
         };
-    match access.admit(credential, name.clone(), ip, None).await {
+    match access.admit(credential, name.clone(), ip, None, None).await {
         Ok(Admission::Admitted(a)) if a.member.role == Role::Owner => {}
         Ok(_) => {
             let body = ErrorBody::new(
