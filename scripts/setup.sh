@@ -8,10 +8,11 @@ set -euo pipefail
 # builds against (WebKitGTK and friends), Xvfb for running the window
 # headless, WebKitWebDriver for driving it in the desktop test, and
 # iproute2 for the LAN test's network namespaces, asciinema, which
-# checks the recordings `ensemble export` writes, libdbus-1-dev for the keyring
-# crate (Secret Service), and gnome-keyring (with dbus-daemon) for
+# checks the recordings `ensemble export` writes, bubblewrap, the sandbox
+# every VM's processes run in (docs/sandbox.md), libdbus-1-dev for the
+# keyring crate (Secret Service), and gnome-keyring (with dbus-daemon) for
 # scripts/keyring-test.sh, which saves an agent key in a real keyring.
-packages=(build-essential pkg-config ca-certificates tmux chromium iproute2 asciinema
+packages=(build-essential pkg-config ca-certificates tmux chromium iproute2 asciinema bubblewrap
   libdbus-1-dev gnome-keyring dbus-daemon
   libssl-dev libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
   xvfb xauth webkit2gtk-driver)

@@ -16,6 +16,21 @@ use tokio_util::sync::CancellationToken;
 /// logs before the app gives up waiting and exits anyway.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The desktop app's sandbox settings, from the environment as `ensemble
+/// serve` takes them from flags: `ENSEMBLE_ISOLATION=none` runs VMs without
+/// a sandbox (everyone is warned), `ENSEMBLE_VM_NETWORK=none` cuts VMs off
+/// the network. Anything else unset keeps the defaults.
+fn sandbox_config() -> anyhow::Result<ensemble_host::sandbox::Config> {
+    let mut config = ensemble_host::sandbox::Config::default();
+    if let Ok(v) = std::env::var("ENSEMBLE_ISOLATION") {
+        config.isolation = v.parse().map_err(anyhow::Error::msg)?;
+    }
+    if let Ok(v) = std::env::var("ENSEMBLE_VM_NETWORK") {
+        config.network = v.parse().map_err(anyhow::Error::msg)?;
+    }
+    Ok(config)
+}
+
 pub struct EmbeddedHost {
     addr: SocketAddr,
     owner_token: String,
@@ -30,6 +45,7 @@ impl EmbeddedHost {
     /// `ENSEMBLE_MDNS_INTERFACES` (default: the LAN interfaces) set where.
     pub async fn start(data_dir: PathBuf) -> anyhow::Result<EmbeddedHost> {
         let mut config = HostConfig::new(&data_dir);
+        config.sandbox = sandbox_config()?;
         if let Ok(bind) = std::env::var("ENSEMBLE_LAN_BIND") {
             config.lan.bind = bind
                 .parse()

@@ -46,6 +46,8 @@ pub struct HostOptions<'a> {
     pub test_actions: bool,
     pub hook_command: Option<String>,
     pub extra: Vec<String>,
+    /// Environment variables for the host process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for HostOptions<'_> {
@@ -55,6 +57,7 @@ impl Default for HostOptions<'_> {
             test_actions: true,
             hook_command: None,
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -84,7 +87,14 @@ impl HostProcess {
         if let Some(hook) = &opts.hook_command {
             cmd.arg("--hook-command").arg(hook);
         }
+        // ENSEMBLE_TEST_ISOLATION=none runs the whole suite without sandboxes.
+        if let Ok(isolation) = std::env::var("ENSEMBLE_TEST_ISOLATION") {
+            if !opts.extra.iter().any(|a| a == "--isolation") {
+                cmd.arg("--isolation").arg(isolation);
+            }
+        }
         cmd.args(&opts.extra);
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("start ensemble");
         let stdout = child.stdout.take().expect("stdout");
         let addr = listening_addr(stdout);

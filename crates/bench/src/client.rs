@@ -35,15 +35,21 @@ pub async fn connect(url: &str) -> Result<Ws> {
 /// Sends `hello` for `key` as the owner (`token`) and returns the log's
 /// head from `welcome`.
 pub async fn hello(ws: &mut Ws, key: &str, token: &str) -> Result<u64> {
+    let welcome = hello_welcome(ws, key, token).await?;
+    welcome["head"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("welcome without a head: {welcome}"))
+}
+
+/// `hello`, answering the whole `welcome`.
+pub async fn hello_welcome(ws: &mut Ws, key: &str, token: &str) -> Result<serde_json::Value> {
     let hello = serde_json::json!({"type": "hello", "protocol": 1, "key": [key], "token": token});
     send(ws, hello.to_string()).await?;
     let welcome = next_control(ws).await?;
     if welcome["type"] != "welcome" {
         bail!("expected welcome, got {welcome}");
     }
-    welcome["head"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("welcome without a head: {welcome}"))
+    Ok(welcome)
 }
 
 /// `subscribe` at the head with an event filter: the shell benches take only

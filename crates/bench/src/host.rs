@@ -42,6 +42,9 @@ pub trait Target {
     fn token(&self) -> &str;
     /// The process whose memory and CPU time are sampled.
     fn pid(&self) -> u32;
+    /// The data directory of the host whose VMs this reaches (files a shell
+    /// should see go into a VM's workspace there).
+    fn data_dir(&self) -> &Path;
     fn cpu_secs(&self) -> f64 {
         cpu_secs(&format!("/proc/{}/stat", self.pid()))
     }
@@ -56,6 +59,9 @@ impl Target for HostProcess {
     }
     fn pid(&self) -> u32 {
         HostProcess::pid(self)
+    }
+    fn data_dir(&self) -> &Path {
+        HostProcess::data_dir(self)
     }
 }
 
@@ -130,6 +136,11 @@ impl HostProcess {
             bail!("the host listens on {addr}, not on 127.0.0.1");
         }
         Ok(host)
+    }
+
+    /// The host's data directory.
+    pub fn data_dir(&self) -> &Path {
+        self._data_dir.path()
     }
 
     pub fn pid(&self) -> u32 {

@@ -27,6 +27,8 @@ struct Relayed {
     url: String,
     token: String,
     pid: u32,
+    /// Alice's: the relayed VMs are hers.
+    data_dir: std::path::PathBuf,
 }
 
 impl Target for Relayed {
@@ -38,6 +40,9 @@ impl Target for Relayed {
     }
     fn pid(&self) -> u32 {
         self.pid
+    }
+    fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
     }
 }
 
@@ -206,6 +211,7 @@ pub async fn measure(opts: &crate::Options) -> Result<LanFigures> {
         url: format!("ws://{}/v1/peers/{peer}/ws", bea.addr),
         token: bea.token().to_owned(),
         pid: alice.pid(),
+        data_dir: alice.data_dir().to_owned(),
     };
     let mut ws = client::connect(&relayed.url).await?;
     client::hello(&mut ws, KEY, bea.token()).await?;

@@ -13,6 +13,7 @@ mod client;
 mod host;
 mod lan;
 mod reference;
+mod sandbox;
 mod session;
 mod shell;
 
@@ -43,8 +44,8 @@ const TARGET_DELIVERIES_50: f64 = 1_000_000.0;
 const TARGET_CATCH_UP_SECS: f64 = 2.0;
 
 /// The sections, in the order they run; `--only` picks some.
-const SECTIONS: [&str; 8] = [
-    "fanout", "catchup", "tcp", "shell", "echo", "latejoin", "session", "lan",
+const SECTIONS: [&str; 9] = [
+    "fanout", "catchup", "tcp", "shell", "echo", "latejoin", "session", "lan", "sandbox",
 ];
 
 const HELP: &str = "\
@@ -68,6 +69,8 @@ Sections (all by default):
              clients and echo p50/p99, relayed against direct
   session    the scripted agent streams 100,000 message chunks to 10 subscribers:
              events/s logged, deliveries/s, order, agent write -> receipt p50/p99
+  sandbox    without (--isolation none) and with the VM sandbox: cat of the
+             256 MiB file to 20 clients, echo p99, `exec true` p50/p99
 
 Options:
   --only LIST         comma-separated sections to run (default: all)
@@ -220,6 +223,11 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    let sandbox_figures = if opts.runs("sandbox") {
+        Some(runtime.block_on(sandbox::measure(&opts))?)
+    } else {
+        None
+    };
     drop(runtime);
     // After every host has stopped, so that the two never share the CPUs.
     let tcp = if opts.runs("tcp") {
@@ -254,6 +262,7 @@ fn main() -> Result<()> {
         host_figures.as_ref(),
         shell_figures.as_ref(),
         session_figures.as_ref(),
+        sandbox_figures.as_ref(),
         tcp.as_ref(),
         terminal.as_ref(),
     );
@@ -731,6 +740,7 @@ fn print_table(
     h: Option<&HostFigures>,
     sh: Option<&ShellFigures>,
     se: Option<&SessionFigures>,
+    sb: Option<&sandbox::SandboxFigures>,
     tcp: Option<&TcpReference>,
     term: Option<&TerminalReference>,
 ) {
@@ -745,6 +755,9 @@ fn print_table(
     }
     if let Some(se) = se {
         session::table_rows(&mut t, se);
+    }
+    if let Some(sb) = sb {
+        sandbox::table_rows(&mut t, sb);
     }
     println!(
         "\n== summary: medians of the runs (ratio: how far from the target, >= 1.00 meets it)"
@@ -779,6 +792,11 @@ fn print_table(
     }
     if let Some(se) = se {
         session::notes(se);
+    }
+    if let Some(sb) = sb {
+        for (name, ok) in sandbox::targets(sb) {
+            targets.push(format!("{name} {}", met(ok)));
+        }
     }
     if let Some(tcp) = tcp {
         println!("# reference machine: {}", tcp.machine);

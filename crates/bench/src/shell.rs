@@ -32,6 +32,8 @@ use crate::{int, kib, Table};
 /// the same shape, so that the host and the references move the same bytes.
 pub const FILE_LINES: u64 = 2_657_777;
 const LINE_CHARS: usize = 100;
+/// The cat file's name in the VM's workspace.
+const CAT_NAME: &str = "bench-cat.txt";
 
 /// The clients of the throughput runs: the 1 and 20.
 const TPUT_CLIENTS: [usize; 2] = [1, 20];
@@ -47,7 +49,7 @@ const COLS: u16 = 200;
 const ROWS: u16 = 50;
 
 /// Observers of the echo runs.
-const ECHO_OBSERVERS: usize = 20;
+pub(crate) const ECHO_OBSERVERS: usize = 20;
 
 /// Untimed keystrokes before the timed ones (anchors.py skips 50 too).
 const ECHO_WARMUP: usize = 50;
@@ -356,12 +358,17 @@ pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Res
     let url = host.ws_url();
     let token = host.token();
     let mut conns = Vec::with_capacity(clients);
+    let mut workspace = None;
     for i in 0..clients {
         let mut ws = client::connect(&url).await?;
-        client::hello(&mut ws, KEY, token).await?;
+        let welcome = client::hello_welcome(&mut ws, KEY, token).await?;
         if i == 0 {
             // The first client opens the shell.
             client::take_control(&mut ws).await?;
+            let id = welcome["vm"]["id"]
+                .as_u64()
+                .context("welcome without vm.id")?;
+            workspace = Some(host.data_dir().join(format!("vms/{id}/workspace")));
         }
         client::subscribe_to(&mut ws, &["shellData", "shellExit"]).await?;
         client::caught_up(&mut ws).await?;
@@ -377,13 +384,20 @@ pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Res
     let (host_cpu0, bench_cpu0) = (host.cpu_secs(), crate::bench_cpu_secs());
     let t0 = Instant::now();
     // One of the clients opens the shell: with one client it is the only
-    // connection, as with tmux's one attached client.
-    let path = file.path.display().to_string();
+    // connection, as with tmux's one attached client. The file must be in
+    // the VM's workspace (a sandboxed shell sees nothing else): a hard link.
+    let workspace = workspace.context("no first client")?;
+    let linked = workspace.join(CAT_NAME);
+    if !linked.exists() {
+        std::fs::hard_link(&file.path, &linked)
+            .or_else(|_| std::fs::copy(&file.path, &linked).map(|_| ()))
+            .with_context(|| format!("put the cat file in {}", workspace.display()))?;
+    }
     client::action(
         &mut owner,
         1,
         "openShell",
-        json!([{"command": "/bin/sh", "args": ["-c", format!("cat '{path}'")],
+        json!([{"command": "/bin/sh", "args": ["-c", format!("cat {CAT_NAME}")],
                 "cols": TPUT_COLS, "rows": TPUT_ROWS}]),
     )
     .await?;

@@ -142,6 +142,49 @@ struct ServeArgs {
     /// The name this host is announced with (default: the owner's name).
     #[arg(long, value_name = "NAME")]
     lan_name: Option<String>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+/// How VMs are sandboxed (docs/sandbox.md).
+#[derive(clap::Args)]
+struct SandboxArgs {
+    /// `bwrap`: every process, shell and agent of a VM runs in a bubblewrap
+    /// sandbox. `none`: no sandbox at all (anyone in control of a VM can
+    /// read the owner token); every participant is warned.
+    #[arg(long, default_value = "bwrap", value_name = "bwrap|none")]
+    isolation: ensemble_host::sandbox::Isolation,
+    /// `host`: VMs use the host's network. `none`: no network at all, not
+    /// even the host's 127.0.0.1.
+    #[arg(long, default_value = "host", value_name = "host|none")]
+    vm_network: ensemble_host::sandbox::Network,
+    /// Memory of each VM's processes together, in MiB (default: half the
+    /// machine's memory).
+    #[arg(long, value_name = "MIB")]
+    vm_memory: Option<u64>,
+    /// Processes (and threads) each VM may have.
+    #[arg(long, default_value_t = ensemble_host::sandbox::DEFAULT_PIDS, value_name = "N")]
+    vm_pids: u64,
+    /// Each VM's CPU weight against the host's other work: 1 to 10000, 100
+    /// is an equal share.
+    #[arg(long, default_value_t = 100, value_name = "WEIGHT", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    vm_cpu: u32,
+}
+
+impl SandboxArgs {
+    fn config(&self) -> ensemble_host::sandbox::Config {
+        let mut config = ensemble_host::sandbox::Config {
+            isolation: self.isolation,
+            network: self.vm_network,
+            ..Default::default()
+        };
+        if let Some(mib) = self.vm_memory {
+            config.limits.memory_bytes = mib.max(16) << 20;
+        }
+        config.limits.pids = self.vm_pids.max(8);
+        config.limits.cpu_weight = self.vm_cpu;
+        config
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -225,6 +268,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let mut config = HostConfig::new(&data_dir);
+    config.sandbox = args.sandbox.config();
     config.test_actions = args.test_actions;
     config.hook_command = args.hook_command;
     config.hook_ack = args.hook_ack;

@@ -10,6 +10,9 @@ use ensemble_client::Event;
 use serde_json::{json, Value};
 
 use crate::people::control_line;
+
+/// After the turn's answer, how long its last events may take to arrive.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::remote::Remote;
 
 #[derive(clap::Args)]
@@ -69,21 +72,45 @@ pub async fn run(args: PromptArgs) -> anyhow::Result<()> {
     let turn = vm.call(action, call_args);
     tokio::pin!(turn);
     let mut out = std::io::stdout().lock();
-    let result = loop {
-        tokio::select! {
-            r = &mut turn => break r,
-            e = events.recv() => {
-                if let Some(Event::Json(f)) = e {
-                    if f.name == "sessionEvent" && f.data["sessionId"] == session.as_str() {
-                        if let Some(chunk) = message_chunk(&f.data["event"]) {
-                            let _ = out.write_all(chunk.as_bytes());
-                            let _ = out.flush();
-                        }
-                    }
+    let mut print = |e: Option<Event>| {
+        if let Some(Event::Json(f)) = e {
+            if f.name == "sessionEvent" && f.data["sessionId"] == session.as_str() {
+                if let Some(chunk) = message_chunk(&f.data["event"]) {
+                    let _ = out.write_all(chunk.as_bytes());
+                    let _ = out.flush();
                 }
             }
         }
     };
+    let result = loop {
+        tokio::select! {
+            r = &mut turn => break r,
+            e = events.recv() => print(e),
+        }
+    };
+    // The answer can overtake the turn's last events on their way here
+    // (the host logs them before it answers): read up to the log's head.
+    if result.is_ok() {
+        if let Some(head) = vm
+            .call("getEvents", json!([{"limit": 1}]))
+            .await
+            .ok()
+            .and_then(|page| page["head"].as_u64())
+        {
+            let caught_up = tokio::time::timeout(CATCH_UP, vm.wait_seq(head));
+            tokio::pin!(caught_up);
+            loop {
+                tokio::select! {
+                    _ = &mut caught_up => break,
+                    e = events.recv() => print(e),
+                }
+            }
+            while let Ok(e) = events.try_recv() {
+                print(Some(e));
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
     let result = result.map_err(|e| {
         anyhow::anyhow!(e
             .body()

@@ -10,7 +10,8 @@
 //!
 //! An argument may contain `{stateDir}`: it becomes a directory of the agent
 //! type's own inside the VM's data directory (not its workspace), for what the
-//! agent keeps between runs, such as the scripted agent's journals.
+//! agent keeps between runs, such as the scripted agent's journals. In a
+//! sandbox the agent sees it at `/var/lib/ensemble/agents/<type>`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -116,9 +117,14 @@ impl AgentRegistry {
 }
 
 impl AgentCommand {
-    /// The command as run in the VM whose directory is `vm_dir`: [`STATE_DIR`]
-    /// in an argument becomes `vm_dir/agents/<agent_type>`, created if needed.
-    pub fn for_vm(&self, agent_type: &str, vm_dir: &Path) -> Result<AgentCommand, VmError> {
+    /// The command as run in a VM: [`STATE_DIR`] in an argument becomes
+    /// `state(agent_type)`, the agent type's state directory as the agent
+    /// sees it (created on the host by `state`).
+    pub fn for_vm(
+        &self,
+        agent_type: &str,
+        state: impl FnOnce(&str) -> Result<PathBuf, VmError>,
+    ) -> Result<AgentCommand, VmError> {
         if !self.args.iter().any(|a| a.contains(STATE_DIR)) {
             return Ok(self.clone());
         }
@@ -131,10 +137,7 @@ impl AgentCommand {
                 "agent type {agent_type:?} uses {STATE_DIR}, so its name may hold only letters, digits, - and _"
             )));
         }
-        let dir = vm_dir.join("agents").join(agent_type);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| VmError::Internal(format!("cannot create {}: {e}", dir.display())))?;
-        let dir = dir.display().to_string();
+        let dir = state(agent_type)?.display().to_string();
         Ok(AgentCommand {
             command: self.command.clone(),
             args: self
@@ -176,24 +179,19 @@ mod tests {
         let registry = AgentRegistry::load(Some(&file)).unwrap();
         assert_eq!(registry.get("mine").unwrap().args, ["--acp"]);
         assert_eq!(registry.get("pi").unwrap().command, "pi-local");
-        let vm_dir = dir.path().join("vm");
-        let scripted = registry
-            .get("scripted")
-            .unwrap()
-            .for_vm("scripted", &vm_dir);
-        let state = vm_dir.join("agents/scripted");
+        let state = |name: &str| Ok(Path::new("/state").join(name));
+        let scripted = registry.get("scripted").unwrap().for_vm("scripted", state);
         assert_eq!(
             scripted.unwrap().args,
-            ["--journal-dir".to_owned(), state.display().to_string()]
+            ["--journal-dir".to_owned(), "/state/scripted".to_owned()]
         );
-        assert!(state.is_dir());
         let mine = registry.get("mine").unwrap();
-        assert_eq!(mine.for_vm("mine", &vm_dir).unwrap(), *mine);
+        assert_eq!(mine.for_vm("mine", state).unwrap(), *mine);
         let odd = AgentCommand {
             command: "x".to_owned(),
             args: vec![format!("--state={STATE_DIR}")],
         };
-        assert!(odd.for_vm("../up", &vm_dir).is_err());
+        assert!(odd.for_vm("../up", state).is_err());
         std::fs::write(&file, "[agents.bad]\ncommand = 3\n").unwrap();
         let err = AgentRegistry::load(Some(&file)).unwrap_err().to_string();
         assert!(err.contains("agents.toml"), "{err}");

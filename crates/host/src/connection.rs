@@ -137,6 +137,8 @@ pub struct Shared {
     pub stall_timeout: Duration,
     pub shutdown: CancellationToken,
     pub server: String,
+    /// `bwrap` or `none` (`--isolation none`), told to every participant.
+    pub isolation: &'static str,
     /// LAN sharing, nearby hosts, joins and peers.
     pub lan: crate::lan::Lan,
 }
@@ -607,6 +609,7 @@ async fn welcome(
         first: vm.log().first(),
         output_from: vm.log().output_from(),
         limits: Limits::default(),
+        isolation: shared.isolation.to_owned(),
         you,
         participants,
         control: snapshot.lock.to_wire(),

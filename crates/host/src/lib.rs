@@ -12,7 +12,8 @@
 //! * [`control`]: a VM's participants and its control lock.
 //! * [`process`], [`shell`]: processes on pipes and shells on PTYs, their
 //!   output chunked by [`output`] into the log; [`workspace`]: where they run
-//!   and their clean environment.
+//!   and their clean environment; all of them started in the VM's sandbox
+//!   (the `ensemble-sandbox` crate), whose limits [`limits`] watches.
 //! * [`terminal`]: a shell's screen model, for late joiners' snapshots.
 //! * [`log`]: the per-VM sequenced, durable event log and its fan-out.
 //! * [`hook`]: server-side hooks that see each event once.
@@ -33,6 +34,7 @@ pub mod control;
 pub mod hook;
 pub mod keys;
 pub mod lan;
+pub mod limits;
 pub mod log;
 pub mod output;
 pub mod process;
@@ -55,6 +57,7 @@ use ensemble_protocol::{ErrorBody, ErrorCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use ensemble_sandbox as sandbox;
 pub use hook::{Hook, HookEvent, SessionHookEvent};
 
 use crate::access::Access;
@@ -89,6 +92,8 @@ pub struct HostConfig {
     pub agent_init_timeout: Duration,
     /// How long a holder who disconnects keeps control.
     pub control_grace: Duration,
+    /// How VMs are sandboxed (bubblewrap by default) and their limits.
+    pub sandbox: ensemble_sandbox::Config,
     /// Sharing on the LAN.
     pub lan: lan::LanConfig,
     /// How hard each commit of a VM's log is made durable.
@@ -108,6 +113,7 @@ impl HostConfig {
             agents_file: None,
             agent_init_timeout: session::DEFAULT_INIT_TIMEOUT,
             control_grace: control::DEFAULT_GRACE,
+            sandbox: ensemble_sandbox::Config::default(),
             lan: lan::LanConfig::default(),
             durability: log::Durability::Normal,
         }
@@ -127,6 +133,8 @@ pub enum HostError {
     #[error(transparent)]
     Access(#[from] access::AccessError),
     #[error(transparent)]
+    Sandbox(#[from] ensemble_sandbox::SandboxError),
+    #[error(transparent)]
     Identity(#[from] ensemble_lan::identity::IdentityError),
 }
 
@@ -135,6 +143,10 @@ impl HostError {
     pub fn to_body(&self) -> ErrorBody {
         match self {
             HostError::ShuttingDown => ErrorBody::new(ErrorCode::Unavailable, self.to_string()),
+            HostError::Sandbox(
+                ensemble_sandbox::SandboxError::BwrapMissing
+                | ensemble_sandbox::SandboxError::SetprivMissing,
+            ) => ErrorBody::new(ErrorCode::SandboxUnavailable, self.to_string()),
             _ => ErrorBody::new(ErrorCode::Internal, self.to_string()),
         }
     }
@@ -178,6 +190,18 @@ impl Host {
             .await
             .map_err(|_| HostError::ShuttingDown)??;
         let agents = agents::AgentRegistry::load(config.agents_file.as_deref())?;
+        // Detecting may kill what a previous run left in its cgroups: blocking.
+        let sandbox_dir = config.data_dir.clone();
+        let sandbox_config = config.sandbox.clone();
+        let sandboxes = tokio::task::spawn_blocking(move || {
+            ensemble_sandbox::Sandboxes::start(sandbox_config, &sandbox_dir)
+        })
+        .await
+        .map_err(|_| HostError::ShuttingDown)?;
+        let isolation = sandboxes.isolation().as_str();
+        // Without a usable sandbox no VM opens (each `hello` gets the
+        // reason); the host itself still starts.
+        let can_open = sandboxes.check().is_ok();
         let mut hooks = config.hooks;
         if let Some(command) = config.hook_command {
             hooks.push(Hook::command_with(
@@ -193,7 +217,7 @@ impl Host {
             access.owner_name().to_owned(),
             shutdown.child_token(),
         )?;
-        let wake_all = !hooks.is_empty();
+        let wake_all = !hooks.is_empty() && can_open;
         let registry = Registry::start(
             store,
             hooks,
@@ -201,6 +225,7 @@ impl Host {
             config.durability,
             access.clone(),
             config.control_grace,
+            sandboxes,
         );
         if wake_all {
             for (_, key) in known {
@@ -219,6 +244,7 @@ impl Host {
                 stall_timeout: config.stall_timeout,
                 shutdown,
                 server: format!("ensemble/{}", env!("CARGO_PKG_VERSION")),
+                isolation,
                 lan,
             }),
         })

@@ -1,11 +1,12 @@
-//! Processes of a VM: spawn one in the VM's workspace with a clean
-//! environment and its own process group, pump its stdout and stderr into
+//! Processes of a VM: spawn one in the VM's sandbox and workspace with a
+//! clean environment and its own process group, pump its stdout and stderr into
 //! the log as `processOutput`, write its stdin, report its exit as
 //! `processExit` once its output is logged, and signal its whole group.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -21,6 +22,7 @@ use crate::log::{Log, NewEvent};
 use crate::output::{Merger, READ_QUEUE};
 use crate::vm::VmError;
 use crate::workspace::Environment;
+use ensemble_sandbox::VmSandbox;
 
 /// Writes waiting for a process's stdin. A writer waits when the process
 /// does not read; the VM does not.
@@ -28,7 +30,8 @@ const STDIN_QUEUE: usize = 64;
 
 /// After a process exits, how long its pipes may take to reach end of file
 /// before `processExit` is logged anyway (a background child may hold them;
-/// its later output is still logged).
+/// its later output is still logged). Output read by then is logged before
+/// `processExit`, however long that takes.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 /// Most output `exec` returns per stream; the log keeps all of it. JSON
@@ -91,6 +94,7 @@ struct Entry {
 /// The processes of one VM; owned by the VM actor.
 pub struct Processes {
     log: Log,
+    sandbox: Arc<VmSandbox>,
     /// Fired when the VM closes: output pumps stop even if a pipe stays open.
     cancel: CancellationToken,
     entries: HashMap<u32, Entry>,
@@ -143,9 +147,10 @@ impl ProcessStart {
 }
 
 impl Processes {
-    pub fn new(log: Log, cancel: CancellationToken) -> Processes {
+    pub fn new(log: Log, cancel: CancellationToken, sandbox: Arc<VmSandbox>) -> Processes {
         Processes {
             log,
+            sandbox,
             cancel,
             entries: HashMap::new(),
             exited_order: Vec::new(),
@@ -153,7 +158,8 @@ impl Processes {
     }
 
     /// Starts `command` with `args` in `cwd` (already resolved inside the
-    /// workspace). `capture` keeps the output for `exec`'s answer.
+    /// workspace, in the VM's view), in the VM's sandbox. `capture` keeps
+    /// the output for `exec`'s answer.
     pub fn spawn(
         &mut self,
         command: &str,
@@ -163,9 +169,21 @@ impl Processes {
         capture: bool,
         tap: Option<Tap>,
     ) -> Result<Spawned, VmError> {
-        let mut cmd = tokio::process::Command::new(command);
-        cmd.args(args)
-            .current_dir(cwd)
+        let failed = |reason: String| VmError::SpawnFailed {
+            command: command.to_owned(),
+            reason,
+        };
+        // bwrap would start and only then fail to find the command: look
+        // first, as the sandbox sees the files, for a typed error.
+        if self.sandbox.isolated() {
+            self.sandbox
+                .check_command(command, env.get("PATH"), cwd)
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        let launch = self.sandbox.launch(command, args, cwd, false, &[]);
+        let mut cmd = tokio::process::Command::new(&launch.program);
+        cmd.args(&launch.args)
+            .current_dir(&launch.cwd)
             .env_clear()
             .envs(env.vars())
             .stdin(Stdio::piped())
@@ -174,13 +192,12 @@ impl Processes {
             // Its own group, so a signal reaches what it started too.
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| VmError::SpawnFailed {
-            command: command.to_owned(),
-            reason: match e.kind() {
+        let mut child = cmd.spawn().map_err(|e| {
+            failed(match e.kind() {
                 std::io::ErrorKind::NotFound => "command not found".to_owned(),
                 std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
                 _ => e.to_string(),
-            },
+            })
         })?;
         let pid = child.id().ok_or_else(|| VmError::SpawnFailed {
             command: command.to_owned(),
@@ -304,18 +321,26 @@ impl Processes {
         if !self.entry(pid)?.info.running {
             return Err(VmError::Exited(format!("process {pid}")));
         }
-        signal_group(pid, signal);
+        if self.sandbox.isolated() {
+            // Its sandbox ends with it (whatever the signal): the bwrap gets
+            // the signal, the namespace is killed too, in case the bwrap
+            // was still setting it up.
+            ensemble_sandbox::end_sandbox(pid, signal);
+        } else {
+            signal_group(pid, signal);
+        }
         Ok(())
     }
 
-    /// Kills every running process's group; used when the VM closes.
+    /// Kills every running process's sandbox (its group and everything in
+    /// its PID namespace); used when the VM closes.
     pub fn kill_all(&mut self) -> Vec<watch::Receiver<Option<ExitInfo>>> {
         self.forget_old_exited();
         self.entries
             .values()
             .filter(|e| e.info.running)
             .map(|e| {
-                signal_group(e.info.pid, Signal::SIGKILL);
+                ensemble_sandbox::kill_sandbox(e.info.pid);
                 e.exit.clone()
             })
             .collect()
@@ -414,12 +439,15 @@ async fn supervise(
     captured_tx: Option<oneshot::Sender<Captured>>,
 ) {
     let capture = captured_tx.is_some();
+    let (out_eof, out_at_eof) = oneshot::channel();
+    let (err_eof, err_at_eof) = oneshot::channel();
     let out = tokio::spawn(pump(
         stdout,
         pid,
         BinaryKind::ProcessStdout,
         sink.clone(),
         capture,
+        out_eof,
     ));
     let err = tokio::spawn(pump(
         stderr,
@@ -427,6 +455,7 @@ async fn supervise(
         BinaryKind::ProcessStderr,
         sink.clone(),
         capture,
+        err_eof,
     ));
     let status = child.wait().await;
     let exit = match status {
@@ -440,13 +469,17 @@ async fn supervise(
         }
     };
     // Output first, then the exit: a reader sees everything the process
-    // printed before it learns that it ended.
-    let drained = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
-        let a = out.await.unwrap_or_default();
-        let b = err.await.unwrap_or_default();
-        (a, b)
+    // printed before it learns that it ended. Waiting is bounded for end
+    // of file only; what was read is logged first, even when the log is slow.
+    let at_eof = tokio::time::timeout(DRAIN_AFTER_EXIT, async {
+        let _ = out_at_eof.await;
+        let _ = err_at_eof.await;
     })
     .await;
+    let drained = match at_eof {
+        Ok(()) => Ok((out.await.unwrap_or_default(), err.await.unwrap_or_default())),
+        Err(e) => Err(e),
+    };
     let data = serde_json::json!({"pid": pid, "exitCode": exit.exit_code, "signal": exit.signal});
     if let Err(e) = sink
         .log
@@ -483,6 +516,7 @@ async fn pump<R: AsyncRead + Unpin + Send + 'static>(
     kind: BinaryKind,
     sink: OutputSink,
     capture: bool,
+    eof: oneshot::Sender<()>,
 ) -> Captured {
     let OutputSink { log, cancel, tap } = sink;
     let mut captured = Captured::default();
@@ -495,7 +529,10 @@ async fn pump<R: AsyncRead + Unpin + Send + 'static>(
         loop {
             buf.reserve(crate::output::MAX_CHUNK);
             match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    let _ = eof.send(());
+                    return;
+                }
                 Ok(_) => {
                     if tx.send(buf.split().freeze()).await.is_err() {
                         return;

@@ -14,9 +14,10 @@ use crate::control::Control;
 use crate::hook::Hooks;
 use crate::log::{self, Log};
 use crate::store::{Store, StoreError};
-use crate::vm::Vm;
+use crate::vm::{Vm, VmParts};
 use crate::workspace::Workspace;
 use crate::HostError;
+use ensemble_sandbox::{Sandboxes, VmSandbox, VmSpec};
 
 /// Opens waiting for the registry. Opens are rare (one per connection), so a
 /// small queue is plenty; callers wait when it is full.
@@ -58,6 +59,7 @@ impl Registry {
         durability: log::Durability,
         access: Access,
         grace: Duration,
+        sandboxes: Sandboxes,
     ) -> Registry {
         let (tx, rx) = mpsc::channel(REGISTRY_QUEUE);
         let settings = Settings {
@@ -65,6 +67,7 @@ impl Registry {
             durability,
             access,
             grace,
+            sandboxes,
         };
         tokio::spawn(run(Arc::new(Mutex::new(store)), hooks, settings, rx));
         Registry { tx }
@@ -114,6 +117,7 @@ struct Settings {
     durability: log::Durability,
     access: Access,
     grace: Duration,
+    sandboxes: Sandboxes,
 }
 
 async fn run(
@@ -136,9 +140,10 @@ async fn run(
                     continue;
                 }
                 let store = store.clone();
+                let sandboxes = settings.sandboxes.clone();
                 let opened = tokio::task::spawn_blocking({
                     let key = key.clone();
-                    move || open_vm(&store, key, output_budget, durability)
+                    move || open_vm(&store, key, output_budget, durability, &sandboxes)
                 })
                 .await
                 .map_err(|_| HostError::ShuttingDown)
@@ -157,15 +162,16 @@ async fn run(
                             settings.access.changes(),
                             settings.grace,
                         );
-                        let (vm, actor_done) = Vm::start(
-                            opened.id,
-                            key.clone(),
-                            opened.dir,
-                            opened.workspace,
-                            opened.log,
+                        let (vm, actor_done) = Vm::start(VmParts {
+                            id: opened.id,
+                            key: key.clone(),
+                            dir: opened.dir,
+                            workspace: opened.workspace,
+                            log: opened.log,
                             first_shell_id,
                             control,
-                        );
+                            sandbox: opened.sandbox,
+                        });
                         writers.push(opened.writer_done);
                         actors.push(actor_done);
                         hooks.attach(&vm);
@@ -235,34 +241,50 @@ struct Opened {
     workspace: Workspace,
     log: Log,
     writer_done: oneshot::Receiver<()>,
+    sandbox: Arc<VmSandbox>,
 }
 
-/// The blocking part of opening a VM: registry row, directories, log.
+/// The blocking part of opening a VM: registry row, directories, sandbox,
+/// log. Refused when VMs cannot be sandboxed (bubblewrap missing).
 fn open_vm(
     store: &Mutex<Store>,
     key: Key,
     output_budget: u64,
     durability: log::Durability,
+    sandboxes: &Sandboxes,
 ) -> Result<Opened, HostError> {
+    sandboxes.check()?;
     let (id, dir) = {
         let store = store.lock().map_err(|_| HostError::ShuttingDown)?;
         let id = store.vm_for_key(&key)?;
         (id, store.vm_dir(id)?)
     };
-    let workspace = Workspace::open(dir.join("workspace")).map_err(|source| {
+    let mut workspace = Workspace::open(dir.join("workspace")).map_err(|source| {
         HostError::Store(StoreError::CreateDir {
             path: dir.join("workspace"),
             source,
         })
     })?;
+    let name = key.parts().join("-");
+    let sandbox = sandboxes.open_vm(VmSpec {
+        id,
+        name: &name,
+        dir: &dir,
+        workspace: workspace.root(),
+    })?;
+    workspace.set_view(
+        sandbox.workspace_view().to_owned(),
+        sandbox.home_view().to_owned(),
+    );
     let (log, writer_done) = log::open_with(&dir.join("log.db"), output_budget, durability)?;
-    tracing::info!(vm = id, %key, head = log.head(), "VM opened");
+    tracing::info!(vm = id, %key, head = log.head(), hostname = sandbox.hostname(), "VM opened");
     Ok(Opened {
         id,
         dir,
         workspace,
         log,
         writer_done,
+        sandbox: Arc::new(sandbox),
     })
 }
 

@@ -40,6 +40,7 @@ use crate::process::{signal_group, ExitInfo, Tap};
 use crate::vm::VmError;
 use crate::vm::WeakVm;
 use crate::workspace::{Environment, Workspace};
+use ensemble_sandbox::VmSandbox;
 
 /// How long an agent has to answer `initialize` and `session/new`, unless
 /// the host is configured otherwise.
@@ -125,13 +126,16 @@ pub struct SessionStart {
     pub session_id: String,
     pub agent_type: String,
     pub agent: AgentCommand,
+    /// The VM's sandbox, which the agent runs in.
+    pub sandbox: Arc<VmSandbox>,
     pub env: Environment,
     pub workspace: Workspace,
     pub log: Log,
     /// For `terminal/*`: the agent's commands run as the VM's processes.
     pub vm: WeakVm,
     pub init_timeout: Duration,
-    /// The session's working directory, as sent in `session/new` or `session/load`.
+    /// The session's working directory, as sent in `session/new` or
+    /// `session/load` (in the VM's view: `/workspace` in a sandbox).
     pub cwd: PathBuf,
     /// Resume: the agent's session id to `session/load` instead of `session/new`.
     pub load: Option<String>,
@@ -267,7 +271,8 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         session_id,
         agent_type,
         agent,
-        env,
+        sandbox,
+        mut env,
         workspace,
         log,
         vm,
@@ -275,9 +280,21 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         cwd,
         load,
     } = start;
-    let mut child = tokio::process::Command::new(&agent.command)
-        .args(&agent.args)
-        .current_dir(workspace.root())
+    // The agent's own files (its package, its Node) are shown read-only.
+    let needs = sandbox.agent_paths(&agent.command, &agent.args);
+    if let Some(bin) = &needs.bin_dir {
+        env.prepend_path(bin);
+    }
+    let launch = sandbox.launch(
+        &agent.command,
+        &agent.args,
+        workspace.view(),
+        false,
+        &needs.read_only,
+    );
+    let mut child = tokio::process::Command::new(&launch.program)
+        .args(&launch.args)
+        .current_dir(&launch.cwd)
         .env_clear()
         .envs(env.vars())
         .stdin(Stdio::piped())
@@ -321,6 +338,7 @@ pub async fn start(start: SessionStart) -> Result<Started, VmError> {
         session_id: session_id.clone(),
         log: log.clone(),
         workspace,
+        sandbox,
         pending: pending.clone(),
         info: info.clone(),
         turn_text,
@@ -398,6 +416,8 @@ struct SessionTask {
     session_id: String,
     log: Log,
     workspace: Workspace,
+    /// To hand files the agent writes to the VM's uid.
+    sandbox: Arc<VmSandbox>,
     pending: Pending,
     info: Arc<Mutex<SessionInfo>>,
     /// The agent's message text of the current turn.
@@ -439,6 +459,15 @@ struct Terminal {
     pid: u32,
     tap: Tap,
     exit: watch::Receiver<Option<ExitInfo>>,
+}
+
+/// Kills an agent with everything it started: its sandbox's PID namespace
+/// (without a sandbox: its children), then the process.
+async fn end_agent(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        ensemble_sandbox::kill_sandbox(pid);
+    }
+    let _ = child.kill().await;
 }
 
 /// `terminal/output` keeps this much when the agent sets no limit.
@@ -550,7 +579,10 @@ impl SessionTask {
                     match on_write.workspace.resolve_file(&path, true) {
                         Ok(real) => match tokio::fs::write(&real, request.content.as_bytes()).await
                         {
-                            Ok(()) => responder.respond(WriteTextFileResponse::new()),
+                            Ok(()) => {
+                                on_write.sandbox.own(&real);
+                                responder.respond(WriteTextFileResponse::new())
+                            }
                             Err(e) => responder
                                 .respond_with_error(Error::internal_error().data(e.to_string())),
                         },
@@ -634,7 +666,7 @@ impl SessionTask {
                                 _cx| {
                         match task.terminal(&request.terminal_id.0) {
                             Ok(t) => {
-                                signal_group(t.pid, Signal::SIGKILL);
+                                ensemble_sandbox::kill_sandbox(t.pid);
                                 responder.respond(KillTerminalResponse::new())
                             }
                             Err(e) => responder.respond_with_error(e),
@@ -659,7 +691,7 @@ impl SessionTask {
                         match released {
                             Some(t) => {
                                 if t.exit.borrow().is_none() {
-                                    signal_group(t.pid, Signal::SIGKILL);
+                                    ensemble_sandbox::kill_sandbox(t.pid);
                                 }
                                 responder.respond(ReleaseTerminalResponse::new())
                             }
@@ -751,12 +783,12 @@ impl SessionTask {
                 })
             });
             let _ = ready.send(Err(error));
-            let _ = child.kill().await;
+            end_agent(&mut child).await;
             return;
         }
         self.cancel_pending();
         self.set_state("ended");
-        let _ = child.kill().await;
+        end_agent(&mut child).await;
         let exit_code =
             exit_code.or_else(|| child.try_wait().ok().flatten().and_then(|s| s.code()));
         self.log_json(
@@ -872,7 +904,8 @@ impl SessionTask {
     }
 
     /// `terminal/create`: the command runs as a VM process (logged with this
-    /// session's id), in the workspace, with the clean environment.
+    /// session's id), in the VM's sandbox and workspace, with the clean
+    /// environment; `cwd` is in the VM's view.
     async fn create_terminal(
         &self,
         request: CreateTerminalRequest,

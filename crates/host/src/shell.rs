@@ -24,6 +24,7 @@ use crate::process::{signal_group, ExitInfo};
 use crate::terminal::TerminalModel;
 use crate::vm::VmError;
 use crate::workspace::Environment;
+use ensemble_sandbox::VmSandbox;
 
 /// Largest terminal accepted, in columns and rows.
 pub const MAX_COLS: u16 = 1000;
@@ -80,6 +81,7 @@ struct Entry {
 /// The shells of one VM; owned by the VM actor.
 pub struct Shells {
     log: Log,
+    sandbox: Arc<VmSandbox>,
     /// Fired when the VM closes: output pumps stop even if the PTY stays open.
     cancel: CancellationToken,
     entries: HashMap<u32, Entry>,
@@ -123,9 +125,15 @@ pub fn check_size(cols: u16, rows: u16) -> Result<(), VmError> {
 impl Shells {
     /// `first_id` continues the ids of shells in the log, so an id is never
     /// reused across restarts.
-    pub fn new(log: Log, first_id: u32, cancel: CancellationToken) -> Shells {
+    pub fn new(
+        log: Log,
+        first_id: u32,
+        cancel: CancellationToken,
+        sandbox: Arc<VmSandbox>,
+    ) -> Shells {
         Shells {
             log,
+            sandbox,
             cancel,
             entries: HashMap::new(),
             next_id: first_id.max(1),
@@ -142,9 +150,22 @@ impl Shells {
                 pixel_height: 0,
             })
             .map_err(|e| VmError::Pty(format!("cannot open a PTY: {e}")))?;
-        let mut cmd = CommandBuilder::new(&opts.command);
-        cmd.args(&opts.args);
-        cmd.cwd(&opts.cwd);
+        if self.sandbox.isolated() {
+            self.sandbox
+                .check_command(&opts.command, opts.env.get("PATH"), &opts.cwd)
+                .map_err(|e| VmError::SpawnFailed {
+                    command: opts.command.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        // portable-pty makes the program a session leader with the PTY as
+        // its terminal; the sandbox keeps that session.
+        let launch = self
+            .sandbox
+            .launch(&opts.command, &opts.args, &opts.cwd, true, &[]);
+        let mut cmd = CommandBuilder::new(&launch.program);
+        cmd.args(&launch.args);
+        cmd.cwd(&launch.cwd);
         cmd.env_clear();
         for (k, v) in opts.env.vars() {
             cmd.env(k, v);
@@ -293,11 +314,21 @@ impl Shells {
         Ok(self.entry(shell_id)?.model.clone())
     }
 
-    /// Hangs up every running shell; used when the VM closes.
+    /// Kills every running shell's sandbox (its session and everything in
+    /// its PID namespace); used when the VM closes, when a hang-up's grace
+    /// period could outlast the host.
     pub fn close_all(&mut self) -> Vec<watch::Receiver<Option<ExitInfo>>> {
         let ids: Vec<u32> = self.entries.keys().copied().collect();
         ids.into_iter()
-            .filter_map(|id| self.close(id).ok())
+            .filter_map(|id| {
+                let entry = self.entry(id).ok()?;
+                if !entry.info.running || entry.info.pid == 0 {
+                    return None;
+                }
+                crate::process::signal_session(entry.info.pid, Signal::SIGKILL);
+                ensemble_sandbox::kill_sandbox(entry.info.pid);
+                Some(entry.exit.clone())
+            })
             .collect()
     }
 }

@@ -17,6 +17,7 @@ use crate::process::Processes;
 use crate::session::Sessions;
 use crate::shell::Shells;
 use crate::workspace::Workspace;
+use ensemble_sandbox::VmSandbox;
 
 /// Closures waiting for the VM actor. Each is short (no I/O waits), so a
 /// small queue keeps callers honest without stalling them.
@@ -105,6 +106,7 @@ struct VmInner {
     info: VmInfo,
     dir: PathBuf,
     workspace: Workspace,
+    sandbox: Arc<VmSandbox>,
     log: Log,
     control: Control,
     jobs: mpsc::Sender<Job>,
@@ -112,26 +114,45 @@ struct VmInner {
     closing: CancellationToken,
 }
 
+/// What a VM is made of, as the registry opened it.
+pub(crate) struct VmParts {
+    pub id: u64,
+    pub key: Key,
+    pub dir: PathBuf,
+    pub workspace: Workspace,
+    pub log: Log,
+    pub first_shell_id: u32,
+    pub control: Control,
+    pub sandbox: Arc<VmSandbox>,
+}
+
 impl Vm {
     /// Starts the VM's actor. `done` resolves once its processes and shells
     /// are gone after the last handle was dropped.
-    pub(crate) fn start(
-        id: u64,
-        key: Key,
-        dir: PathBuf,
-        workspace: Workspace,
-        log: Log,
-        first_shell_id: u32,
-        control: Control,
-    ) -> (Vm, oneshot::Receiver<()>) {
+    pub(crate) fn start(parts: VmParts) -> (Vm, oneshot::Receiver<()>) {
+        let VmParts {
+            id,
+            key,
+            dir,
+            workspace,
+            log,
+            first_shell_id,
+            control,
+            sandbox,
+        } = parts;
         let (jobs_tx, jobs_rx) = mpsc::channel(VM_QUEUE);
         let (done_tx, done_rx) = oneshot::channel();
         let cancel = CancellationToken::new();
         let state = VmState {
-            processes: Processes::new(log.clone(), cancel.clone()),
-            shells: Shells::new(log.clone(), first_shell_id, cancel.clone()),
+            processes: Processes::new(log.clone(), cancel.clone(), sandbox.clone()),
+            shells: Shells::new(log.clone(), first_shell_id, cancel.clone(), sandbox.clone()),
             sessions: Sessions::default(),
         };
+        tokio::spawn(crate::limits::watch(
+            sandbox.clone(),
+            log.clone(),
+            cancel.clone(),
+        ));
         let closing = CancellationToken::new();
         tokio::spawn(run(state, jobs_rx, closing.clone(), cancel, done_tx));
         let vm = Vm {
@@ -139,6 +160,7 @@ impl Vm {
                 info: VmInfo { id, key },
                 dir,
                 workspace,
+                sandbox,
                 log,
                 control,
                 jobs: jobs_tx,
@@ -170,6 +192,11 @@ impl Vm {
 
     pub fn workspace(&self) -> &Workspace {
         &self.inner.workspace
+    }
+
+    /// The sandbox its processes run in.
+    pub fn sandbox(&self) -> &Arc<VmSandbox> {
+        &self.inner.sandbox
     }
 
     pub fn log(&self) -> &Log {

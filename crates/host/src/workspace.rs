@@ -1,6 +1,11 @@
 //! A VM's workspace: the directory its processes and shells run in, the
 //! working directories allowed inside it, and the clean environment they get.
 //! The host's own environment never reaches them.
+//!
+//! Paths have two sides: the host's (where the files are) and the VM's view
+//! (what its sandboxed processes see: `/workspace/...`). Everything users
+//! and agents see or send is in the VM's view; without a sandbox both are
+//! the host's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,29 +18,77 @@ const MAX_ENV_VARS: usize = 256;
 #[derive(Debug, Clone)]
 pub struct Workspace {
     root: PathBuf,
+    /// The root as the VM's processes see it.
+    view: PathBuf,
+    /// `HOME` of the VM's processes, in their view.
+    home: PathBuf,
 }
 
 impl Workspace {
-    /// Creates the directory if missing.
+    /// Creates the directory if missing. Until [`Workspace::set_view`], the
+    /// VM's view is the host's and `HOME` is the workspace.
     pub fn open(root: PathBuf) -> std::io::Result<Workspace> {
         std::fs::create_dir_all(&root)?;
+        let root = root.canonicalize()?;
         Ok(Workspace {
-            root: root.canonicalize()?,
+            view: root.clone(),
+            home: root.clone(),
+            root,
         })
     }
 
+    /// Where the VM's processes see the workspace, and their `HOME`.
+    pub fn set_view(&mut self, view: PathBuf, home: PathBuf) {
+        self.view = view;
+        self.home = home;
+    }
+
+    /// The host's path of the workspace.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The workspace as the VM sees it (`/workspace` in a sandbox).
+    pub fn view(&self) -> &Path {
+        &self.view
+    }
+
+    /// A host path inside the workspace, as the VM sees it.
+    pub fn to_view(&self, host: &Path) -> PathBuf {
+        match host.strip_prefix(&self.root) {
+            Ok(rest) if rest.as_os_str().is_empty() => self.view.clone(),
+            Ok(rest) => self.view.join(rest),
+            Err(_) => host.to_owned(),
+        }
+    }
+
+    /// A path a user or agent sent, on the host: relative ones are taken
+    /// from the workspace root, absolute ones in the VM's view are mapped
+    /// (host paths inside the workspace, from logs of older hosts or of
+    /// runs without a sandbox, still work).
+    fn to_host(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() && !p.starts_with(&self.root) {
+            // The sandbox's view also when this host runs without one: a
+            // session created sandboxed resumes after `--isolation none`.
+            let views = [self.view.as_path(), Path::new(ensemble_sandbox::WORKSPACE)];
+            for view in views {
+                if let Ok(rest) = p.strip_prefix(view) {
+                    return self.root.join(rest);
+                }
+            }
+        }
+        self.root.join(p)
+    }
+
     /// Resolves a working directory: relative paths are taken from the
     /// workspace root; the result must exist, be a directory and lie inside
-    /// the workspace (after following symlinks).
+    /// the workspace (after following symlinks). Answers it in the VM's view.
     pub fn resolve_cwd(&self, cwd: Option<&str>) -> Result<PathBuf, VmError> {
         let Some(cwd) = cwd else {
-            return Ok(self.root.clone());
+            return Ok(self.view.clone());
         };
-        let joined = self.root.join(cwd);
+        let joined = self.to_host(cwd);
         let real = joined.canonicalize().map_err(|e| {
             VmError::InvalidArgs(format!("cwd {cwd:?} does not exist in the workspace ({e})"))
         })?;
@@ -49,14 +102,15 @@ impl Workspace {
                 "cwd {cwd:?} is not a directory"
             )));
         }
-        Ok(real)
+        Ok(self.to_view(&real))
     }
 
-    /// Resolves a file an agent reads or writes: absolute, or relative to the
-    /// workspace root; after following symlinks it must lie inside the
-    /// workspace. A file to write may not exist yet, but its directory must.
+    /// Resolves a file an agent reads or writes: absolute (in the VM's
+    /// view), or relative to the workspace root; after following symlinks it
+    /// must lie inside the workspace. A file to write may not exist yet, but
+    /// its directory must. Answers the host's path.
     pub fn resolve_file(&self, path: &str, for_write: bool) -> Result<PathBuf, VmError> {
-        let joined = self.root.join(path);
+        let joined = self.to_host(path);
         let outside = || VmError::Forbidden(format!("{path:?} is outside the VM's workspace"));
         let real = match joined.canonicalize() {
             Ok(real) => real,
@@ -92,7 +146,7 @@ impl Workspace {
             "PATH".to_owned(),
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
         );
-        vars.insert("HOME".to_owned(), self.root.display().to_string());
+        vars.insert("HOME".to_owned(), self.home.display().to_string());
         vars.insert("TERM".to_owned(), "xterm-256color".to_owned());
         vars.insert("LANG".to_owned(), "C.UTF-8".to_owned());
         vars.insert("SHELL".to_owned(), "/bin/bash".to_owned());
@@ -122,6 +176,19 @@ pub struct Environment {
 impl Environment {
     pub fn vars(&self) -> impl Iterator<Item = (&String, &String)> {
         self.vars.iter()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// Puts `dir` first on PATH (where an agent's own programs are).
+    pub fn prepend_path(&mut self, dir: &Path) {
+        let path = match self.vars.get("PATH") {
+            Some(old) if !old.is_empty() => format!("{}:{old}", dir.display()),
+            _ => dir.display().to_string(),
+        };
+        self.vars.insert("PATH".to_owned(), path);
     }
 }
 
@@ -172,6 +239,35 @@ mod tests {
         ] {
             assert!(ws.resolve_file(bad, write).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn paths_are_in_the_vms_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ws = Workspace::open(dir.path().join("ws")).unwrap();
+        ws.set_view("/workspace".into(), "/home/ensemble".into());
+        std::fs::create_dir(ws.root().join("sub")).unwrap();
+        std::fs::write(ws.root().join("sub/a.txt"), b"x").unwrap();
+        assert_eq!(ws.resolve_cwd(None).unwrap(), Path::new("/workspace"));
+        for cwd in ["sub", "/workspace/sub", "/workspace/sub/../sub"] {
+            assert_eq!(
+                ws.resolve_cwd(Some(cwd)).unwrap(),
+                Path::new("/workspace/sub"),
+                "{cwd}"
+            );
+        }
+        assert_eq!(
+            ws.resolve_file("/workspace/sub/a.txt", false).unwrap(),
+            ws.root().join("sub/a.txt")
+        );
+        for bad in ["/workspace/..", "/etc", "/home/ensemble"] {
+            assert!(ws.resolve_cwd(Some(bad)).is_err(), "{bad} accepted");
+        }
+        assert!(ws.resolve_file("/workspace/../log.db", false).is_err());
+        let env = ws.environment(&BTreeMap::new()).unwrap();
+        assert!(env
+            .vars()
+            .any(|(k, v)| k == "HOME" && v == "/home/ensemble"));
     }
 
     #[test]

@@ -172,6 +172,7 @@ pub const EVENTS: &[&str] = &[
     "controlChanged",
     "joinRequested",
     "joinResolved",
+    "sandboxLimit",
     "testEvent",
     "testBytes",
 ];

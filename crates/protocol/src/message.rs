@@ -71,6 +71,10 @@ pub enum ServerMessage {
         /// been pruned to keep the log within its budget; other events remain.
         output_from: u64,
         limits: Limits,
+        /// `bwrap`: the VM's processes run in a sandbox. `none`: the host
+        /// runs them without one (`--isolation none`); UIs warn everyone.
+        #[serde(default = "default_isolation")]
+        isolation: String,
         /// The participant this connection is.
         you: Participant,
         /// Everyone this VM has seen since it opened, with presence.
@@ -155,6 +159,10 @@ impl ErrorBody {
     }
 }
 
+fn default_isolation() -> String {
+    "bwrap".to_owned()
+}
+
 /// Every error code the host sends. docs/protocol.md has the same table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -212,6 +220,9 @@ pub enum ErrorCode {
     JoinDenied,
     /// Too many failed attempts from this address; wait and try again.
     RateLimited,
+    /// The host cannot sandbox VMs (bubblewrap is missing): it refuses to
+    /// open them; the message says how to install it.
+    SandboxUnavailable,
     /// The relay cannot reach the paired host (it is off, unreachable, or
     /// refused this install's token).
     PeerUnavailable,
@@ -255,6 +266,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::JoinDenied,
         ErrorCode::RateLimited,
+        ErrorCode::SandboxUnavailable,
         ErrorCode::PeerUnavailable,
         ErrorCode::FingerprintMismatch,
         ErrorCode::NoKeyring,
@@ -288,6 +300,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::JoinDenied => "join_denied",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::SandboxUnavailable => "sandbox_unavailable",
             ErrorCode::PeerUnavailable => "peer_unavailable",
             ErrorCode::FingerprintMismatch => "fingerprint_mismatch",
             ErrorCode::NoKeyring => "no_keyring",

@@ -43,6 +43,7 @@ const OVERRIDES: &[(&str, &str)] = &[
     ("VmInfo.key", "string[]"),
     ("Welcome.vm", "VmInfo"),
     ("Welcome.limits", "Limits"),
+    ("Welcome.isolation", "\"bwrap\" | \"none\""),
     ("ErrorMessage.error", "ErrorBody"),
 ];
 
@@ -156,6 +157,7 @@ fn server_shapes() -> Vec<Shape> {
         first: 1,
         output_from: 1,
         limits: Limits::default(),
+        isolation: "bwrap".into(),
         you: participant(),
         participants: vec![participant()],
         control: Some(person()),

@@ -63,6 +63,9 @@ export class VmConnection {
    * `status` is "denied"; or why the relay refused (`peer_unavailable`,
    * `fingerprint_mismatch`, …) once it is "refused". */
   deniedCode: string | null = $state(null);
+  /** `none`: the host runs this VM's processes without a sandbox
+   * (`ensemble serve --isolation none`); the page warns everyone. */
+  isolation: string = $state("bwrap");
   /** The host's message with `deniedCode`. */
   deniedMessage: string | null = $state(null);
   /** Events folded in, and events dropped because they were already in. */
@@ -217,6 +220,7 @@ export class VmConnection {
 
   #onWelcome(w: Welcome): void {
     this.#ready = true;
+    this.isolation = w.isolation ?? "bwrap";
     this.#welcomed = true;
     this.#attempt = 0;
     this.lastError = null;

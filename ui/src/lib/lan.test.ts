@@ -135,6 +135,7 @@ describe("join requests from another host", () => {
     first: 1,
     outputFrom: 1,
     limits: { maxMessageBytes: 1, maxPageLimit: 1 },
+    isolation: "bwrap",
     you: { id: "p1", name: "Alice", color: "#000000", role: "owner", connected: true, lastSeen: 0 },
     participants: [],
     control: null,

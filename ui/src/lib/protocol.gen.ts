@@ -129,6 +129,7 @@ export const EVENTS = [
   "controlChanged",
   "joinRequested",
   "joinResolved",
+  "sandboxLimit",
   "testEvent",
   "testBytes",
 ] as const;
@@ -167,6 +168,7 @@ export const ERROR_CODES = [
   "unauthorized",
   "join_denied",
   "rate_limited",
+  "sandbox_unavailable",
   "peer_unavailable",
   "fingerprint_mismatch",
   "no_keyring",
@@ -284,6 +286,7 @@ export interface Welcome {
   controlRequests: string[];
   first: number;
   head: number;
+  isolation: "bwrap" | "none";
   joinRequests?: JoinRequest[];
   limits: Limits;
   outputFrom: number;

@@ -98,6 +98,7 @@ function welcome(head: number, extra: Partial<Welcome> = {}): Welcome {
     first: 1,
     outputFrom: 1,
     limits: { maxMessageBytes: 1 << 20, maxPageLimit: 10000 },
+    isolation: "bwrap",
     ...extra,
   };
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{invalid, ok_null, to_json, ActionContext};
 use crate::log::NewEvent;
-use crate::process::{signal_group, StdinOp};
+use crate::process::StdinOp;
 use crate::session::SessionCommand;
 use crate::shell::ShellOptions;
 use crate::vm::{Vm, VmError};
@@ -78,6 +78,7 @@ async fn start_process(
     if command.is_empty() {
         return Err(invalid("command is empty"));
     }
+    // In the VM's view (/workspace/...), which is also what is logged.
     let cwd = vm.workspace().resolve_cwd(cwd.as_deref()).map_err(err)?;
     let env = vm.workspace().environment(&env).map_err(err)?;
     let (cmd, a) = (command.clone(), args.clone());
@@ -115,7 +116,7 @@ pub async fn exec(ctx: &ActionContext<'_>, args: Args) -> Result<String, ErrorBo
         .await
         .is_err();
     if timed_out {
-        signal_group(pid, Signal::SIGKILL);
+        ensemble_sandbox::kill_sandbox(pid);
         let _ = spawned.exit.wait_for(Option::is_some).await;
     }
     let exit = (*spawned.exit.borrow()).unwrap_or(crate::process::ExitInfo {
@@ -370,7 +371,7 @@ pub async fn create_session(ctx: &ActionContext<'_>, args: Args) -> Result<Strin
         crate::log::now_ms(),
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
-    let cwd = ctx.vm.workspace().root().to_owned();
+    let cwd = ctx.vm.workspace().view().to_owned();
     let start = session_start(ctx, session_id, agent_type, &opts.env, cwd.clone(), None)?;
     let started = crate::session::start(start).await.map_err(err)?;
     let info = started.info.clone();
@@ -419,11 +420,19 @@ fn session_start(
             known.join(", ")
         )));
     };
-    let agent = agent.for_vm(&agent_type, ctx.vm.dir()).map_err(err)?;
+    let sandbox = ctx.vm.sandbox().clone();
+    let agent = agent
+        .for_vm(&agent_type, |name| {
+            sandbox
+                .agent_state(name)
+                .map_err(|e| VmError::Internal(e.to_string()))
+        })
+        .map_err(err)?;
     Ok(crate::session::SessionStart {
         session_id,
         agent_type,
         agent,
+        sandbox,
         env: ctx.vm.workspace().environment(env).map_err(err)?,
         workspace: ctx.vm.workspace().clone(),
         log: ctx.vm.log().clone(),
