@@ -219,7 +219,7 @@ async fn stalled_late_joiners_cost_bounded_memory() {
     drop(stalled);
 }
 
-/// Issue 12 (1): a member may have at most 16 connections open at once; the
+/// Issue 12 (1): a member may have at most 32 connections open at once; the
 /// owner is not capped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_member_are_capped() {
@@ -228,7 +228,7 @@ async fn connections_per_member_are_capped() {
     let owner = open(&host, json!(["cap"]), None).await;
     let token = member_token(&host, &owner, json!(["cap"]), "viewer", "Max").await;
     let mut open_ones = Vec::new();
-    for _ in 0..16 {
+    for _ in 0..32 {
         let mut raw = Raw::connect(&host).await;
         raw.token = Some(token.clone());
         assert_eq!(raw.hello(json!(["cap"])).await["type"], "welcome");

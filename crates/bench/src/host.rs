@@ -45,6 +45,11 @@ pub trait Target {
     /// The data directory of the host whose VMs this reaches (files a shell
     /// should see go into a VM's workspace there).
     fn data_dir(&self) -> &Path;
+    /// The VM a run opens, given the one it would choose: a member reached
+    /// through a relay may open only the VM it was invited to.
+    fn key<'a>(&'a self, own: &'a str) -> &'a str {
+        own
+    }
     fn cpu_secs(&self) -> f64 {
         cpu_secs(&format!("/proc/{}/stat", self.pid()))
     }

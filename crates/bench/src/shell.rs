@@ -355,13 +355,14 @@ pub async fn measure(
 /// first one opens a shell that `cat`s the file; each checks every byte.
 pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Result<TputRun> {
     const KEY: &str = "bench-shell";
+    let key = host.key(KEY);
     let url = host.ws_url();
     let token = host.token();
     let mut conns = Vec::with_capacity(clients);
     let mut workspace = None;
     for i in 0..clients {
         let mut ws = client::connect(&url).await?;
-        let welcome = client::hello_welcome(&mut ws, KEY, token).await?;
+        let welcome = client::hello_welcome(&mut ws, key, token).await?;
         if i == 0 {
             // The first client opens the shell.
             client::take_control(&mut ws).await?;
@@ -616,15 +617,16 @@ async fn observe(
 /// A driver connection opens the shell and types; 20 observers follow it.
 pub async fn echo_run(host: &impl Target, kind: EchoKind, keystrokes: usize) -> Result<Echo> {
     const KEY: &str = "bench-echo";
+    let key = host.key(KEY);
     let url = host.ws_url();
     let token = host.token();
     let mut driver = client::connect(&url).await?;
-    client::hello(&mut driver, KEY, token).await?;
+    client::hello(&mut driver, key, token).await?;
     client::take_control(&mut driver).await?;
     let mut observers = Vec::with_capacity(ECHO_OBSERVERS);
     for _ in 0..ECHO_OBSERVERS {
         let mut ws = client::connect(&url).await?;
-        client::hello(&mut ws, KEY, token).await?;
+        client::hello(&mut ws, key, token).await?;
         client::subscribe_to(&mut ws, &["shellData"]).await?;
         client::caught_up(&mut ws).await?;
         observers.push(ws);

@@ -63,8 +63,10 @@ const LIVE_BATCH: usize = 512;
 
 /// Open connections one member (not the owner) may have at once: a UI
 /// opens one per VM it shows, so this is many tabs' worth, and it bounds
-/// what one member's connections can cost the host.
-pub const MAX_MEMBER_CONNECTIONS: usize = 16;
+/// what one member's connections can cost the host. As many as one address
+/// may open: a teammate's host relays all of its owner's connections as
+/// one member, from one address.
+pub const MAX_MEMBER_CONNECTIONS: usize = 32;
 
 /// Open WebSocket connections from one address other than the loopback
 /// (where every local client, the owner's included, shares 127.0.0.1).
