@@ -19,61 +19,16 @@
 //   * an exited shell's tab can be closed; at 800 px the participants fold
 //
 // Screenshots go to target/ui-test-output/follow-*.png.
-import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { STEP_TIMEOUT_MS, count, live, outDir, screen, startHost, tab, transcript, waitFor } from "./harness.mjs";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const bin = process.env.ENSEMBLE_BIN ?? join(root, "target/debug/ensemble");
-const outDir = join(root, "target/ui-test-output");
 const KEY = "follow";
-const STEP_TIMEOUT_MS = 60_000;
 
-function startHost(dataDir) {
-  const child = spawn(bin, ["serve", "--bind", "127.0.0.1:0", "--data-dir", dataDir], { stdio: ["ignore", "pipe", "inherit"] });
-  return new Promise((resolvePromise, reject) => {
-    const lines = createInterface({ input: child.stdout });
-    const timer = setTimeout(() => reject(new Error("host did not start in time")), STEP_TIMEOUT_MS);
-    child.once("exit", (code) => reject(new Error(`host exited with ${code}`)));
-    lines.once("line", (line) => {
-      clearTimeout(timer);
-      const m = /ws:\/\/([^/\s]+)\//.exec(line);
-      if (!m) return reject(new Error(`unexpected first line: ${line}`));
-      resolvePromise({ child, base: `http://${m[1]}` });
-    });
-  });
-}
 
-async function waitFor(what, f) {
-  const deadline = Date.now() + STEP_TIMEOUT_MS;
-  let last;
-  while (Date.now() < deadline) {
-    try {
-      last = await f();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what} (last: ${last})`);
-}
 
-async function rows(locator) {
-  const text = await locator.innerText();
-  const lines = text.replace(/\u00a0/g, " ").split("\n").map((l) => l.trimEnd());
-  while (lines.length > 0 && lines[lines.length - 1] === "") lines.pop();
-  return lines.join("\n");
-}
-const screen = (page) => rows(page.locator(".shell .xterm-rows"));
-const count = (text, word) => text.split(word).length - 1;
-const live = (page) => waitFor("the page to be live", async () => (await page.locator("[data-status]").getAttribute("data-status")) === "live");
-const tab = (page, name) => page.getByRole("tab", { name }).click();
-const transcript = (page) => page.locator(".session .transcript").innerText();
 /** Where the focus is: "xterm" inside a terminal, else a short description. */
 const focusIn = (page) =>
   page.evaluate(() => {

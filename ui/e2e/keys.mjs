@@ -9,37 +9,20 @@
 // the scripted agent, saves a key from the page, starts a session with "Use
 // saved key", and the agent says ANTHROPIC_API_KEY is set; then forgets it.
 // Screenshots go to target/ui-test-output/keys-*.png.
-import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
+import { dirname, join } from "node:path";
 import { chromium } from "playwright-core";
+import { bin, outDir, startHost as startServe } from "./harness.mjs";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const bin = process.env.ENSEMBLE_BIN ?? join(root, "target/debug/ensemble");
-const outDir = join(root, "target/ui-test-output");
 const TIMEOUT_MS = 60_000;
 const SECRET = "sk-ant-e2e-key-never-shown-5150";
 
-function startHost(dataDir, extraArgs, env) {
-  const child = spawn(bin, ["serve", "--bind", "127.0.0.1:0", "--data-dir", dataDir, ...extraArgs], {
-    stdio: ["ignore", "pipe", "inherit"],
-    env: { ...process.env, ...env },
-  });
-  return new Promise((resolvePromise, reject) => {
-    const lines = createInterface({ input: child.stdout });
-    const timer = setTimeout(() => reject(new Error("host did not start in time")), TIMEOUT_MS);
-    child.once("exit", (code) => reject(new Error(`host exited with ${code}`)));
-    lines.once("line", (line) => {
-      clearTimeout(timer);
-      const m = /ws:\/\/([^/\s]+)\//.exec(line);
-      if (!m) return reject(new Error(`unexpected first line: ${line}`));
-      const token = readFileSync(join(dataDir, "owner-token"), "utf8").trim();
-      resolvePromise({ child, url: `http://${m[1]}/?key=keys#token=${encodeURIComponent(token)}` });
-    });
-  });
+/** A host for VM "keys"; resolves with the page URL that signs in as its owner. */
+async function startHost(dataDir, extraArgs, env) {
+  const { child, base } = await startServe(dataDir, extraArgs, { env });
+  const token = readFileSync(join(dataDir, "owner-token"), "utf8").trim();
+  return { child, url: `${base}/?key=keys#token=${encodeURIComponent(token)}` };
 }
 
 function check(cond, what) {

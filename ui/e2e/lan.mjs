@@ -23,19 +23,12 @@
 //
 // Run by `make browser` after the UI build and `cargo build`.
 // ENSEMBLE_BIN overrides the binary (default target/debug/ensemble).
-import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { STEP_TIMEOUT_MS, count, outDir, screen, startHost as startServe, status, waitFor } from "./harness.mjs";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const bin = process.env.ENSEMBLE_BIN ?? join(root, "target/debug/ensemble");
-const outDir = join(root, "target/ui-test-output");
-// Generous: the machine is shared and the host is a debug build.
-const STEP_TIMEOUT_MS = 60_000;
 /** The user story's promise: a shared host is listed within 2 s. */
 const DISCOVERY_MS = 2000;
 
@@ -48,57 +41,13 @@ const DISCOVERY_MS = 2000;
  * @param {{bind?: string, lanBind?: string, extra?: string[]}} [options]
  */
 function startHost(dataDir, name, share, { bind = "127.0.0.1:0", lanBind = "127.0.0.1:0", extra = [] } = {}) {
-  const args = ["serve", "--bind", bind, "--data-dir", dataDir];
-  args.push("--lan-bind", lanBind, "--mdns-interfaces", "lo", "--lan-name", name);
+  const args = ["--bind", bind, "--lan-bind", lanBind, "--mdns-interfaces", "lo", "--lan-name", name];
   if (share) args.push("--lan");
-  args.push(...extra);
-  const child = spawn(bin, args, { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" } });
-  return new Promise((resolvePromise, reject) => {
-    const lines = createInterface({ input: child.stdout });
-    const timer = setTimeout(() => reject(new Error(`host ${name} did not start in time`)), STEP_TIMEOUT_MS);
-    child.once("exit", (code) => reject(new Error(`host ${name} exited with ${code}`)));
-    lines.once("line", (line) => {
-      clearTimeout(timer);
-      const m = /ws:\/\/([^/\s]+)\//.exec(line);
-      if (!m) return reject(new Error(`unexpected first line: ${line}`));
-      resolvePromise({ child, base: `http://${m[1]}` });
-    });
-  });
+  return startServe(dataDir, [...args, ...extra], { env: { RUST_LOG: process.env.RUST_LOG ?? "warn" }, label: `host ${name}` });
 }
 
-/** Visible rows of a terminal, trailing blanks dropped. */
-async function rows(locator) {
-  const text = await locator.innerText();
-  const lines = text.replace(/\u00a0/g, " ").split("\n").map((l) => l.trimEnd());
-  while (lines.length > 0 && lines[lines.length - 1] === "") lines.pop();
-  return lines.join("\n");
-}
-const screen = (page) => rows(page.locator(".shell .xterm-rows"));
-const count = (text, word) => text.split(word).length - 1;
 
-async function waitFor(what, f, timeout = STEP_TIMEOUT_MS) {
-  const deadline = Date.now() + timeout;
-  let last;
-  while (Date.now() < deadline) {
-    try {
-      last = await f();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what} (last: ${last})`);
-}
 
-async function status(page) {
-  const el = page.locator("[data-status]");
-  return {
-    status: await el.getAttribute("data-status"),
-    lastSeq: Number(await el.getAttribute("data-last-seq")),
-    duplicates: Number(await el.getAttribute("data-duplicates")),
-  };
-}
 const live = (page) => waitFor("the page to be live", async () => (await page.locator("[data-status]").getAttribute("data-status")) === "live");
 
 async function holder(page) {
