@@ -577,31 +577,9 @@ async fn pump<R: AsyncRead + Unpin + Send + 'static>(
 /// Signals every process of a session: a PTY shell leads its own, and its
 /// jobs may sit in other process groups of it. Reads /proc.
 pub fn signal_session(sid: u32, signal: Signal) {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // The fields after the command name, which is in parentheses and
-        // may hold spaces: state, ppid, pgrp, session, ...
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if rest
-            .split_whitespace()
-            .nth(3)
-            .and_then(|s| s.parse::<u32>().ok())
-            == Some(sid)
-        {
+    for (pid, fields) in ensemble_sandbox::proc_stats() {
+        // state, ppid, pgrp, session, ...
+        if fields.get(3).and_then(|s| s.parse::<u32>().ok()) == Some(sid) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
         }
     }

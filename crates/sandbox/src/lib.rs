@@ -362,14 +362,16 @@ pub fn end_sandbox(pid: u32, signal: nix::sys::signal::Signal) {
     }
 }
 
-/// The processes whose parent is `pid`, from /proc.
-fn children_of(pid: i32) -> Vec<i32> {
+/// Every process of the machine with the fields of its /proc stat after the
+/// command name (which is in parentheses and may hold spaces): state, ppid,
+/// pgrp, session, ...
+pub fn proc_stats() -> Vec<(i32, Vec<String>)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for entry in dir.flatten() {
-        let Some(child) = entry
+        let Some(pid) = entry
             .file_name()
             .to_str()
             .and_then(|s| s.parse::<i32>().ok())
@@ -379,16 +381,20 @@ fn children_of(pid: i32) -> Vec<i32> {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        // After the command name in parentheses: state, ppid, ...
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            out.push(child);
+        if let Some((_, rest)) = stat.rsplit_once(')') {
+            out.push((pid, rest.split_whitespace().map(str::to_owned).collect()));
         }
     }
     out
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    proc_stats()
+        .into_iter()
+        .filter(|(_, f)| f.get(1).and_then(|p| p.parse::<i32>().ok()) == Some(pid))
+        .map(|(child, _)| child)
+        .collect()
 }
 
 /// A short name for a data directory, so that two hosts with different
