@@ -9,13 +9,16 @@
 //! anchor script. docs/benchmarks.md records the figures.
 #![forbid(unsafe_code)]
 
+mod agentos;
 mod client;
 mod host;
 mod lan;
+mod process;
 mod reference;
 mod sandbox;
 mod session;
 mod shell;
+mod stages;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -44,9 +47,14 @@ const TARGET_DELIVERIES_50: f64 = 1_000_000.0;
 const TARGET_CATCH_UP_SECS: f64 = 2.0;
 
 /// The sections, in the order they run; `--only` picks some.
-const SECTIONS: [&str; 9] = [
-    "fanout", "catchup", "tcp", "shell", "echo", "latejoin", "session", "lan", "sandbox",
+const SECTIONS: [&str; 11] = [
+    "fanout", "catchup", "tcp", "shell", "echo", "latejoin", "process", "session", "lan",
+    "sandbox", "agentos",
 ];
+
+/// Sections that run only when `--only` names them: agentOS installs
+/// ~600 MB from the npm registry the first time.
+const OPT_IN: [&str; 1] = ["agentos"];
 
 const HELP: &str = "\
 ensemble-bench: performance figures of the Ensemble host (fan-out, catch-up,
@@ -64,6 +72,8 @@ Sections (all by default):
              byte checked; host memory; reference: raw PTY and tmux (anchors.py pty,tmux)
   echo       keystroke echo to 20 observers, p50/p99; reference: anchors.py lat
   latejoin   a fresh connection's snapshot after 1 GiB of shell output
+  process    spawn of a cat of the 256 MiB file, its stdout to 1 and 20 clients,
+             every byte checked; reference: the same cat into a pipe read by the bench
   lan        two hosts on 127.0.0.1, mDNS on lo: time to appear nearby, Join ->
              first relayed byte, removal after quit and kill -9; cat to 1 and 10
              clients and echo p50/p99, relayed against direct
@@ -71,9 +81,14 @@ Sections (all by default):
              events/s logged, deliveries/s, order, agent write -> receipt p50/p99
   sandbox    without (--isolation none) and with the VM sandbox: cat of the
              256 MiB file to 20 clients, echo p99, `exec true` p50/p99
+  agentos    (only with --only) one process printing 22.7 MB to 1, 3 and 10
+             clients on Ensemble and on Rivet agentOS, one after the other: MB/s
+             per client, bytes delivered, server RSS. Installs agentOS from the
+             npm registry into target/agentos the first time (~600 MB, ~3 min;
+             ENSEMBLE_AGENTOS_DIR moves it); needs 127.0.0.1:6420 free
 
 Options:
-  --only LIST         comma-separated sections to run (default: all)
+  --only LIST         comma-separated sections to run (default: all but agentos)
   --host PATH         the ensemble binary to measure (default: next to this one)
   --emit-count N      events per emit call in the fan-out runs (1..10000, default 10000);
                       above 1000, a 50-client run with calls of 1000 is added
@@ -85,7 +100,8 @@ Options:
   --keystrokes N      timed keystrokes per echo run (default 2000)
   --late-join-bytes N random bytes base64-encoded through the late-join shell
                       (default 805306368: 1 GiB of output)
-  --anchors PATH      the reference script (default /work/shared/bench/anchors.py)
+  --anchors PATH      the reference script (default ../shared/bench/anchors.py from
+                      the repository's root)
   --quick-reference   run the terminal references (pty, tmux, lat) with --quick
   --no-reference      skip every reference
   -h, --help          this text
@@ -122,9 +138,13 @@ fn parse_args() -> Result<Options> {
         runs: 3,
         events: 200_000,
         catch_up_events: 1_000_000,
-        anchors: Some(PathBuf::from(reference::DEFAULT_ANCHORS)),
+        anchors: Some(reference::default_anchors()),
         quick_reference: false,
-        sections: SECTIONS.iter().map(|s| s.to_string()).collect(),
+        sections: SECTIONS
+            .iter()
+            .filter(|s| !OPT_IN.contains(s))
+            .map(|s| s.to_string())
+            .collect(),
         shell_lines: shell::FILE_LINES,
         keystrokes: 2000,
         late_join_bytes: 805_306_368,
@@ -213,6 +233,11 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    let process_figures = if opts.runs("process") {
+        Some(runtime.block_on(process::measure(&opts))?)
+    } else {
+        None
+    };
     let session_figures = if opts.runs("session") {
         Some(runtime.block_on(session::measure(&opts.host_bin))?)
     } else {
@@ -225,6 +250,11 @@ fn main() -> Result<()> {
     };
     let sandbox_figures = if opts.runs("sandbox") {
         Some(runtime.block_on(sandbox::measure(&opts))?)
+    } else {
+        None
+    };
+    let agentos_figures = if opts.runs("agentos") {
+        Some(runtime.block_on(agentos::measure(&opts))?)
     } else {
         None
     };
@@ -266,8 +296,14 @@ fn main() -> Result<()> {
         tcp.as_ref(),
         terminal.as_ref(),
     );
+    if let Some(f) = &process_figures {
+        process::summary(f);
+    }
     if let Some(f) = &lan_figures {
         lan::summary(f);
+    }
+    if let Some(f) = &agentos_figures {
+        agentos::summary(f);
     }
     println!("\n# total {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -759,10 +795,13 @@ fn print_table(
     if let Some(sb) = sb {
         sandbox::table_rows(&mut t, sb);
     }
-    println!(
-        "\n== summary: medians of the runs (ratio: how far from the target, >= 1.00 meets it)"
-    );
-    t.print();
+    // Sections with a summary of their own (process, lan, agentos) add no rows.
+    if !t.rows.is_empty() {
+        println!(
+            "\n== summary: medians of the runs (ratio: how far from the target, >= 1.00 meets it)"
+        );
+        t.print();
+    }
     let met = |ok: bool| if ok { "met" } else { "MISSED" };
     let mut targets: Vec<String> = Vec::new();
     if let Some(h) = h {

@@ -11,8 +11,12 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-/// Where the anchor script lives unless `--anchors PATH` says otherwise.
-pub const DEFAULT_ANCHORS: &str = "/work/shared/bench/anchors.py";
+/// Where the anchor script lives unless `--anchors PATH` says otherwise:
+/// `../shared/bench/anchors.py` from the repository's root, whichever
+/// checkout this bench was built in.
+pub fn default_anchors() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/bench/anchors.py")
+}
 
 /// One figure line of the script: `<name>  min median max  unit  n=.. (..)`.
 #[derive(Debug, Clone)]

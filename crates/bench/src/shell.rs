@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::client::{self, Incoming, Ws, SHELL_DATA};
 use crate::host::{HostProcess, Memory, RssSampler, RssStats, Target};
 use crate::reference::TerminalReference;
+use crate::stages::{LogStats, Stages};
 use crate::{int, kib, Table};
 
 /// The file anchors.py `cat`s: lines of 100 base64 characters and `\n`,
@@ -140,6 +141,10 @@ impl CatFile {
         })
     }
 
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     pub fn stream_bytes(&self) -> u64 {
         self.expected.len() as u64
     }
@@ -161,6 +166,8 @@ pub struct TputRun {
     /// How long the host stayed busy after the last byte reached the
     /// slowest client (its terminal model finishing the output).
     pub busy_after_secs: f64,
+    /// The log's stages in the run, when the host reports them.
+    pub stages: Option<Stages>,
 }
 
 /// The runs of one client count; the table shows the median run.
@@ -300,6 +307,9 @@ pub async fn measure(
                     run.rss.peak_threads,
                     run.busy_after_secs
                 );
+                if let Some(stages) = &run.stages {
+                    println!("      {stages}");
+                }
                 runs.push(run);
             }
             configs.push(Tput { clients, runs });
@@ -381,6 +391,7 @@ pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Res
     for ws in conns {
         tasks.push(tokio::spawn(receive_cat(ws, file.expected.clone(), None)));
     }
+    let log0 = LogStats::read(host, key).await;
     let sampler = RssSampler::start(host.pid());
     let (host_cpu0, bench_cpu0) = (host.cpu_secs(), crate::bench_cpu_secs());
     let t0 = Instant::now();
@@ -415,6 +426,10 @@ pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Res
         crate::bench_cpu_secs() - bench_cpu0,
     );
     let rss = sampler.finish()?;
+    let log = match (log0, LogStats::read(host, key).await) {
+        (Some(a), Some(b)) => Some(b.since(&a)),
+        _ => None,
+    };
     let opened = received[0].opened.context("no openShell result")?;
     if let Some(r) = received.iter().find(|r| r.shell_id != opened) {
         bail!(
@@ -440,6 +455,7 @@ pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Res
         bench_cores: bench_cpu / slowest,
         rss,
         busy_after_secs: 0.0,
+        stages: log.map(|log| Stages { log, secs: slowest }),
     })
 }
 

@@ -99,7 +99,8 @@ struct ServeArgs {
     /// after it or the host restarts.
     #[arg(long, requires = "hook_command")]
     hook_ack: bool,
-    /// Enable the test action `emit`, which appends arbitrary test events.
+    /// Enable the test actions `emit`, which appends arbitrary test events,
+    /// and `getLogStats`, which reports what the log spent its time on.
     #[arg(long)]
     test_actions: bool,
     /// Disconnect a client whose socket accepts nothing for this many seconds

@@ -82,6 +82,7 @@ pub const ACTIONS: &[&str] = &[
     "saveAgentKey",
     "forgetAgentKey",
     "emit",
+    "getLogStats",
     "takeControl",
     "requestControl",
     "grantControl",

@@ -42,6 +42,7 @@ export const ACTIONS = [
   "saveAgentKey",
   "forgetAgentKey",
   "emit",
+  "getLogStats",
   "takeControl",
   "requestControl",
   "grantControl",

@@ -119,6 +119,11 @@ pub async fn call(ctx: &ActionContext<'_>, name: &str, args: Value) -> Result<St
             ErrorCode::Disabled,
             "emit is a test action; start the host with --test-actions to use it",
         )),
+        "getLogStats" if ctx.test_actions => log_stats(ctx.vm, args),
+        "getLogStats" => Err(ErrorBody::new(
+            ErrorCode::Disabled,
+            "getLogStats is a test action; start the host with --test-actions to use it",
+        )),
         other => Err(ErrorBody::new(
             ErrorCode::UnknownAction,
             format!("unknown action {other:?}"),
@@ -302,6 +307,25 @@ fn default_emit_name() -> String {
 
 fn one() -> u32 {
     1
+}
+
+/// Test action `getLogStats()`: what the VM's log writer and checkpoint
+/// thread spent their time on since the log was opened.
+fn log_stats(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
+    args.at_most("getLogStats", 0).map_err(invalid)?;
+    let c = vm.log().counters();
+    let get = |v: &std::sync::atomic::AtomicU64| v.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(serde_json::json!({
+        "commits": get(&c.commits),
+        "events": get(&c.events),
+        "outputBytes": get(&c.output_bytes),
+        "commitUs": get(&c.commit_us),
+        "checkpoints": get(&c.checkpoints),
+        "checkpointUs": get(&c.checkpoint_us),
+        "prunes": get(&c.prunes),
+        "pruneUs": get(&c.prune_us),
+    })
+    .to_string())
 }
 
 /// Test action `emit({name, data, count, sessionId, bytes, id})`: appends

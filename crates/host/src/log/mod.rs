@@ -16,6 +16,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::value::RawValue;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+mod writer;
+
+pub use writer::Counters;
+use writer::{Checkpointer, Writer};
+
 /// Most events one transaction commits. Bigger batches amortise the commit
 /// (an fsync-free WAL append with `synchronous=NORMAL`) but delay the first
 /// delivery of the batch; at 1024 small events a commit takes about a
@@ -32,6 +37,11 @@ const APPEND_QUEUE: usize = 8192;
 /// 1024 output chunks of 64 KiB, 64 MiB, under a flood of shell output. At
 /// 20k small events/s it is about 50 ms of slack.
 const BROADCAST_CAPACITY: usize = 1024;
+
+/// Reads of any log (catch-up pages, history, snapshots) running at once,
+/// host-wide: on two cores more would only wait for a CPU, holding a thread
+/// and its memory meanwhile.
+static READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// Idle read-only connections kept per VM for catch-up and history reads.
 const MAX_IDLE_READERS: usize = 4;
@@ -130,6 +140,7 @@ struct Inner {
     readers: ReaderPool,
     /// Bytes of output the log keeps (pruning starts beyond).
     output_budget: u64,
+    counters: Arc<Counters>,
 }
 
 /// Readers that must not lose output they have not read yet (terminal
@@ -207,6 +218,7 @@ pub fn open_with(
          PRAGMA journal_mode=WAL;
          PRAGMA journal_size_limit=8388608;
          PRAGMA synchronous=NORMAL;
+         PRAGMA wal_autocheckpoint=0;
          PRAGMA busy_timeout=5000;
          CREATE TABLE IF NOT EXISTS events(
              seq INTEGER PRIMARY KEY,
@@ -270,6 +282,8 @@ pub fn open_with(
     let (events_tx, _) = broadcast::channel(BROADCAST_CAPACITY);
     let head = Arc::new(AtomicU64::new(head));
     let (done_tx, done_rx) = oneshot::channel();
+    let counters = Arc::new(Counters::default());
+    let checkpointer = Checkpointer::start(path, counters.clone())?;
     let writer = Writer {
         conn,
         next_seq: head.load(Ordering::Relaxed) + 1,
@@ -281,6 +295,9 @@ pub fn open_with(
         output_from: output_from.clone(),
         pins: pins.clone(),
         held_back: held_back.clone(),
+        counters: counters.clone(),
+        checkpointer,
+        unchecked: 0,
     };
     std::thread::Builder::new()
         .name("ensemble-log".into())
@@ -303,6 +320,7 @@ pub fn open_with(
                 idle: Mutex::new(Vec::new()),
             },
             output_budget,
+            counters,
         }),
     };
     Ok((log, done_rx))
@@ -334,6 +352,11 @@ impl Log {
             })
             .await
             .map_err(|_| LogError::Closed)
+    }
+
+    /// What the writer and the checkpoint thread spent their time on.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
     }
 
     /// The last durable seq (0 for an empty log).
@@ -436,6 +459,11 @@ impl Log {
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, rusqlite::Error> + Send + 'static,
     {
+        // Waits its turn (fairly, first come first served): many
+        // subscribers catching up at once would otherwise each hold a
+        // blocking thread, and glibc gives busy threads malloc arenas of
+        // their own that keep their memory after the reads end.
+        let _permit = READS.acquire().await.map_err(|_| LogError::Closed)?;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.readers.with(f))
             .await
@@ -692,230 +720,6 @@ impl ReaderPool {
             }
         }
         Ok(result?)
-    }
-}
-
-struct Writer {
-    conn: Connection,
-    next_seq: u64,
-    session_seqs: HashMap<String, u64>,
-    head: Arc<AtomicU64>,
-    events_tx: broadcast::Sender<Arc<LoggedEvent>>,
-    /// Bytes of binary events in the log, against `output_budget`.
-    output_bytes: u64,
-    output_budget: u64,
-    output_from: Arc<AtomicU64>,
-    pins: Pins,
-    held_back: Arc<AtomicBool>,
-}
-
-impl Writer {
-    fn run(mut self, mut append_rx: mpsc::Receiver<Append>) {
-        let mut batch = Vec::new();
-        while let Some(first) = append_rx.blocking_recv() {
-            let mut events = first.events.len();
-            batch.push(first);
-            while events < MAX_BATCH {
-                match append_rx.try_recv() {
-                    Ok(next) => {
-                        events += next.events.len();
-                        batch.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.commit(&mut batch);
-        }
-    }
-
-    fn commit(&mut self, batch: &mut Vec<Append>) {
-        let start_seq = self.next_seq;
-        let saved_sessions: Vec<(String, Option<u64>)> = batch
-            .iter()
-            .flat_map(|a| a.events.iter())
-            .filter_map(|e| match e {
-                NewEvent::Session { session_id, .. } => Some((
-                    session_id.clone(),
-                    self.session_seqs.get(session_id).copied(),
-                )),
-                _ => None,
-            })
-            .collect();
-        let mut logged = Vec::new();
-        let mut replies: Vec<(Reply, u64)> = Vec::with_capacity(batch.len());
-        let result = (|| -> Result<(), rusqlite::Error> {
-            let tx = self.conn.transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO events(seq, ts, name, session_id, session_seq, kind, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?;
-                let ts = now_ms();
-                for append in batch.drain(..) {
-                    for event in append.events {
-                        let seq = self.next_seq;
-                        self.next_seq += 1;
-                        let (name, session, kind, frame) =
-                            encode(&mut self.session_seqs, seq, ts, event);
-                        let body: &[u8] = match &frame {
-                            Frame::Text(b) => b,
-                            Frame::Binary(b) => {
-                                self.output_bytes += b.len() as u64;
-                                b
-                            }
-                        };
-                        insert.execute(params![
-                            seq as i64,
-                            ts as i64,
-                            name,
-                            session.as_ref().map(|s| s.0.as_str()),
-                            session.as_ref().map(|s| s.1 as i64),
-                            kind,
-                            body
-                        ])?;
-                        logged.push(Arc::new(LoggedEvent {
-                            seq,
-                            ts,
-                            name,
-                            frame,
-                        }));
-                    }
-                    replies.push((append.reply, self.next_seq - 1));
-                }
-            }
-            tx.commit()
-        })();
-        match result {
-            Ok(()) => {
-                self.head.store(self.next_seq - 1, Ordering::Release);
-                for event in logged {
-                    // No subscriber is fine: the event is in the log.
-                    let _ = self.events_tx.send(event);
-                }
-                for (reply, last) in replies {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(last));
-                    }
-                }
-                if self.output_bytes > self.output_budget {
-                    if let Err(e) = self.prune() {
-                        tracing::error!(error = %e, "pruning old output failed; the log grows past its budget");
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "event log commit failed; the batch is refused");
-                self.next_seq = start_seq;
-                for (id, n) in saved_sessions {
-                    match n {
-                        Some(n) => self.session_seqs.insert(id, n),
-                        None => self.session_seqs.remove(&id),
-                    };
-                }
-                let e = Arc::new(LogError::Sqlite(e));
-                let pending = replies.into_iter().map(|(r, _)| r);
-                for reply in pending.chain(batch.drain(..).map(|a| a.reply)).flatten() {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-}
-
-impl Writer {
-    /// Deletes the oldest output events until output is back under 90% of
-    /// the budget (the slack keeps pruning from running on every commit).
-    fn prune(&mut self) -> Result<(), rusqlite::Error> {
-        let target = self.output_budget / 10 * 9;
-        let excess = self.output_bytes.saturating_sub(target);
-        // A pinned reader (a terminal model behind the head) keeps its output.
-        let floor = self
-            .pins
-            .lock()
-            .ok()
-            .and_then(|pins| pins.values().min().copied())
-            .unwrap_or(u64::MAX);
-        let tx = self.conn.transaction()?;
-        let (cutoff, freed) = {
-            let mut stmt = tx.prepare_cached(
-                "SELECT seq, length(body) FROM events WHERE kind != 0 ORDER BY seq",
-            )?;
-            let mut rows = stmt.query([])?;
-            let (mut cutoff, mut freed) = (0u64, 0u64);
-            while freed < excess {
-                let Some(row) = rows.next()? else { break };
-                let seq: u64 = row.get(0)?;
-                if seq > floor {
-                    self.held_back.store(true, Ordering::Release);
-                    break;
-                }
-                cutoff = seq;
-                freed += row.get::<_, u64>(1)?;
-            }
-            (cutoff, freed)
-        };
-        if cutoff == 0 {
-            return Ok(());
-        }
-        tx.execute(
-            "DELETE FROM events WHERE kind != 0 AND seq <= ?1",
-            [cutoff as i64],
-        )?;
-        tx.execute(
-            "INSERT INTO meta(k, v) VALUES ('output_from', ?1)
-             ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-            [(cutoff + 1) as i64],
-        )?;
-        tx.commit()?;
-        self.output_bytes -= freed.min(self.output_bytes);
-        self.output_from.store(cutoff + 1, Ordering::Release);
-        // Give the freed pages back to the file system.
-        self.conn.execute_batch("PRAGMA incremental_vacuum;")?;
-        tracing::debug!(cutoff, freed, "pruned old output");
-        Ok(())
-    }
-}
-
-/// Builds the wire frame of one event: name, session (id, sequenceNumber),
-/// kind column, frame.
-fn encode(
-    session_seqs: &mut HashMap<String, u64>,
-    seq: u64,
-    ts: u64,
-    event: NewEvent,
-) -> (String, Option<(String, u64)>, u8, Frame) {
-    match event {
-        NewEvent::Json { name, data } => {
-            let text = encode_event_frame(seq, ts, &name, &data);
-            (name, None, 0, Frame::Text(Bytes::from(text)))
-        }
-        NewEvent::Session { session_id, event } => {
-            let n = session_seqs.entry(session_id.clone()).or_insert(0);
-            *n += 1;
-            let data = format!(
-                r#"{{"sessionId":{},"sequenceNumber":{},"event":{}}}"#,
-                serde_json::Value::from(session_id.as_str()),
-                n,
-                event
-            );
-            let text = encode_event_frame(seq, ts, "sessionEvent", &data);
-            let n = *n;
-            (
-                "sessionEvent".to_owned(),
-                Some((session_id, n)),
-                0,
-                Frame::Text(Bytes::from(text)),
-            )
-        }
-        NewEvent::Bytes { kind, id, payload } => {
-            let frame = BinaryHeader { kind, seq, ts, id }.encode(&payload);
-            (
-                kind.event_name().to_owned(),
-                None,
-                kind as u8,
-                Frame::Binary(frame),
-            )
-        }
     }
 }
 

@@ -1,0 +1,406 @@
+//! Process output, measured against the real host over loopback: a command
+//! started with `spawn` whose stdout reaches N clients as `processOutput`,
+//! every client comparing every byte with what the command prints. Beside
+//! it, in the same run, the raw pipe: the same command's stdout read by
+//! this bench directly, which is what a process's output costs before any
+//! host is in the way.
+//!
+//! Two workloads: `cat` of the shell section's 256 MiB file to 1 and 20
+//! clients (section `process`), and agentOS's `head -c 16 MiB < /dev/zero |
+//! base64` to 1, 3 and 10 clients, which `agentos` also runs on Rivet
+//! agentOS.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
+
+use crate::client::{self, Incoming, Ws};
+use crate::host::{HostProcess, RssSampler, RssStats, Target};
+use crate::stages::{LogStats, Stages};
+use crate::{int, kib};
+
+/// The `processOutput` kind of a stdout frame (protocol.md, "Binary frames").
+const PROCESS_STDOUT: u8 = 2;
+
+/// The clients of the `process` section: the issue's 1 and 20.
+const CLIENTS: [usize; 2] = [1, 20];
+
+/// Target of issue "Performance": 20 clients get at least this share of
+/// the raw pipe's throughput.
+const TARGET_PIPE_SHARE_20: f64 = 0.5;
+
+/// A command, what it prints, and how fast a bare pipe carries it.
+pub struct Workload {
+    /// argv; run in the VM's workspace by the host, in `dir` by the pipe.
+    pub argv: Vec<String>,
+    pub expected: Arc<Vec<u8>>,
+    /// The raw pipe, every run: MB/s of the command's stdout read here.
+    pub pipe_mb_s: Vec<f64>,
+}
+
+impl Workload {
+    /// Runs `argv` in `dir` `runs` times with its stdout on a pipe that this
+    /// bench reads in 64 KiB chunks (a `cmd | pv` of our own): the first run
+    /// also keeps the bytes, which every client must then receive.
+    pub fn measure_pipe(argv: Vec<String>, dir: &std::path::Path, runs: usize) -> Result<Workload> {
+        let mut expected = Vec::new();
+        let mut pipe_mb_s = Vec::with_capacity(runs);
+        for run in 0..runs.max(1) {
+            let (program, args) = argv.split_first().context("an empty command")?;
+            let t0 = Instant::now();
+            let mut child = Command::new(program)
+                .args(args)
+                .current_dir(dir)
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("start {argv:?}"))?;
+            let mut out = child.stdout.take().context("no stdout pipe")?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            loop {
+                let n = out.read(&mut buf).context("read the pipe")?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                if run == 0 {
+                    expected.extend_from_slice(&buf[..n]);
+                }
+            }
+            let status = child.wait().context("wait for the command")?;
+            let secs = t0.elapsed().as_secs_f64();
+            if !status.success() {
+                bail!("{argv:?} failed: {status}");
+            }
+            pipe_mb_s.push(total as f64 / 1e6 / secs);
+        }
+        Ok(Workload {
+            argv,
+            expected: Arc::new(expected),
+            pipe_mb_s,
+        })
+    }
+
+    pub fn pipe_median(&self) -> f64 {
+        median(&self.pipe_mb_s)
+    }
+}
+
+/// One run: `clients` connections following one spawned command.
+pub struct Run {
+    pub clients: usize,
+    /// Output bytes per second, slowest and fastest client, from sending
+    /// `spawn` to each client's last byte.
+    pub slowest_mb_s: f64,
+    pub fastest_mb_s: f64,
+    /// Bytes every client received (checked equal to the expected bytes).
+    pub delivered: u64,
+    pub frames: u64,
+    pub host_cores: f64,
+    pub rss: RssStats,
+    /// The log's stages in the run, when the host reports them.
+    pub stages: Option<Stages>,
+}
+
+/// Starts `workload` with `spawn` from the first of `clients` connections
+/// subscribed to `processOutput` and `processExit`; each checks every byte.
+/// `files` are hard-linked into the VM's workspace first (the command may
+/// read only what its sandbox shows).
+pub async fn run(
+    host: &impl Target,
+    workload: &Workload,
+    clients: usize,
+    files: &[(&std::path::Path, &str)],
+) -> Result<Run> {
+    const KEY: &str = "bench-process";
+    let key = host.key(KEY);
+    let url = host.ws_url();
+    let token = host.token();
+    let mut conns = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let mut ws = client::connect(&url).await?;
+        let welcome = client::hello_welcome(&mut ws, key, token).await?;
+        if i == 0 {
+            client::take_control(&mut ws).await?;
+            let id = welcome["vm"]["id"]
+                .as_u64()
+                .context("welcome without vm.id")?;
+            let workspace = host.data_dir().join(format!("vms/{id}/workspace"));
+            for (from, name) in files {
+                let to = workspace.join(name);
+                if !to.exists() {
+                    std::fs::hard_link(from, &to)
+                        .or_else(|_| std::fs::copy(from, &to).map(|_| ()))
+                        .with_context(|| format!("put {name} in {}", workspace.display()))?;
+                }
+            }
+        }
+        client::subscribe_to(&mut ws, &["processOutput", "processExit"]).await?;
+        client::caught_up(&mut ws).await?;
+        conns.push(ws);
+    }
+    let mut conns = conns.into_iter();
+    let mut owner = conns.next().context("no client")?;
+    let mut tasks = Vec::with_capacity(clients);
+    for ws in conns {
+        tasks.push(tokio::spawn(receive(ws, workload.expected.clone(), None)));
+    }
+    let log0 = LogStats::read(host, key).await;
+    let sampler = RssSampler::start(host.pid());
+    let host_cpu0 = host.cpu_secs();
+    let t0 = Instant::now();
+    let (program, args) = workload.argv.split_first().context("an empty command")?;
+    client::action(&mut owner, 1, "spawn", json!([program, args])).await?;
+    tasks.insert(
+        0,
+        tokio::spawn(receive(owner, workload.expected.clone(), Some(1))),
+    );
+    let mut received = Vec::with_capacity(clients);
+    for task in tasks {
+        received.push(task.await.context("client task")??);
+    }
+    let host_cpu = host.cpu_secs() - host_cpu0;
+    let rss = sampler.finish()?;
+    let log = match (log0, LogStats::read(host, key).await) {
+        (Some(a), Some(b)) => Some(b.since(&a)),
+        _ => None,
+    };
+    let spawned = received[0].spawned.context("no spawn result")?;
+    if let Some(r) = received.iter().find(|r| r.pid != spawned) {
+        bail!(
+            "a client followed pid {} but pid {spawned} was spawned",
+            r.pid
+        );
+    }
+    let secs_of = |r: &Received| r.last_byte_at.duration_since(t0).as_secs_f64();
+    let slowest = received.iter().map(secs_of).fold(0.0, f64::max);
+    let fastest = received.iter().map(secs_of).fold(f64::INFINITY, f64::min);
+    let frames = received.iter().map(|r| r.frames).sum::<u64>() / clients as u64;
+    let mb = workload.expected.len() as f64 / 1e6;
+    crate::close_all(received.into_iter().map(|r| r.ws).collect()).await;
+    Ok(Run {
+        clients,
+        slowest_mb_s: mb / slowest,
+        fastest_mb_s: mb / fastest,
+        delivered: workload.expected.len() as u64,
+        frames,
+        host_cores: host_cpu / slowest,
+        rss,
+        stages: log.map(|log| Stages { log, secs: slowest }),
+    })
+}
+
+/// What one client saw.
+struct Received {
+    ws: Ws,
+    pid: u32,
+    /// The `spawn` result, for the client that sent it.
+    spawned: Option<u32>,
+    last_byte_at: Instant,
+    frames: u64,
+}
+
+/// Reads stdout frames until `processExit`, comparing every payload with
+/// the next bytes of `expected`: a byte wrong, missing, extra or out of
+/// order fails the run. `result_id` is the `spawn` this client sent.
+async fn receive(mut ws: Ws, expected: Arc<Vec<u8>>, result_id: Option<u64>) -> Result<Received> {
+    let mut pos = 0usize;
+    let mut prev_seq = 0u64;
+    let mut pid = None;
+    let mut spawned = None;
+    let mut last_byte_at = None;
+    let mut frames = 0u64;
+    let mut exited = false;
+    while !exited || (result_id.is_some() && spawned.is_none()) {
+        let msg = client::recv(&mut ws)
+            .await
+            .with_context(|| format!("at byte {pos} of {}", expected.len()))?;
+        match msg {
+            Incoming::Binary(f) => {
+                if f.seq <= prev_seq {
+                    bail!("ORDER VIOLATION: seq {} after {prev_seq}", f.seq);
+                }
+                prev_seq = f.seq;
+                if f.kind != PROCESS_STDOUT {
+                    bail!(
+                        "binary frame of kind {} (the command writes stdout only)",
+                        f.kind
+                    );
+                }
+                if *pid.get_or_insert(f.id) != f.id {
+                    bail!("output of pid {} while following {pid:?}", f.id);
+                }
+                let payload = f.payload();
+                let end = pos + payload.len();
+                if expected.get(pos..end) != Some(payload) {
+                    bail!(
+                        "BYTES DIFFER in seq {} at bytes {pos}..{end} of {}",
+                        f.seq,
+                        expected.len()
+                    );
+                }
+                pos = end;
+                frames += 1;
+                if pos == expected.len() {
+                    last_byte_at = Some(Instant::now());
+                }
+            }
+            Incoming::Text(v) => match (v["type"].as_str(), v["name"].as_str()) {
+                (Some("event"), Some("processExit")) => {
+                    if v["seq"].as_u64().is_none_or(|s| s <= prev_seq) {
+                        bail!("processExit out of order: {v}");
+                    }
+                    if pos != expected.len() {
+                        bail!(
+                            "processExit after {pos} bytes of {}: output missing",
+                            expected.len()
+                        );
+                    }
+                    if v["data"]["exitCode"].as_i64() != Some(0) {
+                        bail!("the command did not exit with 0: {v}");
+                    }
+                    exited = true;
+                }
+                (Some("result"), _) if v["id"].as_u64() == result_id => {
+                    let id = v["value"]["pid"]
+                        .as_u64()
+                        .and_then(|id| u32::try_from(id).ok())
+                        .ok_or_else(|| anyhow!("spawn result without a pid: {v}"))?;
+                    spawned = Some(id);
+                }
+                _ => bail!("unexpected message at byte {pos}: {v}"),
+            },
+        }
+    }
+    Ok(Received {
+        ws,
+        pid: pid.context("no output at all")?,
+        spawned,
+        last_byte_at: last_byte_at.context("no output at all")?,
+        frames,
+    })
+}
+
+/// The `process` section's figures.
+pub struct ProcessFigures {
+    pub workload: Workload,
+    /// Per client count, every run.
+    pub runs: Vec<Vec<Run>>,
+    pub idle_rss_kib: u64,
+}
+
+/// `cat` of the 256 MiB file to 1 and 20 clients, `opts.runs` runs each,
+/// and the raw pipe as many times, all in this run.
+pub async fn measure(opts: &crate::Options) -> Result<ProcessFigures> {
+    println!(
+        "\n== process output: spawn `cat` of {} lines of base64 to {CLIENTS:?} client(s), {} run(s); reference: the same cat into a pipe read here",
+        int(opts.shell_lines as f64),
+        opts.runs
+    );
+    let file = crate::shell::CatFile::create(opts.shell_lines)?;
+    let name = "bench-process.txt";
+    let dir = file.path().parent().context("the cat file has no folder")?;
+    let workload = Workload::measure_pipe(
+        vec!["cat".into(), file.path().display().to_string()],
+        dir,
+        opts.runs,
+    )?;
+    // The host's command reads the workspace's link, by its name.
+    let workload = Workload {
+        argv: vec!["cat".into(), name.into()],
+        ..workload
+    };
+    println!(
+        "  raw pipe: {} bytes at {:.1} MB/s (median of {:?})",
+        int(workload.expected.len() as f64),
+        workload.pipe_median(),
+        workload
+            .pipe_mb_s
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+    );
+    let host = HostProcess::start(&opts.host_bin)?;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let idle_rss_kib = host.memory()?.rss_kib;
+    let mut all = Vec::new();
+    for clients in CLIENTS {
+        let mut runs = Vec::new();
+        for _ in 0..opts.runs {
+            let r = run(&host, &workload, clients, &[(file.path(), name)]).await?;
+            print_run(&r);
+            runs.push(r);
+            host.settle(std::time::Duration::from_secs(60)).await;
+        }
+        all.push(runs);
+    }
+    host.stop()?;
+    Ok(ProcessFigures {
+        workload,
+        runs: all,
+        idle_rss_kib,
+    })
+}
+
+pub fn print_run(r: &Run) {
+    println!(
+        "  {:>2} client(s): slowest {:.1} MB/s, fastest {:.1} MB/s; {} bytes each in {} frames; host {:.2} cores, RSS peak {} ({} threads)",
+        r.clients,
+        r.slowest_mb_s,
+        r.fastest_mb_s,
+        int(r.delivered as f64),
+        int(r.frames as f64),
+        r.host_cores,
+        kib(r.rss.peak_kib),
+        r.rss.peak_threads
+    );
+    if let Some(stages) = &r.stages {
+        println!("      {stages}");
+    }
+}
+
+/// The median run by slowest client.
+pub fn median_run(runs: &[Run]) -> Option<&Run> {
+    let mut order: Vec<&Run> = runs.iter().collect();
+    order.sort_by(|a, b| a.slowest_mb_s.total_cmp(&b.slowest_mb_s));
+    order.get(order.len() / 2).copied()
+}
+
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub fn summary(f: &ProcessFigures) {
+    let pipe = f.workload.pipe_median();
+    println!("\n## Process output (issue 15)");
+    println!(
+        "  raw pipe (cat | reader)          {pipe:>8.1} MB/s   host idle RSS {}",
+        kib(f.idle_rss_kib)
+    );
+    for runs in &f.runs {
+        let Some(m) = median_run(runs) else { continue };
+        let share = m.slowest_mb_s / pipe;
+        let target = if m.clients == 20 {
+            if share >= TARGET_PIPE_SHARE_20 {
+                " (target >= 50 % met)"
+            } else {
+                " (target >= 50 % MISSED)"
+            }
+        } else {
+            ""
+        };
+        println!(
+            "  spawn cat to {:>2} client(s)        {:>8.1} MB/s = {:.0} % of the pipe{target}; every byte to every client; host RSS peak {}",
+            m.clients,
+            m.slowest_mb_s,
+            share * 100.0,
+            kib(m.rss.peak_kib)
+        );
+    }
+}

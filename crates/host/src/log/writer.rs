@@ -1,0 +1,370 @@
+//! The log's writer thread: assigns seqs, encodes each event's wire frame
+//! once, commits a batch in one transaction, publishes it, and prunes old
+//! output past the budget. WAL checkpoints (which copy the WAL into the
+//! database file and fsync both) run on a thread of their own, so that a
+//! slow disk's fsync does not hold up the next commit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Instant;
+
+use bytes::Bytes;
+use ensemble_protocol::frame::{encode_event_frame, BinaryHeader};
+use rusqlite::{params, Connection};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{now_ms, Append, Frame, LogError, LoggedEvent, NewEvent, Pins, Reply, MAX_BATCH};
+
+/// WAL bytes written between two checkpoints (SQLite's own default is 1000
+/// pages, about 4 MiB).
+const CHECKPOINT_EVERY: u64 = 4 << 20;
+
+/// A WAL that a passive checkpoint could not reset (readers kept using it)
+/// and that grew past this gets a `TRUNCATE` checkpoint, which waits for
+/// them: the WAL's size stays bounded.
+const WAL_HARD_LIMIT: u64 = 64 << 20;
+
+/// What the writer spent its time on, for `getLogStats` (a test action) and
+/// the bench: cumulative since the log was opened.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub commits: AtomicU64,
+    pub events: AtomicU64,
+    pub output_bytes: AtomicU64,
+    /// Time in insert + commit, on the writer thread.
+    pub commit_us: AtomicU64,
+    /// Checkpoints and their time, on the checkpoint thread.
+    pub checkpoints: AtomicU64,
+    pub checkpoint_us: AtomicU64,
+    /// Prunes (deletes past the budget) and their time, on the writer thread.
+    pub prunes: AtomicU64,
+    pub prune_us: AtomicU64,
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+pub(super) struct Writer {
+    pub conn: Connection,
+    pub next_seq: u64,
+    pub session_seqs: HashMap<String, u64>,
+    pub head: Arc<AtomicU64>,
+    pub events_tx: broadcast::Sender<Arc<LoggedEvent>>,
+    /// Bytes of binary events in the log, against `output_budget`.
+    pub output_bytes: u64,
+    pub output_budget: u64,
+    pub output_from: Arc<AtomicU64>,
+    pub pins: Pins,
+    pub held_back: Arc<AtomicBool>,
+    pub counters: Arc<Counters>,
+    pub checkpointer: Checkpointer,
+    /// Bytes committed since the last checkpoint was asked for.
+    pub unchecked: u64,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, mut append_rx: mpsc::Receiver<Append>) {
+        let mut batch = Vec::new();
+        while let Some(first) = append_rx.blocking_recv() {
+            let mut events = first.events.len();
+            batch.push(first);
+            while events < MAX_BATCH {
+                match append_rx.try_recv() {
+                    Ok(next) => {
+                        events += next.events.len();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch);
+        }
+        let Writer {
+            conn, checkpointer, ..
+        } = self;
+        drop(conn);
+        checkpointer.finish();
+    }
+
+    fn commit(&mut self, batch: &mut Vec<Append>) {
+        let start_seq = self.next_seq;
+        let saved_sessions: Vec<(String, Option<u64>)> = batch
+            .iter()
+            .flat_map(|a| a.events.iter())
+            .filter_map(|e| match e {
+                NewEvent::Session { session_id, .. } => Some((
+                    session_id.clone(),
+                    self.session_seqs.get(session_id).copied(),
+                )),
+                _ => None,
+            })
+            .collect();
+        let mut logged = Vec::new();
+        let mut replies: Vec<(Reply, u64)> = Vec::with_capacity(batch.len());
+        let started = Instant::now();
+        let mut bytes = 0u64;
+        let result = (|| -> Result<(), rusqlite::Error> {
+            let tx = self.conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO events(seq, ts, name, session_id, session_seq, kind, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                let ts = now_ms();
+                for append in batch.drain(..) {
+                    for event in append.events {
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        let (name, session, kind, frame) =
+                            encode(&mut self.session_seqs, seq, ts, event);
+                        bytes += frame.len() as u64;
+                        let body: &[u8] = match &frame {
+                            Frame::Text(b) => b,
+                            Frame::Binary(b) => {
+                                self.output_bytes += b.len() as u64;
+                                b
+                            }
+                        };
+                        insert.execute(params![
+                            seq as i64,
+                            ts as i64,
+                            name,
+                            session.as_ref().map(|s| s.0.as_str()),
+                            session.as_ref().map(|s| s.1 as i64),
+                            kind,
+                            body
+                        ])?;
+                        logged.push(Arc::new(LoggedEvent {
+                            seq,
+                            ts,
+                            name,
+                            frame,
+                        }));
+                    }
+                    replies.push((append.reply, self.next_seq - 1));
+                }
+            }
+            tx.commit()
+        })();
+        match result {
+            Ok(()) => {
+                let c = &self.counters;
+                c.commits.fetch_add(1, Ordering::Relaxed);
+                c.events
+                    .fetch_add(self.next_seq - start_seq, Ordering::Relaxed);
+                c.output_bytes.store(self.output_bytes, Ordering::Relaxed);
+                c.commit_us.fetch_add(micros(started), Ordering::Relaxed);
+                self.head.store(self.next_seq - 1, Ordering::Release);
+                for event in logged {
+                    // No subscriber is fine: the event is in the log.
+                    let _ = self.events_tx.send(event);
+                }
+                for (reply, last) in replies {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(last));
+                    }
+                }
+                if self.output_bytes > self.output_budget {
+                    let started = Instant::now();
+                    if let Err(e) = self.prune() {
+                        tracing::error!(error = %e, "pruning old output failed; the log grows past its budget");
+                    }
+                    self.counters.prunes.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .prune_us
+                        .fetch_add(micros(started), Ordering::Relaxed);
+                }
+                self.unchecked += bytes;
+                if self.unchecked >= CHECKPOINT_EVERY {
+                    self.unchecked = 0;
+                    self.checkpointer.request();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "event log commit failed; the batch is refused");
+                self.next_seq = start_seq;
+                for (id, n) in saved_sessions {
+                    match n {
+                        Some(n) => self.session_seqs.insert(id, n),
+                        None => self.session_seqs.remove(&id),
+                    };
+                }
+                let e = Arc::new(LogError::Sqlite(e));
+                let pending = replies.into_iter().map(|(r, _)| r);
+                for reply in pending.chain(batch.drain(..).map(|a| a.reply)).flatten() {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Deletes the oldest output events until output is back under 90% of
+    /// the budget (the slack keeps pruning from running on every commit).
+    fn prune(&mut self) -> Result<(), rusqlite::Error> {
+        let target = self.output_budget / 10 * 9;
+        let excess = self.output_bytes.saturating_sub(target);
+        // A pinned reader (a terminal model behind the head) keeps its output.
+        let floor = self
+            .pins
+            .lock()
+            .ok()
+            .and_then(|pins| pins.values().min().copied())
+            .unwrap_or(u64::MAX);
+        let tx = self.conn.transaction()?;
+        let (cutoff, freed) = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT seq, length(body) FROM events WHERE kind != 0 ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([])?;
+            let (mut cutoff, mut freed) = (0u64, 0u64);
+            while freed < excess {
+                let Some(row) = rows.next()? else { break };
+                let seq: u64 = row.get(0)?;
+                if seq > floor {
+                    self.held_back.store(true, Ordering::Release);
+                    break;
+                }
+                cutoff = seq;
+                freed += row.get::<_, u64>(1)?;
+            }
+            (cutoff, freed)
+        };
+        if cutoff == 0 {
+            return Ok(());
+        }
+        tx.execute(
+            "DELETE FROM events WHERE kind != 0 AND seq <= ?1",
+            [cutoff as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO meta(k, v) VALUES ('output_from', ?1)
+             ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+            [(cutoff + 1) as i64],
+        )?;
+        tx.commit()?;
+        self.output_bytes -= freed.min(self.output_bytes);
+        self.output_from.store(cutoff + 1, Ordering::Release);
+        // Give the freed pages back to the file system.
+        self.conn.execute_batch("PRAGMA incremental_vacuum;")?;
+        tracing::debug!(cutoff, freed, "pruned old output");
+        Ok(())
+    }
+}
+
+/// Builds the wire frame of one event: name, session (id, sequenceNumber),
+/// kind column, frame.
+fn encode(
+    session_seqs: &mut HashMap<String, u64>,
+    seq: u64,
+    ts: u64,
+    event: NewEvent,
+) -> (String, Option<(String, u64)>, u8, Frame) {
+    match event {
+        NewEvent::Json { name, data } => {
+            let text = encode_event_frame(seq, ts, &name, &data);
+            (name, None, 0, Frame::Text(Bytes::from(text)))
+        }
+        NewEvent::Session { session_id, event } => {
+            let n = session_seqs.entry(session_id.clone()).or_insert(0);
+            *n += 1;
+            let data = format!(
+                r#"{{"sessionId":{},"sequenceNumber":{},"event":{}}}"#,
+                serde_json::Value::from(session_id.as_str()),
+                n,
+                event
+            );
+            let text = encode_event_frame(seq, ts, "sessionEvent", &data);
+            let n = *n;
+            (
+                "sessionEvent".to_owned(),
+                Some((session_id, n)),
+                0,
+                Frame::Text(Bytes::from(text)),
+            )
+        }
+        NewEvent::Bytes { kind, id, payload } => {
+            let frame = BinaryHeader { kind, seq, ts, id }.encode(&payload);
+            (
+                kind.event_name().to_owned(),
+                None,
+                kind as u8,
+                Frame::Binary(frame),
+            )
+        }
+    }
+}
+
+/// The checkpoint thread, with a connection of its own: SQLite lets a
+/// passive checkpoint run while the writer goes on committing.
+pub(super) struct Checkpointer {
+    tx: std_mpsc::SyncSender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub fn start(path: &Path, counters: Arc<Counters>) -> Result<Checkpointer, LogError> {
+        let open_err = |source| LogError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        // One request waiting is enough: it checkpoints everything up to then.
+        let (tx, rx) = std_mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("ensemble-ckpt".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let started = Instant::now();
+                    if let Err(e) = checkpoint(&conn, &wal) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
+                    }
+                    counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .checkpoint_us
+                        .fetch_add(micros(started), Ordering::Relaxed);
+                }
+            })
+            .map_err(LogError::Thread)?;
+        Ok(Checkpointer {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for a checkpoint; one already waiting covers this one.
+    fn request(&self) {
+        let _ = self.tx.try_send(());
+    }
+
+    /// Waits for a checkpoint under way and ends the thread.
+    fn finish(mut self) {
+        let (tx, _) = std_mpsc::sync_channel(1);
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A passive checkpoint (it never waits for the writer or readers), and a
+/// truncating one if readers kept the WAL from being reset for too long.
+fn checkpoint(conn: &Connection, wal: &Path) -> Result<(), rusqlite::Error> {
+    let run = |mode: &str| {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            r.get::<_, i64>(0)
+        })
+    };
+    run("PASSIVE")?;
+    if std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_HARD_LIMIT) {
+        run("TRUNCATE")?;
+    }
+    Ok(())
+}
