@@ -40,7 +40,7 @@ const OUT_QUEUE: usize = 256;
 const MAX_INFLIGHT_ACTIONS: usize = 64;
 
 /// Events read from the log per catch-up page, at most.
-const CATCH_UP_PAGE: u32 = 4096;
+const CATCH_UP_PAGE: u32 = 1024;
 
 /// Bytes of frames read from the log per catch-up page (plus one event,
 /// at most 64 KiB of output): a late joiner that does not read holds no
