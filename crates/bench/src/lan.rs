@@ -256,9 +256,21 @@ pub async fn measure(opts: &crate::Options) -> Result<LanFigures> {
         );
         tput.push((clients, direct.slowest_mb_s, relay.slowest_mb_s));
     }
-    let echo_direct = shell::echo_run(&alice, EchoKind::RawCat, opts.keystrokes).await?;
+    let echo_direct = shell::echo_run(
+        &alice,
+        EchoKind::RawCat,
+        opts.keystrokes,
+        shell::ECHO_OBSERVERS,
+    )
+    .await?;
     released().await;
-    let echo_relayed = shell::echo_run(&relayed, EchoKind::RawCat, opts.keystrokes).await?;
+    let echo_relayed = shell::echo_run(
+        &relayed,
+        EchoKind::RawCat,
+        opts.keystrokes,
+        shell::ECHO_OBSERVERS,
+    )
+    .await?;
     let p = |e: &shell::Echo| (shell::pct(&e.one_us, 50.0), shell::pct(&e.one_us, 99.0));
     let (d, r) = (p(&echo_direct), p(&echo_relayed));
     println!(

@@ -77,7 +77,15 @@ pub async fn measure(opts: &crate::Options) -> Result<SandboxFigures> {
     }
     let mut echo = Vec::new();
     for (_, host) in &hosts {
-        echo.push(crate::shell::echo_run(host, EchoKind::RawCat, opts.keystrokes).await?);
+        echo.push(
+            crate::shell::echo_run(
+                host,
+                EchoKind::RawCat,
+                opts.keystrokes,
+                crate::shell::ECHO_OBSERVERS,
+            )
+            .await?,
+        );
     }
     let mut exec_ms: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..EXEC_ROUNDS {

@@ -52,6 +52,9 @@ const ROWS: u16 = 50;
 /// Observers of the echo runs.
 pub(crate) const ECHO_OBSERVERS: usize = 20;
 
+/// Observer counts of the extra raw-cat echo runs (20 is the main run).
+const ECHO_SWEEP: [usize; 2] = [1, 50];
+
 /// Untimed keystrokes before the timed ones (anchors.py skips 50 too).
 const ECHO_WARMUP: usize = 50;
 
@@ -257,6 +260,8 @@ impl LateJoin {
 pub struct ShellFigures {
     pub tput: Option<TputFigures>,
     pub echo: Vec<Echo>,
+    /// Raw cat echo with other observer counts: (observers, figures).
+    pub echo_sweep: Vec<(usize, Echo)>,
     pub late_join: Option<LateJoin>,
 }
 
@@ -332,7 +337,7 @@ pub async fn measure(
         for kind in [EchoKind::RawCat, EchoKind::Bash] {
             let host = HostProcess::start(&opts.host_bin)?;
             println!("  {}: host pid {}", kind.name(), host.pid());
-            let e = echo_run(&host, kind, opts.keystrokes).await?;
+            let e = echo_run(&host, kind, opts.keystrokes, ECHO_OBSERVERS).await?;
             host.stop()?;
             println!(
                 "  {}: one observer p50 {:.0} us p99 {:.0} us; all {ECHO_OBSERVERS} p50 {:.0} us p99 {:.0} us; {} timeouts; host {:.2} cores",
@@ -345,6 +350,21 @@ pub async fn measure(
                 e.host_cores
             );
             figures.echo.push(e);
+        }
+        // The raw cat pane with fewer and more observers: what each added
+        // observer costs (the 1, 20 and 50).
+        for observers in ECHO_SWEEP {
+            let host = HostProcess::start(&opts.host_bin)?;
+            let e = echo_run(&host, EchoKind::RawCat, opts.keystrokes, observers).await?;
+            host.stop()?;
+            let max = e.all_us.iter().copied().fold(0.0, f64::max);
+            println!(
+                "  raw cat, {observers:>2} observer(s): all p50 {:.0} us p99 {:.0} us max {max:.0} us; {} timeouts",
+                pct(&e.all_us, 50.0),
+                pct(&e.all_us, 99.0),
+                e.timeouts
+            );
+            figures.echo_sweep.push((observers, e));
         }
     }
     if late_join {
@@ -630,8 +650,15 @@ async fn observe(
     }
 }
 
-/// A driver connection opens the shell and types; 20 observers follow it.
-pub async fn echo_run(host: &impl Target, kind: EchoKind, keystrokes: usize) -> Result<Echo> {
+/// A driver connection opens the shell and types; `observers` (the
+/// issue's 20 unless a sweep says otherwise) follow it.
+pub async fn echo_run(
+    host: &impl Target,
+    kind: EchoKind,
+    keystrokes: usize,
+    observers: usize,
+) -> Result<Echo> {
+    let observer_count = observers;
     const KEY: &str = "bench-echo";
     let key = host.key(KEY);
     let url = host.ws_url();
@@ -639,8 +666,8 @@ pub async fn echo_run(host: &impl Target, kind: EchoKind, keystrokes: usize) -> 
     let mut driver = client::connect(&url).await?;
     client::hello(&mut driver, key, token).await?;
     client::take_control(&mut driver).await?;
-    let mut observers = Vec::with_capacity(ECHO_OBSERVERS);
-    for _ in 0..ECHO_OBSERVERS {
+    let mut observers = Vec::with_capacity(observer_count);
+    for _ in 0..observer_count {
         let mut ws = client::connect(&url).await?;
         client::hello(&mut ws, key, token).await?;
         client::subscribe_to(&mut ws, &["shellData"]).await?;
@@ -673,8 +700,8 @@ pub async fn echo_run(host: &impl Target, kind: EchoKind, keystrokes: usize) -> 
         let data = String::from(char::from(key));
         let t0 = Instant::now();
         client::action(&mut driver, next_id, "writeShell", json!([shell_id, data])).await?;
-        let mut seen = vec![None; ECHO_OBSERVERS];
-        let mut left = ECHO_OBSERVERS;
+        let mut seen = vec![None; observer_count];
+        let mut left = observer_count;
         let deadline = tokio::time::Instant::now() + ECHO_TIMEOUT;
         while left > 0 {
             match tokio::time::timeout_at(deadline, rx.recv()).await {

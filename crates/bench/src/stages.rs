@@ -1,6 +1,6 @@
-//! What a run cost the host's log, stage by stage: commits on the writer
-//! thread, WAL checkpoints on their own thread, pruning past the output
-//! budget. Read with the test action `getLogStats` before and after a run;
+//! What a run cost the host's log, stage by stage, all on its writer
+//! thread: commits, WAL checkpoints (with their fsyncs), pruning past the
+//! output budget. Read with the test action `getLogStats` before and after a run;
 //! the difference is printed beside the run's time, so that a slow run shows
 //! which stage it waited on.
 
@@ -75,17 +75,17 @@ impl fmt::Display for Stages {
         let share = |us: u64| 100.0 * us as f64 / 1e6 / self.secs.max(1e-9);
         write!(
             f,
-            "log writer: {} commits of {:.1} events, {:.0} ms ({:.0} % of the run), prune {} x {:.0} ms ({:.0} %); checkpoint thread: {} x {:.0} ms ({:.0} %)",
+            "log writer: {} commits of {:.1} events, {:.0} ms ({:.0} % of the run); checkpoints {} x, {:.0} ms ({:.0} %); prunes {} x, {:.0} ms ({:.0} %)",
             l.commits,
             l.events as f64 / l.commits.max(1) as f64,
             l.commit_us as f64 / 1e3,
             share(l.commit_us),
-            l.prunes,
-            l.prune_us as f64 / 1e3,
-            share(l.prune_us),
             l.checkpoints,
             l.checkpoint_us as f64 / 1e3,
             share(l.checkpoint_us),
+            l.prunes,
+            l.prune_us as f64 / 1e3,
+            share(l.prune_us),
         )
     }
 }

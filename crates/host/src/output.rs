@@ -10,6 +10,16 @@ use tokio_util::sync::CancellationToken;
 /// Largest payload of one output event.
 pub const MAX_CHUNK: usize = 64 << 10; // 64 KiB
 
+/// A chunk at least this large means a stream in bulk (a build log, a
+/// `cat`), not an interactive echo: the next chunk lingers for more reads.
+const BULK_CHUNK: usize = 4 << 10;
+
+/// How long a chunk after a bulk one waits for more reads before it is
+/// logged. Bigger chunks make fewer commits and fewer frames for every
+/// client, which is what bulk throughput is made of; a keystroke's echo
+/// after small chunks never waits.
+const BULK_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Reads waiting to be merged and logged. When full the reader blocks, which
 /// in turn blocks the program writing: output is never dropped, and host
 /// memory per stream stays under `READ_QUEUE` reads.
@@ -59,6 +69,8 @@ pub struct Merger {
     pending: BytesMut,
     done: bool,
     cancel: CancellationToken,
+    /// The size of the chunk handed out last.
+    last: usize,
 }
 
 impl Merger {
@@ -68,6 +80,7 @@ impl Merger {
             pending: BytesMut::new(),
             done: false,
             cancel,
+            last: 0,
         }
     }
 
@@ -79,8 +92,23 @@ impl Merger {
         }
     }
 
+    /// Takes reads for up to [`BULK_LINGER`] more, until [`MAX_CHUNK`].
+    async fn linger(&mut self) {
+        let until = tokio::time::Instant::now() + BULK_LINGER;
+        while self.pending.len() < MAX_CHUNK && !self.done {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return,
+                read = self.recv() => match read {
+                    Some(b) => self.pending.extend_from_slice(&b),
+                    None => self.done = true,
+                },
+            }
+        }
+    }
+
     /// The next chunk: waits for at least one read, then takes whatever else
-    /// is already queued, up to [`MAX_CHUNK`].
+    /// is already queued, up to [`MAX_CHUNK`]; after a bulk chunk, whatever
+    /// comes within [`BULK_LINGER`] too.
     pub async fn next(&mut self) -> Option<Bytes> {
         loop {
             if self.pending.len() < MAX_CHUNK && !self.done {
@@ -100,6 +128,9 @@ impl Merger {
                         }
                     }
                 }
+                if self.last >= BULK_CHUNK {
+                    self.linger().await;
+                }
             }
             if self.pending.is_empty() || self.cancel.is_cancelled() {
                 return None;
@@ -110,6 +141,7 @@ impl Merger {
                 cut_point(&self.pending, MAX_CHUNK)
             };
             if n > 0 {
+                self.last = n;
                 return Some(self.pending.split_to(n).freeze());
             }
             // Only part of a character so far: wait for the rest.

@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 mod writer;
 
 pub use writer::Counters;
-use writer::{Checkpointer, Writer};
+use writer::Writer;
 
 /// Most events one transaction commits. Bigger batches amortise the commit
 /// (an fsync-free WAL append with `synchronous=NORMAL`) but delay the first
@@ -283,7 +283,6 @@ pub fn open_with(
     let head = Arc::new(AtomicU64::new(head));
     let (done_tx, done_rx) = oneshot::channel();
     let counters = Arc::new(Counters::default());
-    let checkpointer = Checkpointer::start(path, counters.clone())?;
     let writer = Writer {
         conn,
         next_seq: head.load(Ordering::Relaxed) + 1,
@@ -296,7 +295,6 @@ pub fn open_with(
         pins: pins.clone(),
         held_back: held_back.clone(),
         counters: counters.clone(),
-        checkpointer,
         unchecked: 0,
     };
     std::thread::Builder::new()

@@ -1,13 +1,10 @@
 //! The log's writer thread: assigns seqs, encodes each event's wire frame
 //! once, commits a batch in one transaction, publishes it, and prunes old
-//! output past the budget. WAL checkpoints (which copy the WAL into the
-//! database file and fsync both) run on a thread of their own, so that a
-//! slow disk's fsync does not hold up the next commit.
+//! output past the budget, and checkpoints the WAL every few MiB.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -17,14 +14,9 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{now_ms, Append, Frame, LogError, LoggedEvent, NewEvent, Pins, Reply, MAX_BATCH};
 
-/// WAL bytes written between two checkpoints (SQLite's own default is 1000
+/// Bytes committed between two checkpoints (SQLite's own default is 1000
 /// pages, about 4 MiB).
 const CHECKPOINT_EVERY: u64 = 4 << 20;
-
-/// A WAL that a passive checkpoint could not reset (readers kept using it)
-/// and that grew past this gets a `TRUNCATE` checkpoint, which waits for
-/// them: the WAL's size stays bounded.
-const WAL_HARD_LIMIT: u64 = 64 << 20;
 
 /// What the writer spent its time on, for `getLogStats` (a test action) and
 /// the bench: cumulative since the log was opened.
@@ -35,7 +27,7 @@ pub struct Counters {
     pub output_bytes: AtomicU64,
     /// Time in insert + commit, on the writer thread.
     pub commit_us: AtomicU64,
-    /// Checkpoints and their time, on the checkpoint thread.
+    /// Checkpoints and their time, on the writer thread.
     pub checkpoints: AtomicU64,
     pub checkpoint_us: AtomicU64,
     /// Prunes (deletes past the budget) and their time, on the writer thread.
@@ -60,8 +52,7 @@ pub(super) struct Writer {
     pub pins: Pins,
     pub held_back: Arc<AtomicBool>,
     pub counters: Arc<Counters>,
-    pub checkpointer: Checkpointer,
-    /// Bytes committed since the last checkpoint was asked for.
+    /// Bytes committed since the last checkpoint.
     pub unchecked: u64,
 }
 
@@ -82,11 +73,6 @@ impl Writer {
             }
             self.commit(&mut batch);
         }
-        let Writer {
-            conn, checkpointer, ..
-        } = self;
-        drop(conn);
-        checkpointer.finish();
     }
 
     fn commit(&mut self, batch: &mut Vec<Append>) {
@@ -180,7 +166,7 @@ impl Writer {
                 self.unchecked += bytes;
                 if self.unchecked >= CHECKPOINT_EVERY {
                     self.unchecked = 0;
-                    self.checkpointer.request();
+                    self.checkpoint();
                 }
             }
             Err(e) => {
@@ -299,72 +285,23 @@ fn encode(
     }
 }
 
-/// The checkpoint thread, with a connection of its own: SQLite lets a
-/// passive checkpoint run while the writer goes on committing.
-pub(super) struct Checkpointer {
-    tx: std_mpsc::SyncSender<()>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Checkpointer {
-    pub fn start(path: &Path, counters: Arc<Counters>) -> Result<Checkpointer, LogError> {
-        let open_err = |source| LogError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        let wal = PathBuf::from(format!("{}-wal", path.display()));
-        // One request waiting is enough: it checkpoints everything up to then.
-        let (tx, rx) = std_mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("ensemble-ckpt".into())
-            .spawn(move || {
-                while rx.recv().is_ok() {
-                    let started = Instant::now();
-                    if let Err(e) = checkpoint(&conn, &wal) {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
-                    }
-                    counters.checkpoints.fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .checkpoint_us
-                        .fetch_add(micros(started), Ordering::Relaxed);
-                }
-            })
-            .map_err(LogError::Thread)?;
-        Ok(Checkpointer {
-            tx,
-            thread: Some(thread),
-        })
-    }
-
-    /// Asks for a checkpoint; one already waiting covers this one.
-    fn request(&self) {
-        let _ = self.tx.try_send(());
-    }
-
-    /// Waits for a checkpoint under way and ends the thread.
-    fn finish(mut self) {
-        let (tx, _) = std_mpsc::sync_channel(1);
-        drop(std::mem::replace(&mut self.tx, tx));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+impl Writer {
+    /// Copies the WAL into `log.db` (and fsyncs both). Here, between two
+    /// commits, it always finishes, so the next commit starts the WAL over
+    /// (truncated to `journal_size_limit`): the files stay bounded. A
+    /// checkpoint on another thread would not hold up commits, but while
+    /// commits keep coming it never finishes, and the WAL and `log.db` grow.
+    fn checkpoint(&mut self) {
+        let started = Instant::now();
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; the next one retries");
         }
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .checkpoint_us
+            .fetch_add(micros(started), Ordering::Relaxed);
     }
-}
-
-/// A passive checkpoint (it never waits for the writer or readers), and a
-/// truncating one if readers kept the WAL from being reset for too long.
-fn checkpoint(conn: &Connection, wal: &Path) -> Result<(), rusqlite::Error> {
-    let run = |mode: &str| {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            r.get::<_, i64>(0)
-        })
-    };
-    run("PASSIVE")?;
-    if std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_HARD_LIMIT) {
-        run("TRUNCATE")?;
-    }
-    Ok(())
 }
