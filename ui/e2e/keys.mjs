@@ -39,6 +39,7 @@ async function main() {
     env: { ...process.env, DBUS_SESSION_BUS_ADDRESS: "" },
   });
   const children = [];
+  const dirs = [];
   let passed = 0;
   const ok = (name) => console.log(`ok ${++passed} - ${name}`);
   const open = async (url) => {
@@ -54,6 +55,7 @@ async function main() {
   try {
     // No keyring.
     const dir = mkdtempSync(join(tmpdir(), "ensemble-keys-test-"));
+    dirs.push(dir);
     const host = await startHost(dir, [], { DBUS_SESSION_BUS_ADDRESS: `unix:path=${join(dir, "no-bus")}`, DISPLAY: "" });
     children.push(host.child);
     const page = await open(host.url);
@@ -81,6 +83,7 @@ async function main() {
 
     if (process.env.ENSEMBLE_TEST_KEYRING) {
       const kdir = mkdtempSync(join(tmpdir(), "ensemble-keys-test-"));
+      dirs.push(kdir);
       const agents = join(kdir, "agents.toml");
       const scripted = join(dirname(bin), "ensemble-scripted-agent");
       writeFileSync(agents, `[agents.claude]\ncommand = ${JSON.stringify(scripted)}\nargs = ["--journal-dir", "{stateDir}"]\n`);
@@ -119,6 +122,8 @@ async function main() {
   } finally {
     await browser.close();
     for (const c of children) c.kill();
+    await Promise.all(children.map((c) => (c.exitCode === null && c.signalCode === null ? new Promise((r) => c.once("exit", r)) : null)));
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
   }
 }
 
