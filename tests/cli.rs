@@ -1,7 +1,8 @@
 //! The client commands against the real host: `ensemble attach` in a real
 //! PTY (the screen, typing while driving, refused keys while someone else
 //! drives, detach leaving the shell running), `ensemble events` (the log as
-//! JSON Lines, gap-free), `ensemble who` and `ensemble invite`.
+//! JSON Lines, gap-free), `ensemble who`, `ensemble invite`, the `serve`
+//! configuration file and the manual pages (`ensemble man`).
 
 mod common;
 
@@ -457,5 +458,80 @@ async fn serve_reads_its_settings_from_the_config_file_and_flags_win() {
     assert!(
         err.contains("lan-bnd") && err.contains("config.toml"),
         "{err}"
+    );
+}
+
+#[test]
+fn man_writes_a_page_per_command_that_groff_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The top page lists every command; each has a page of its own.
+    let commands = [
+        "serve",
+        "config",
+        "nearby",
+        "join",
+        "attach",
+        "events",
+        "export",
+        "prompt",
+        "vms",
+        "who",
+        "invite",
+        "completions",
+        "man",
+    ];
+    let render = |page: &std::path::Path| {
+        // -ww: every warning, so that a malformed page shows up on stderr.
+        let out = std::process::Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww"])
+            .arg(page)
+            .output()
+            .expect("groff (setup.sh installs groff-base)");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "groff on {}: {}",
+            page.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // groff overstrikes bold and underlined text: keep the letters.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut plain = String::new();
+        for c in text.chars() {
+            if c == '\u{8}' {
+                plain.pop();
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
+    };
+    let top = render(&dir.path().join("ensemble.1"));
+    for command in commands {
+        assert!(
+            top.contains(&format!("ensemble-{command}(1)")),
+            "ensemble.1 lacks {command}: {top}"
+        );
+        let page = render(&dir.path().join(format!("ensemble-{command}.1")));
+        assert!(page.contains(&format!("ensemble-{command}")), "{page}");
+    }
+    let serve = render(&dir.path().join("ensemble-serve.1"));
+    assert!(serve.contains("--lan-bind"), "{serve}");
+
+    // Without --dir the top page goes to stdout.
+    let printed = std::process::Command::new(BIN).arg("man").output().unwrap();
+    assert!(printed.status.success());
+    assert_eq!(
+        printed.stdout,
+        std::fs::read(dir.path().join("ensemble.1")).unwrap()
     );
 }

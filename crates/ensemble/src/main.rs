@@ -73,6 +73,14 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the manual page ensemble(1), or write it and one page per
+    /// command (ensemble-serve.1, ...) into a directory.
+    Man {
+        /// Write ensemble.1 and ensemble-COMMAND.1 here instead of printing
+        /// ensemble.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -248,6 +256,21 @@ fn main() -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "ensemble", &mut script);
             // A reader that stops early (`| head`) is not an error.
             let _ = std::io::stdout().write_all(&script);
+            Ok(())
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the manual pages to {}", dir.display()))
+        }
+        Command::Man { dir: None } => {
+            let mut page = Vec::new();
+            // The same page as in the directory, where `help` has none.
+            clap_mangen::Man::new(Cli::command().disable_help_subcommand(true))
+                .render(&mut page)?;
+            // As for completions: `| head` is not an error.
+            let _ = std::io::stdout().write_all(&page);
             Ok(())
         }
     }
