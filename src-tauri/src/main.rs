@@ -37,16 +37,23 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<i32> {
     let started = Instant::now();
-    // Same place and variable as `ensemble serve`, so both open the same VMs.
-    let data_dir = match std::env::var_os("ENSEMBLE_DATA_DIR") {
-        Some(dir) => dir.into(),
+    // The settings of `ensemble serve`, from the same file, with the
+    // environment in place of its flags; the same data directory, so both
+    // open the same VMs.
+    let (settings, file) = ensemble::settings::desktop()?;
+    if let Some(file) = &file {
+        tracing::info!(file = %file.display(), "settings read");
+    }
+    let data_dir = match settings.data_dir.clone() {
+        Some(dir) => dir,
         None => ensemble_host::store::default_data_dir()
             .context("no data directory known for this user; set ENSEMBLE_DATA_DIR")?,
     };
+    let config = settings.host_config(&data_dir)?;
     // The host runs on its own runtime so that it outlives Tauri's event loop
     // and can be stopped after the window is gone.
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let host = runtime.block_on(EmbeddedHost::start(data_dir))?;
+    let host = runtime.block_on(EmbeddedHost::start(config))?;
     let url = host.owner_url();
     let origin = url.origin();
 
