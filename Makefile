@@ -1,9 +1,10 @@
 # `make run` starts the Ensemble desktop app, `make test` runs every check
-# and test (the desktop one under Xvfb),
-# `make bench` prints the performance figures.
+# and test (the desktop one under Xvfb, the Debian package installed and
+# removed), `make package` builds that package, `make bench` prints the
+# performance figures.
 CARGO ?= cargo
 
-.PHONY: all setup ui ui-check run serve test lint unit keyring browser bench clean
+.PHONY: all setup ui ui-check run serve test lint unit keyring browser package package-test bench clean
 
 all: test
 
@@ -67,8 +68,33 @@ browser: ui
 keyring: ui
 	./scripts/keyring-test.sh
 
+# `make package`: a Debian package of the desktop app, with the `ensemble`
+# command, the scripted agent and the manual pages, by Tauri's bundler (the
+# Tauri CLI from ui/node_modules, prebuilt by npm; the .deb target needs no
+# download). It lands in target/release/bundle/deb/. PACKAGE_PROFILE=debug
+# packages the debug build instead (what package-test installs: it reuses
+# the build the other tests made, where a release build takes many minutes).
+PACKAGE_PROFILE ?= release
+PACKAGE_DIR := target/$(PACKAGE_PROFILE)/bundle/deb
+TAURI := ui/node_modules/.bin/tauri
+
+package: ui
+	$(CARGO) build $(if $(filter release,$(PACKAGE_PROFILE)),--release) -p ensemble -p ensemble-scripted-agent
+	rm -rf target/package && mkdir -p target/package/man
+	cp target/$(PACKAGE_PROFILE)/ensemble target/$(PACKAGE_PROFILE)/ensemble-scripted-agent target/package/
+	target/package/ensemble man --dir target/package/man
+	rm -f $(PACKAGE_DIR)/*.deb
+	$(TAURI) build $(if $(filter debug,$(PACKAGE_PROFILE)),--debug) --bundles deb
+	@ls $(PACKAGE_DIR)/*.deb
+
+# Installs the package on this machine with dpkg (root), runs what it
+# installed, and purges it: scripts/package-test.sh.
+package-test:
+	$(MAKE) package PACKAGE_PROFILE=debug
+	./scripts/package-test.sh target/debug/bundle/deb/*.deb
+
 # The UI is checked and built first: the host embeds the build.
-test: ui-check ui lint unit keyring browser
+test: ui-check ui lint unit keyring browser package-test
 
 bench: setup
 	$(CARGO) build --release -p ensemble -p ensemble-bench -p ensemble-scripted-agent

@@ -41,7 +41,9 @@ for component in rustfmt clippy; do
 done
 
 # The web UI (ui/): Node.js 20.19 or newer (Vite 8), and its packages from
-# package-lock.json, installed again whenever the lock file changed.
+# package-lock.json, installed again whenever the lock file changed. They
+# include the Tauri CLI (@tauri-apps/cli, a prebuilt binary) that `make
+# package` bundles the desktop app with.
 if ! command -v node >/dev/null 2>&1 || ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)'; then
   echo "setup: the web UI needs Node.js 20.19 or newer with npm (found: $(node --version 2>/dev/null || echo none))" >&2
   exit 1

@@ -17,7 +17,35 @@ use embedded::EmbeddedHost;
 use tauri::webview::PageLoadEvent;
 use tauri::{WebviewUrl, WebviewWindowBuilder};
 
+/// What `ensemble-desktop --help` prints: the app has no options of its own;
+/// its settings come from the configuration file and the environment.
+const USAGE: &str = "Usage: ensemble-desktop [--version | --help]
+
+Opens Ensemble's window on its own host (on 127.0.0.1). Settings: the file
+ensemble serve reads ($ENSEMBLE_CONFIG, else ~/.config/ensemble/config.toml),
+then ENSEMBLE_DATA_DIR, ENSEMBLE_LAN_BIND, ENSEMBLE_MDNS_INTERFACES,
+ENSEMBLE_ISOLATION and ENSEMBLE_VM_NETWORK over it. `ensemble --help` for the
+command line.
+";
+
 fn main() -> ExitCode {
+    // The only arguments: enough for a package manager or a user to check
+    // what is installed without opening a window.
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("--version" | "-V") => {
+            println!("ensemble-desktop {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprint!("ensemble-desktop: unexpected argument {other:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(ensemble_host::QUIET_LOG_TARGETS.iter().fold(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -78,7 +106,7 @@ fn run() -> anyhow::Result<i32> {
                 .build()?;
             Ok(())
         })
-        .build(tauri::generate_context!("../tauri.conf.json"))
+        .build(tauri::generate_context!())
         .context("cannot start the window")?;
 
     // A signal ends the app the way closing its window does.
