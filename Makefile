@@ -74,18 +74,26 @@ keyring: ui
 # download). It lands in target/release/bundle/deb/. PACKAGE_PROFILE=debug
 # packages the debug build instead (what package-test installs: it reuses
 # the build the other tests made, where a release build takes many minutes).
+# A release package holds its programs without debug info (a tenth of the
+# size); the bundler takes the app from target/release, so the app is
+# stripped there for the bundling only and put back after.
 PACKAGE_PROFILE ?= release
 PACKAGE_DIR := target/$(PACKAGE_PROFILE)/bundle/deb
 TAURI := ui/node_modules/.bin/tauri
+RELEASE := $(filter release,$(PACKAGE_PROFILE))
+APP := target/$(PACKAGE_PROFILE)/ensemble-desktop
 
 package: ui
-	$(CARGO) build $(if $(filter release,$(PACKAGE_PROFILE)),--release) -p ensemble -p ensemble-scripted-agent
+	$(CARGO) build $(if $(RELEASE),--release) -p ensemble -p ensemble-scripted-agent -p ensemble-desktop
 	rm -rf target/package && mkdir -p target/package/man
 	cp target/$(PACKAGE_PROFILE)/ensemble target/$(PACKAGE_PROFILE)/ensemble-scripted-agent target/package/
+	$(if $(RELEASE),strip --strip-debug target/package/ensemble target/package/ensemble-scripted-agent)
 	target/package/ensemble man --dir target/package/man
 	rm -f $(PACKAGE_DIR)/*.deb
-	$(TAURI) build $(if $(filter debug,$(PACKAGE_PROFILE)),--debug) --bundles deb
-	@ls $(PACKAGE_DIR)/*.deb
+	$(if $(RELEASE),cp -p $(APP) target/package/app-unstripped && strip --strip-debug $(APP))
+	$(TAURI) build $(if $(RELEASE),,--debug) --bundles deb; status=$$?; \
+	  $(if $(RELEASE),mv target/package/app-unstripped $(APP);) exit $$status
+	@ls -l $(PACKAGE_DIR)/*.deb
 
 # Installs the package on this machine with dpkg (root), runs what it
 # installed, and purges it: scripts/package-test.sh.
