@@ -19,7 +19,7 @@ pub struct ServeArgs {
     /// (`lan = true`, `lan-bind = "0.0.0.0:6421"`); flags given here win
     /// (default: $XDG_CONFIG_HOME/ensemble/config.toml, if it exists).
     #[arg(long, env = "ENSEMBLE_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    config: Option<PathBuf>,
     /// Address the local listener (this machine's UI and clients) binds: a
     /// loopback address. Teammates on other machines come in through
     /// --lan (TLS), never through this one.
@@ -71,7 +71,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], ensemble_host::lan::DEFAULT_LAN_PORT)), value_name = "ADDR")]
     lan_bind: SocketAddr,
     #[command(flatten)]
-    pub mdns: MdnsArgs,
+    mdns: MdnsArgs,
     /// Also serve plain HTTP on the LAN (the LAN port + 1) so that teammates
     /// can use a browser, which cannot pin this host's certificate. Tokens
     /// and events then cross the network unencrypted.
@@ -86,7 +86,7 @@ pub struct ServeArgs {
 
 /// How VMs are sandboxed (docs/sandbox.md).
 #[derive(clap::Args)]
-pub struct SandboxArgs {
+struct SandboxArgs {
     /// `bwrap`: every process, shell and agent of a VM runs in a bubblewrap
     /// sandbox. `none`: no sandbox at all (anyone in control of a VM can
     /// read the owner token); every participant is warned.
@@ -126,7 +126,7 @@ impl SandboxArgs {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-pub enum DurabilityArg {
+enum DurabilityArg {
     Normal,
     Full,
 }
@@ -154,7 +154,7 @@ impl MdnsArgs {
 /// The `serve` command's flags as a command of their own, for reading the
 /// configuration file against them. A flag given twice takes the later
 /// value: the file's settings come first, the command line's after them.
-pub fn serve_command() -> clap::Command {
+fn serve_command() -> clap::Command {
     ServeArgs::augment_args(clap::Command::new("serve")).args_override_self(true)
 }
 
@@ -192,7 +192,7 @@ impl ServeArgs {
 
 /// The environment variables the desktop app takes in place of `serve`
 /// flags (it has no command line of its own), with the flag each stands for.
-pub const DESKTOP_ENV: [(&str, &str); 5] = [
+const DESKTOP_ENV: [(&str, &str); 5] = [
     ("ENSEMBLE_DATA_DIR", "data-dir"),
     ("ENSEMBLE_LAN_BIND", "lan-bind"),
     ("ENSEMBLE_MDNS_INTERFACES", "mdns-interfaces"),
@@ -202,7 +202,7 @@ pub const DESKTOP_ENV: [(&str, &str); 5] = [
 
 /// The desktop app's settings: the configuration file (`ENSEMBLE_CONFIG`,
 /// else `$XDG_CONFIG_HOME/ensemble/config.toml` if it exists), then the
-/// variables of [`DESKTOP_ENV`] over it, as flags on the command line are
+/// variables of `DESKTOP_ENV` over it, as flags on the command line are
 /// over it for `serve`. Also returns the file read, if any.
 pub fn desktop() -> anyhow::Result<(ServeArgs, Option<PathBuf>)> {
     let file = config::locate(&[])?;
@@ -211,7 +211,7 @@ pub fn desktop() -> anyhow::Result<(ServeArgs, Option<PathBuf>)> {
 }
 
 /// [`desktop`] with the file and the environment given.
-pub fn desktop_from(
+fn desktop_from(
     file: Option<&Path>,
     env: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<ServeArgs> {
