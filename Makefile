@@ -75,8 +75,12 @@ keyring: ui
 # packages the debug build instead (what package-test installs: it reuses
 # the build the other tests made, where a release build takes many minutes).
 # A release package holds its programs without debug info (a tenth of the
-# size); the bundler takes the app from target/release, so the app is
-# stripped there for the bundling only and put back after.
+# size). The app is built first and bundled after (`tauri bundle`, which
+# compiles nothing), so that it can be stripped in target/ for the bundling
+# only and put back after. The command and the app are built by separate
+# cargo runs: cargo unifies dependencies' features over the packages of one
+# run, and apart they reuse what `make browser`, `make bench` and `make run`
+# built instead of compiling another variant of every shared crate.
 PACKAGE_PROFILE ?= release
 PACKAGE_DIR := target/$(PACKAGE_PROFILE)/bundle/deb
 TAURI := ui/node_modules/.bin/tauri
@@ -84,14 +88,15 @@ RELEASE := $(filter release,$(PACKAGE_PROFILE))
 APP := target/$(PACKAGE_PROFILE)/ensemble-desktop
 
 package: ui
-	$(CARGO) build $(if $(RELEASE),--release) -p ensemble -p ensemble-scripted-agent -p ensemble-desktop
+	$(CARGO) build $(if $(RELEASE),--release) -p ensemble -p ensemble-scripted-agent
+	$(CARGO) build $(if $(RELEASE),--release) -p ensemble-desktop
 	rm -rf target/package && mkdir -p target/package/man
 	cp target/$(PACKAGE_PROFILE)/ensemble target/$(PACKAGE_PROFILE)/ensemble-scripted-agent target/package/
 	$(if $(RELEASE),strip --strip-debug target/package/ensemble target/package/ensemble-scripted-agent)
 	target/package/ensemble man --dir target/package/man
 	rm -f $(PACKAGE_DIR)/*.deb
 	$(if $(RELEASE),cp -p $(APP) target/package/app-unstripped && strip --strip-debug $(APP))
-	$(TAURI) build $(if $(RELEASE),,--debug) --bundles deb; status=$$?; \
+	$(TAURI) bundle $(if $(RELEASE),,--debug) --bundles deb; status=$$?; \
 	  $(if $(RELEASE),mv target/package/app-unstripped $(APP);) exit $$status
 	@ls -l $(PACKAGE_DIR)/*.deb
 
