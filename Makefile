@@ -1,9 +1,10 @@
 # `make run` starts the Ensemble desktop app, `make test` runs every check
-# and test (the desktop one under Xvfb),
-# `make bench` prints the performance figures.
+# and test (the desktop one under Xvfb, the Debian package installed and
+# removed), `make package` builds that package, `make bench` prints the
+# performance figures.
 CARGO ?= cargo
 
-.PHONY: all setup ui ui-check run serve test lint unit keyring browser bench clean
+.PHONY: all setup ui ui-check run serve test lint unit keyring browser package package-test bench clean
 
 all: test
 
@@ -67,8 +68,46 @@ browser: ui
 keyring: ui
 	./scripts/keyring-test.sh
 
+# `make package`: a Debian package of the desktop app, with the `ensemble`
+# command, the scripted agent and the manual pages, by Tauri's bundler (the
+# Tauri CLI from ui/node_modules, prebuilt by npm; the .deb target needs no
+# download). It lands in target/release/bundle/deb/. PACKAGE_PROFILE=debug
+# packages the debug build instead (what package-test installs: it reuses
+# the build the other tests made, where a release build takes many minutes).
+# A release package holds its programs without debug info (a tenth of the
+# size). The app is built first and bundled after (`tauri bundle`, which
+# compiles nothing), so that it can be stripped in target/ for the bundling
+# only and put back after. The command and the app are built by separate
+# cargo runs: cargo unifies dependencies' features over the packages of one
+# run, and apart they reuse what `make browser`, `make bench` and `make run`
+# built instead of compiling another variant of every shared crate.
+PACKAGE_PROFILE ?= release
+PACKAGE_DIR := target/$(PACKAGE_PROFILE)/bundle/deb
+TAURI := ui/node_modules/.bin/tauri
+RELEASE := $(filter release,$(PACKAGE_PROFILE))
+APP := target/$(PACKAGE_PROFILE)/ensemble-desktop
+
+package: ui
+	$(CARGO) build $(if $(RELEASE),--release) -p ensemble -p ensemble-scripted-agent
+	$(CARGO) build $(if $(RELEASE),--release) -p ensemble-desktop
+	rm -rf target/package && mkdir -p target/package/man
+	cp target/$(PACKAGE_PROFILE)/ensemble target/$(PACKAGE_PROFILE)/ensemble-scripted-agent target/package/
+	$(if $(RELEASE),strip --strip-debug target/package/ensemble target/package/ensemble-scripted-agent)
+	target/package/ensemble man --dir target/package/man
+	rm -f $(PACKAGE_DIR)/*.deb
+	$(if $(RELEASE),cp -p $(APP) target/package/app-unstripped && strip --strip-debug $(APP))
+	$(TAURI) bundle $(if $(RELEASE),,--debug) --bundles deb; status=$$?; \
+	  $(if $(RELEASE),mv target/package/app-unstripped $(APP);) exit $$status
+	@ls -l $(PACKAGE_DIR)/*.deb
+
+# Installs the package on this machine with dpkg (root), runs what it
+# installed, and purges it: scripts/package-test.sh.
+package-test:
+	$(MAKE) package PACKAGE_PROFILE=debug
+	./scripts/package-test.sh target/debug/bundle/deb/*.deb
+
 # The UI is checked and built first: the host embeds the build.
-test: ui-check ui lint unit keyring browser
+test: ui-check ui lint unit keyring browser package-test
 
 bench: setup
 	$(CARGO) build --release -p ensemble -p ensemble-bench -p ensemble-scripted-agent

@@ -10,10 +10,11 @@ set -euo pipefail
 # iproute2 for the LAN test's network namespaces, asciinema, which
 # checks the recordings `ensemble export` writes, bubblewrap, the sandbox
 # every VM's processes run in (docs/sandbox.md), libdbus-1-dev for the
-# keyring crate (Secret Service), and gnome-keyring (with dbus-daemon) for
-# scripts/keyring-test.sh, which saves an agent key in a real keyring.
+# keyring crate (Secret Service), gnome-keyring (with dbus-daemon) for
+# scripts/keyring-test.sh, which saves an agent key in a real keyring, and
+# groff-base, which renders the manual pages in tests/cli.rs.
 packages=(build-essential pkg-config ca-certificates tmux chromium iproute2 asciinema bubblewrap
-  libdbus-1-dev gnome-keyring dbus-daemon
+  libdbus-1-dev gnome-keyring dbus-daemon groff-base
   libssl-dev libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
   xvfb xauth webkit2gtk-driver)
 missing=()
@@ -40,7 +41,9 @@ for component in rustfmt clippy; do
 done
 
 # The web UI (ui/): Node.js 20.19 or newer (Vite 8), and its packages from
-# package-lock.json, installed again whenever the lock file changed.
+# package-lock.json, installed again whenever the lock file changed. They
+# include the Tauri CLI (@tauri-apps/cli, a prebuilt binary) that `make
+# package` bundles the desktop app with.
 if ! command -v node >/dev/null 2>&1 || ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)'; then
   echo "setup: the web UI needs Node.js 20.19 or newer with npm (found: $(node --version 2>/dev/null || echo none))" >&2
   exit 1

@@ -1,15 +1,17 @@
-//! Tauri's build step. tauri-build reads tauri.conf.json (and the icons it
-//! names) from the current directory, and in this repository they live at
-//! the root, one level above this crate.
-use std::path::PathBuf;
+//! Tauri's build step: tauri-build reads tauri.conf.json, next to this
+//! crate's Cargo.toml where the Tauri CLI (`make package`) also looks for
+//! it, and the icons it names (in the repository's icons/).
 
 fn main() {
-    let manifest_dir = PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
-    let root = manifest_dir.join("..");
-    println!("cargo:rerun-if-changed=../tauri.conf.json");
     println!("cargo:rerun-if-changed=../icons");
-    std::env::set_current_dir(&root).expect("the repository root is readable");
-    tauri_build::build();
+    // The app grants the page no capabilities and has no capabilities/
+    // directory. By default tauri-build watches that missing directory, and
+    // cargo counts a missing watched path as changed on every build, which
+    // rebuilt and relinked the app each time; naming the pattern ourselves
+    // turns that watch off (no directory: nothing to watch).
+    let attributes =
+        tauri_build::Attributes::new().capabilities_path_pattern("./capabilities/**/*");
+    if let Err(e) = tauri_build::try_build(attributes) {
+        panic!("tauri-build: {e:#}");
+    }
 }

@@ -1,7 +1,9 @@
 //! The client commands against the real host: `ensemble attach` in a real
 //! PTY (the screen, typing while driving, refused keys while someone else
 //! drives, detach leaving the shell running), `ensemble events` (the log as
-//! JSON Lines, gap-free), `ensemble who` and `ensemble invite`.
+//! JSON Lines, gap-free), `ensemble who`, `ensemble invite`, the `serve`
+//! configuration file and the manual pages (`ensemble man`); `attach`
+//! resuming across a connection cut by a proxy, with nothing lost.
 
 mod common;
 
@@ -66,8 +68,9 @@ impl Attached {
         self.writer.flush().unwrap();
     }
 
-    /// Waits until the output (since the last wait) contains `needle`.
-    fn expect(&mut self, needle: &str) {
+    /// Waits until the output (since the last wait) contains `needle`;
+    /// answers that output.
+    fn expect(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !String::from_utf8_lossy(&self.seen).contains(needle) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -79,7 +82,7 @@ impl Attached {
                 ),
             }
         }
-        self.seen.clear();
+        String::from_utf8_lossy(&std::mem::take(&mut self.seen)).into_owned()
     }
 
     fn wait(&mut self) -> u32 {
@@ -175,6 +178,154 @@ async fn attach_shows_the_shell_sends_keys_only_while_driving_and_detaches() {
     });
     let shells = owner.call("listShells", json!([])).await.unwrap();
     assert_eq!(shells[0]["running"], true, "detaching ended the shell");
+}
+
+/// A TCP proxy on 127.0.0.1 in front of the host, whose connections the
+/// test can cut for real (the client sees its socket closed) and keep
+/// refusing until it reopens: a dropped network, without touching one.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (o, l) = (open.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                // While cut, a connection is accepted and closed at once.
+                if !o.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut host) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut host).await;
+                    }
+                });
+                l.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Proxy { addr, open, links }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Closes every connection through the proxy and refuses new ones.
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn reopen(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_resumes_after_a_dropped_connection_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let proxy = Proxy::start(host.addr).await;
+    // The owner drives over a direct connection, and writes to the shell
+    // while attach's connection is down.
+    let owner = open_driving(&host, json!("drop")).await;
+    let shell = owner
+        .call("openShell", json!([{"cols": 100, "rows": 30}]))
+        .await
+        .unwrap()["shellId"]
+        .as_u64()
+        .unwrap();
+    let shell_arg = shell.to_string();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let proxy_url = proxy.url();
+    let mut attached = tokio::task::block_in_place(|| {
+        let mut a = Attached::start(&[
+            "attach",
+            "--url",
+            &proxy_url,
+            "--key",
+            "drop",
+            "--shell",
+            &shell_arg,
+            "--data-dir",
+            &data_dir,
+        ]);
+        a.expect("Ctrl-] d detaches");
+        a
+    });
+    owner
+        .call("writeShell", json!([shell, "echo before-$((6*7))\r"]))
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| attached.expect("before-42"));
+
+    // The connection drops; meanwhile the shell prints 200 numbered lines,
+    // committed to the log before attach can reconnect.
+    proxy.cut();
+    // (The VM client holds the connection: kept until the end.)
+    let (_watcher, mut events) = host
+        .client()
+        .open_with_events(json!("drop"), ensemble_client::OpenOptions::default())
+        .await
+        .unwrap();
+    owner
+        .call("writeShell", json!([shell, "seq -f 'away-%g' 1 200\r"]))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut printed = String::new();
+    while !printed.contains("away-200\r\n") {
+        assert!(
+            Instant::now() < deadline,
+            "the shell never printed away-200: {printed:?}"
+        );
+        if let Ok(Some(ensemble_client::Event::Bytes { payload, .. })) =
+            tokio::time::timeout(Duration::from_secs(1), events.recv()).await
+        {
+            printed.push_str(&String::from_utf8_lossy(&payload));
+        }
+    }
+    // Still cut off: nothing of it can have reached attach yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early: Vec<u8> = tokio::task::block_in_place(|| {
+        std::iter::from_fn(|| attached.output.try_recv().ok())
+            .flatten()
+            .collect()
+    });
+    assert!(
+        !String::from_utf8_lossy(&early).contains("away-1\r\n"),
+        "output reached attach through a cut connection"
+    );
+    attached.seen.extend_from_slice(&early);
+
+    // Back online: attach resumes from its last seq and shows every line.
+    proxy.reopen();
+    let shown = tokio::task::block_in_place(|| attached.expect("away-200\r\n"));
+    for i in 1..=200 {
+        assert!(
+            shown.contains(&format!("away-{i}\r\n")),
+            "away-{i} was lost across the reconnect: {shown:?}"
+        );
+    }
+    // And it is live again: what comes next shows too.
+    owner
+        .call("writeShell", json!([shell, "echo after-$((6*7))\r"]))
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        attached.expect("after-42");
+        attached.type_keys(&[0x1d, b'd']);
+        assert_eq!(attached.wait(), 0);
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,5 +608,80 @@ async fn serve_reads_its_settings_from_the_config_file_and_flags_win() {
     assert!(
         err.contains("lan-bnd") && err.contains("config.toml"),
         "{err}"
+    );
+}
+
+#[test]
+fn man_writes_a_page_per_command_that_groff_renders() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The top page lists every command; each has a page of its own.
+    let commands = [
+        "serve",
+        "config",
+        "nearby",
+        "join",
+        "attach",
+        "events",
+        "export",
+        "prompt",
+        "vms",
+        "who",
+        "invite",
+        "completions",
+        "man",
+    ];
+    let render = |page: &std::path::Path| {
+        // -ww: every warning, so that a malformed page shows up on stderr.
+        let out = std::process::Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww"])
+            .arg(page)
+            .output()
+            .expect("groff (setup.sh installs groff-base)");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "groff on {}: {}",
+            page.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // groff overstrikes bold and underlined text: keep the letters.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut plain = String::new();
+        for c in text.chars() {
+            if c == '\u{8}' {
+                plain.pop();
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
+    };
+    let top = render(&dir.path().join("ensemble.1"));
+    for command in commands {
+        assert!(
+            top.contains(&format!("ensemble-{command}(1)")),
+            "ensemble.1 lacks {command}: {top}"
+        );
+        let page = render(&dir.path().join(format!("ensemble-{command}.1")));
+        assert!(page.contains(&format!("ensemble-{command}")), "{page}");
+    }
+    let serve = render(&dir.path().join("ensemble-serve.1"));
+    assert!(serve.contains("--lan-bind"), "{serve}");
+
+    // Without --dir the top page goes to stdout.
+    let printed = std::process::Command::new(BIN).arg("man").output().unwrap();
+    assert!(printed.status.success());
+    assert_eq!(
+        printed.stdout,
+        std::fs::read(dir.path().join("ensemble.1")).unwrap()
     );
 }

@@ -7,7 +7,9 @@
 //! headless `ensemble serve --lan` announced on `lo`: Nearby lists it, both
 //! sides show the same verification code, its owner approves, the window
 //! drives its shell through the app's relay); ending the app must stop the
-//! host and its processes. Screenshots and the drivers' logs (which include
+//! host and its processes; the app must read `ensemble serve`'s
+//! configuration file (a setting from it shows in the host's state, a bad
+//! key stops the app with a message naming it). Screenshots and the drivers' logs (which include
 //! the app's) go to target/desktop-test-output/.
 //!
 //! mDNS runs on `lo` only and every listener binds 127.0.0.1.
@@ -37,6 +39,15 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 fn the_window_shows_the_ui_as_owner_and_ending_the_app_stops_the_host() {
     let out = output_dir();
     let data_dir = tempfile::tempdir().unwrap();
+    // The app's settings file, where `ensemble serve` reads its own; one
+    // setting the test can see from outside (the name it would share as).
+    let config_home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(config_home.path().join("ensemble")).unwrap();
+    std::fs::write(
+        config_home.path().join("ensemble/config.toml"),
+        "lan-name = \"Desk From File\"\n",
+    )
+    .unwrap();
 
     let (_xvfb, display) = start_xvfb(&out);
     let driver_port = free_port();
@@ -49,6 +60,8 @@ fn the_window_shows_the_ui_as_owner_and_ending_the_app_stops_the_host() {
             .env_remove("WAYLAND_DISPLAY")
             .env("GDK_BACKEND", "x11")
             .env("ENSEMBLE_DATA_DIR", data_dir.path())
+            .env("XDG_CONFIG_HOME", config_home.path())
+            .env_remove("ENSEMBLE_CONFIG")
             // The app's LAN side: loopback only, never the real interfaces.
             .env("ENSEMBLE_LAN_BIND", "127.0.0.1:0")
             .env("ENSEMBLE_MDNS_INTERFACES", "lo")
@@ -98,6 +111,7 @@ fn the_window_shows_the_ui_as_owner_and_ending_the_app_stops_the_host() {
         "the page reached the app over IPC: {ipc}"
     );
 
+    check_settings_file(&host, &owner_token(data_dir.path()));
     check_ui(&session, &out);
     check_lan_join(&session, &out);
     let sleeper = spawn_sleeper(&session, &owner_token(data_dir.path()));
@@ -111,6 +125,48 @@ fn the_window_shows_the_ui_as_owner_and_ending_the_app_stops_the_host() {
     wait_until_gone(app.as_raw() as u32);
     wait_until_refused(&host);
     wait_until_gone(sleeper);
+}
+
+/// The embedded host took its settings from the configuration file: its
+/// owner sees the LAN name the file sets.
+fn check_settings_file(host: &str, owner_token: &str) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let lan = runtime.block_on(async {
+        let url = host.replace("http://", "ws://");
+        let vm = ensemble_client::Client::new(url)
+            .with_token(owner_token)
+            .get_or_create("default")
+            .await
+            .expect("the owner connects to the app's host");
+        vm.call("getLan", json!([{"browse": false}]))
+            .await
+            .expect("getLan")
+    });
+    assert_eq!(
+        lan["displayName"], "Desk From File",
+        "the app's host did not take lan-name from config.toml: {lan}"
+    );
+}
+
+#[test]
+fn a_bad_settings_file_stops_the_app_before_any_window_naming_the_key() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = data_dir.path().join("settings.toml");
+    std::fs::write(&config, "lan-bnd = \"127.0.0.1:0\"\n").unwrap();
+    // No display at all: the app must stop at its settings, before GTK.
+    let out = Command::new(APP)
+        .env("ENSEMBLE_DATA_DIR", data_dir.path())
+        .env("ENSEMBLE_CONFIG", &config)
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the app started with a bad setting");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lan-bnd") && err.contains("settings.toml"),
+        "the message names neither the key nor the file: {err}"
+    );
 }
 
 /// The app's pid: the process running our binary with our data directory.

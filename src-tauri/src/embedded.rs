@@ -3,7 +3,6 @@
 //! exits (connections closed, VM processes killed, logs committed).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,21 +15,6 @@ use tokio_util::sync::CancellationToken;
 /// logs before the app gives up waiting and exits anyway.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The desktop app's sandbox settings, from the environment as `ensemble
-/// serve` takes them from flags: `ENSEMBLE_ISOLATION=none` runs VMs without
-/// a sandbox (everyone is warned), `ENSEMBLE_VM_NETWORK=none` cuts VMs off
-/// the network. Anything else unset keeps the defaults.
-fn sandbox_config() -> anyhow::Result<ensemble_host::sandbox::Config> {
-    let mut config = ensemble_host::sandbox::Config::default();
-    if let Ok(v) = std::env::var("ENSEMBLE_ISOLATION") {
-        config.isolation = v.parse().map_err(anyhow::Error::msg)?;
-    }
-    if let Ok(v) = std::env::var("ENSEMBLE_VM_NETWORK") {
-        config.network = v.parse().map_err(anyhow::Error::msg)?;
-    }
-    Ok(config)
-}
-
 pub struct EmbeddedHost {
     addr: SocketAddr,
     owner_token: String,
@@ -40,20 +24,11 @@ pub struct EmbeddedHost {
 
 impl EmbeddedHost {
     /// Opens the data directory and starts serving on loopback, for the
-    /// window. Sharing on the LAN is off until the owner switches it on in
-    /// the UI; `ENSEMBLE_LAN_BIND` (default `0.0.0.0:6421`) and
-    /// `ENSEMBLE_MDNS_INTERFACES` (default: the LAN interfaces) set where.
-    pub async fn start(data_dir: PathBuf) -> anyhow::Result<EmbeddedHost> {
-        let mut config = HostConfig::new(&data_dir);
-        config.sandbox = sandbox_config()?;
-        if let Ok(bind) = std::env::var("ENSEMBLE_LAN_BIND") {
-            config.lan.bind = bind
-                .parse()
-                .with_context(|| format!("ENSEMBLE_LAN_BIND={bind:?} is not an address:port"))?;
-        }
-        if let Ok(list) = std::env::var("ENSEMBLE_MDNS_INTERFACES") {
-            config.lan.interfaces = ensemble_lan::discovery::Interfaces::parse(&list);
-        }
+    /// window, with `config` (the settings `ensemble serve` would take from
+    /// the same file: docs/desktop.md). Sharing on the LAN stays off until
+    /// the owner switches it on in the UI, unless the file says `lan = true`.
+    pub async fn start(config: HostConfig) -> anyhow::Result<EmbeddedHost> {
+        let data_dir = config.data_dir.clone();
         let host = Host::start(config)
             .await
             .with_context(|| format!("cannot open the data directory {}", data_dir.display()))?;

@@ -17,7 +17,35 @@ use embedded::EmbeddedHost;
 use tauri::webview::PageLoadEvent;
 use tauri::{WebviewUrl, WebviewWindowBuilder};
 
+/// What `ensemble-desktop --help` prints: the app has no options of its own;
+/// its settings come from the configuration file and the environment.
+const USAGE: &str = "Usage: ensemble-desktop [--version | --help]
+
+Opens Ensemble's window on its own host (on 127.0.0.1). Settings: the file
+ensemble serve reads ($ENSEMBLE_CONFIG, else ~/.config/ensemble/config.toml),
+then ENSEMBLE_DATA_DIR, ENSEMBLE_LAN_BIND, ENSEMBLE_MDNS_INTERFACES,
+ENSEMBLE_ISOLATION and ENSEMBLE_VM_NETWORK over it. `ensemble --help` for the
+command line.
+";
+
 fn main() -> ExitCode {
+    // The only arguments: enough for a package manager or a user to check
+    // what is installed without opening a window.
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("--version" | "-V") => {
+            println!("ensemble-desktop {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some("--help" | "-h") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprint!("ensemble-desktop: unexpected argument {other:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(ensemble_host::QUIET_LOG_TARGETS.iter().fold(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -37,16 +65,23 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<i32> {
     let started = Instant::now();
-    // Same place and variable as `ensemble serve`, so both open the same VMs.
-    let data_dir = match std::env::var_os("ENSEMBLE_DATA_DIR") {
-        Some(dir) => dir.into(),
+    // The settings of `ensemble serve`, from the same file, with the
+    // environment in place of its flags; the same data directory, so both
+    // open the same VMs.
+    let (settings, file) = ensemble::settings::desktop()?;
+    if let Some(file) = &file {
+        tracing::info!(file = %file.display(), "settings read");
+    }
+    let data_dir = match settings.data_dir.clone() {
+        Some(dir) => dir,
         None => ensemble_host::store::default_data_dir()
             .context("no data directory known for this user; set ENSEMBLE_DATA_DIR")?,
     };
+    let config = settings.host_config(&data_dir)?;
     // The host runs on its own runtime so that it outlives Tauri's event loop
     // and can be stopped after the window is gone.
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let host = runtime.block_on(EmbeddedHost::start(data_dir))?;
+    let host = runtime.block_on(EmbeddedHost::start(config))?;
     let url = host.owner_url();
     let origin = url.origin();
 
@@ -71,7 +106,7 @@ fn run() -> anyhow::Result<i32> {
                 .build()?;
             Ok(())
         })
-        .build(tauri::generate_context!("../tauri.conf.json"))
+        .build(tauri::generate_context!())
         .context("cannot start the window")?;
 
     // A signal ends the app the way closing its window does.

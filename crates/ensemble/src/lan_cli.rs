@@ -5,30 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ensemble_lan::discovery::{Discovery, Interfaces};
+use ensemble_lan::discovery::Discovery;
 use ensemble_lan::join::{JoinArgs as LanJoin, JoinError, JoinStep};
 use ensemble_lan::peers::Peers;
 use ensemble_lan::{Fingerprint, Identity};
-
-#[derive(clap::Args)]
-pub struct MdnsArgs {
-    /// Network interfaces mDNS uses, comma-separated (for example `eth0` or
-    /// `lo`); `default` is every interface that is up except loopback,
-    /// container bridges and tunnels.
-    #[arg(
-        long,
-        env = "ENSEMBLE_MDNS_INTERFACES",
-        default_value = "default",
-        value_name = "LIST"
-    )]
-    mdns_interfaces: String,
-}
-
-impl MdnsArgs {
-    pub fn interfaces(&self) -> Interfaces {
-        Interfaces::parse(&self.mdns_interfaces)
-    }
-}
 
 #[derive(clap::Args)]
 pub struct NearbyArgs {
@@ -42,7 +22,7 @@ pub struct NearbyArgs {
     #[arg(long, env = "ENSEMBLE_DATA_DIR")]
     data_dir: Option<PathBuf>,
     #[command(flatten)]
-    mdns: MdnsArgs,
+    mdns: ensemble::settings::MdnsArgs,
 }
 
 #[derive(clap::Args)]

@@ -4,16 +4,16 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use ensemble_host::{Host, HostConfig};
+use ensemble::config;
+use ensemble::settings::ServeArgs;
+use ensemble_host::Host;
 
 mod attach;
-mod config;
 mod events;
 mod export;
 mod lan_cli;
@@ -73,125 +73,14 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-}
-
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// A TOML file of settings: any flag below by its long name
-    /// (`lan = true`, `lan-bind = "0.0.0.0:6421"`); flags given here win
-    /// (default: $XDG_CONFIG_HOME/ensemble/config.toml, if it exists).
-    #[arg(long, env = "ENSEMBLE_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Address the local listener (this machine's UI and clients) binds: a
-    /// loopback address. Teammates on other machines come in through
-    /// --lan (TLS), never through this one.
-    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], ensemble_protocol::DEFAULT_PORT)))]
-    bind: SocketAddr,
-    /// Where the event logs and the key registry live
-    /// (default: $XDG_DATA_HOME/ensemble, usually ~/.local/share/ensemble).
-    #[arg(long, env = "ENSEMBLE_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// A command started once and fed every event as one JSON line on stdin.
-    #[arg(long, value_name = "COMMAND")]
-    hook_command: Option<String>,
-    /// The hook command acknowledges each line it has processed by writing
-    /// `ack VMID SEQ` to its stdout; unacknowledged lines are written again
-    /// after it or the host restarts.
-    #[arg(long, requires = "hook_command")]
-    hook_ack: bool,
-    /// Enable the test actions `emit`, which appends arbitrary test events,
-    /// and `getLogStats`, which reports what the log spent its time on.
-    #[arg(long)]
-    test_actions: bool,
-    /// Disconnect a client whose socket accepts nothing for this many seconds
-    /// (it can reconnect and resume).
-    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
-    stall_timeout: u64,
-    /// Shell and process output each VM's log keeps, in MiB; older output is
-    /// pruned (everything else is kept, and late joiners still get the screen).
-    #[arg(long, default_value_t = ensemble_host::DEFAULT_OUTPUT_BUDGET >> 20, value_name = "MIB")]
-    output_budget_mib: u64,
-    /// How hard each commit of the event log is made durable: `normal`
-    /// survives a crash of the host, `full` also a power loss (an fsync per
-    /// commit).
-    #[arg(long, value_enum, default_value = "normal")]
-    durability: DurabilityArg,
-    /// A TOML file adding or overriding agent types ([agents.NAME] command = "...", args = [...]).
-    #[arg(long, value_name = "FILE")]
-    agents: Option<PathBuf>,
-    /// How long a new agent has to answer `initialize` and `session/new`.
-    #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
-    agent_init_timeout: f64,
-    /// How long a control holder who disconnects keeps control, so that a
-    /// reconnect does not lose it.
-    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
-    control_grace: f64,
-    /// Share on the LAN: listen with TLS on --lan-bind and announce this
-    /// host by mDNS. Off by default: the host then listens on loopback only.
-    #[arg(long)]
-    lan: bool,
-    /// Where the LAN (TLS) listener binds while sharing.
-    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], ensemble_host::lan::DEFAULT_LAN_PORT)), value_name = "ADDR")]
-    lan_bind: SocketAddr,
-    #[command(flatten)]
-    mdns: lan_cli::MdnsArgs,
-    /// Also serve plain HTTP on the LAN (the LAN port + 1) so that teammates
-    /// can use a browser, which cannot pin this host's certificate. Tokens
-    /// and events then cross the network unencrypted.
-    #[arg(long)]
-    lan_insecure_http: bool,
-    /// The name this host is announced with (default: the owner's name).
-    #[arg(long, value_name = "NAME")]
-    lan_name: Option<String>,
-    #[command(flatten)]
-    sandbox: SandboxArgs,
-}
-
-/// How VMs are sandboxed (docs/sandbox.md).
-#[derive(clap::Args)]
-struct SandboxArgs {
-    /// `bwrap`: every process, shell and agent of a VM runs in a bubblewrap
-    /// sandbox. `none`: no sandbox at all (anyone in control of a VM can
-    /// read the owner token); every participant is warned.
-    #[arg(long, default_value = "bwrap", value_name = "bwrap|none")]
-    isolation: ensemble_host::sandbox::Isolation,
-    /// `host`: VMs use the host's network. `none`: no network at all, not
-    /// even the host's 127.0.0.1.
-    #[arg(long, default_value = "host", value_name = "host|none")]
-    vm_network: ensemble_host::sandbox::Network,
-    /// Memory of each VM's processes together, in MiB (default: half the
-    /// machine's memory).
-    #[arg(long, value_name = "MIB")]
-    vm_memory: Option<u64>,
-    /// Processes (and threads) each VM may have.
-    #[arg(long, default_value_t = ensemble_host::sandbox::DEFAULT_PIDS, value_name = "N")]
-    vm_pids: u64,
-    /// Each VM's CPU weight against the host's other work: 1 to 10000, 100
-    /// is an equal share.
-    #[arg(long, default_value_t = 100, value_name = "WEIGHT", value_parser = clap::value_parser!(u32).range(1..=10000))]
-    vm_cpu: u32,
-}
-
-impl SandboxArgs {
-    fn config(&self) -> ensemble_host::sandbox::Config {
-        let mut config = ensemble_host::sandbox::Config {
-            isolation: self.isolation,
-            network: self.vm_network,
-            ..Default::default()
-        };
-        if let Some(mib) = self.vm_memory {
-            config.limits.memory_bytes = mib.max(16) << 20;
-        }
-        config.limits.pids = self.vm_pids.max(8);
-        config.limits.cpu_weight = self.vm_cpu;
-        config
-    }
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum DurabilityArg {
-    Normal,
-    Full,
+    /// Print the manual page ensemble(1), or write it and one page per
+    /// command (ensemble-serve.1, ...) into a directory.
+    Man {
+        /// Write ensemble.1 and ensemble-COMMAND.1 here instead of printing
+        /// ensemble.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -251,11 +140,26 @@ fn main() -> anyhow::Result<()> {
             let _ = std::io::stdout().write_all(&script);
             Ok(())
         }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the manual pages to {}", dir.display()))
+        }
+        Command::Man { dir: None } => {
+            let mut page = Vec::new();
+            // The same page as in the directory, where `help` has none.
+            clap_mangen::Man::new(Cli::command().disable_help_subcommand(true))
+                .render(&mut page)?;
+            // As for completions: `| head` is not an error.
+            let _ = std::io::stdout().write_all(&page);
+            Ok(())
+        }
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let data_dir = match args.data_dir {
+    let data_dir = match args.data_dir.clone() {
         Some(dir) => dir,
         None => ensemble_host::store::default_data_dir()
             .context("no data directory known for this user; pass --data-dir")?,
@@ -268,29 +172,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.bind
         );
     }
-    let mut config = HostConfig::new(&data_dir);
-    config.sandbox = args.sandbox.config();
-    config.test_actions = args.test_actions;
-    config.hook_command = args.hook_command;
-    config.hook_ack = args.hook_ack;
-    config.stall_timeout = Duration::from_secs(args.stall_timeout.max(1));
-    config.output_budget = args.output_budget_mib.max(1) << 20;
-    config.durability = match args.durability {
-        DurabilityArg::Normal => ensemble_host::log::Durability::Normal,
-        DurabilityArg::Full => ensemble_host::log::Durability::Full,
-    };
-    config.agents_file = args.agents;
-    config.agent_init_timeout = Duration::try_from_secs_f64(args.agent_init_timeout)
-        .context("--agent-init-timeout takes a positive number of seconds")?;
-    config.control_grace = Duration::try_from_secs_f64(args.control_grace)
-        .context("--control-grace takes a positive number of seconds")?;
-    config.lan = ensemble_host::lan::LanConfig {
-        bind: args.lan_bind,
-        interfaces: args.mdns.interfaces(),
-        insecure_http: args.lan_insecure_http,
-        display_name: args.lan_name,
-        share: args.lan,
-    };
+    let config = args.host_config(&data_dir)?;
     let lan_requested = args.lan;
     let host = Host::start(config)
         .await

@@ -134,11 +134,12 @@ fn the_action_headings_are_exactly_the_actions_in_order() {
 /// that this crate needs no dependency on the binary; `tests/host_core.rs`
 /// checks the same table against `ensemble serve --help` of the real binary.
 fn serve_flags() -> Vec<String> {
+    // ServeArgs and the structs it flattens live in the `ensemble` crate's
+    // library, which the desktop app shares.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ensemble/src");
-    let main = std::fs::read_to_string(src.join("main.rs")).expect("main.rs");
-    let lan = std::fs::read_to_string(src.join("lan_cli.rs")).expect("lan_cli.rs");
+    let settings = std::fs::read_to_string(src.join("settings.rs")).expect("settings.rs");
     let mut flags = Vec::new();
-    struct_flags(&main, "ServeArgs", &[&main, &lan], &mut flags);
+    struct_flags(&settings, "ServeArgs", &[&settings], &mut flags);
     flags
 }
 
