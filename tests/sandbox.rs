@@ -334,6 +334,29 @@ async fn a_vm_sees_and_signals_only_its_own_processes() {
 }
 
 /// Pids of live (not zombie) processes whose command line holds `marker`.
+/// Whether `ancestor` is `pid`'s parent, grandparent, ... (from /proc).
+fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut at = pid;
+    for _ in 0..64 {
+        let stat = std::fs::read_to_string(format!("/proc/{at}/stat")).unwrap_or_default();
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        if ppid == ancestor {
+            return true;
+        }
+        if ppid <= 1 {
+            return false;
+        }
+        at = ppid;
+    }
+    false
+}
+
 fn alive_with(marker: &str) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -407,6 +430,15 @@ async fn nothing_of_a_vm_outlives_a_killed_host_and_a_restart_starts_clean() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let procs = cgroup_procs(pid);
+    // This host's agents: other hosts on the machine run scripted agents
+    // with the same command line (the journal dir is the same path inside
+    // every sandbox), so tell ours by ancestry while the host is alive.
+    let host_pid = host.child.id();
+    let agents: Vec<u32> = alive_with("--journal-dir")
+        .into_iter()
+        .filter(|p| descends_from(*p, host_pid))
+        .collect();
+    assert!(!agents.is_empty(), "the scripted agent is not running");
 
     host.kill9();
     let killed = Instant::now();
@@ -415,10 +447,8 @@ async fn nothing_of_a_vm_outlives_a_killed_host_and_a_restart_starts_clean() {
             .iter()
             .flat_map(|m| alive_with(m).into_iter())
             .filter(|p| {
-                // Only this test's agents: its journal dir is in our data dir.
                 let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                let cmd = String::from_utf8_lossy(&cmd).into_owned();
-                !cmd.contains("--journal-dir") || cmd.contains("/var/lib/ensemble/agents")
+                !String::from_utf8_lossy(&cmd).contains("--journal-dir") || agents.contains(p)
             })
             .collect();
         if left.is_empty() {
