@@ -84,7 +84,8 @@ fn make(rng: &mut Rng) -> Vec<u8> {
         0 => value(rng, 4, KEYS),
         1 => Value::Array((0..rng.below(5)).map(|_| value(rng, 3, KEYS)).collect()),
         _ => {
-            let mut v: Value = serde_json::from_str(*rng.pick(SEEDS)).unwrap_or(Value::Null);
+            let seed = *rng.pick(SEEDS);
+            let mut v: Value = serde_json::from_str(seed).unwrap_or(Value::Null);
             mutate_value(rng, &mut v, KEYS);
             v
         }
