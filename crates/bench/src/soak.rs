@@ -6,6 +6,7 @@
 //! without duplicates across its resumes, and fails if a stream breaks or
 //! if the host grows after warm-up beyond the tolerances below.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
 
 use crate::client::{self, BinaryFrame, Ws};
 use crate::host::{memory_of, HostProcess};
@@ -199,6 +201,7 @@ pub async fn run(opts: &SoakOptions) -> Result<()> {
             let rng = Rng(opts.seed.wrapping_mul(1000).wrapping_add(i as u64));
             tokio::spawn(client_loop(
                 url.clone(),
+                host.addr,
                 token.clone(),
                 rng,
                 stop.clone(),
@@ -381,6 +384,26 @@ impl Cursor {
     }
 }
 
+/// Client side of a WebSocket with a small receive buffer. Loopback lets a
+/// receive buffer grow to 32 MiB (`tcp_rmem`), which holds minutes of the
+/// stream: a client that stalls would never be seen stalling by the host.
+/// 64 KiB is what a slow reader behind a real link offers.
+async fn connect(url: &str, addr: SocketAddr) -> Result<Ws> {
+    let socket = tokio::net::TcpSocket::new_v4().context("a TCP socket")?;
+    socket
+        .set_recv_buffer_size(64 << 10)
+        .context("set the receive buffer")?;
+    let stream = socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    stream.set_nodelay(true).context("TCP_NODELAY")?;
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .with_context(|| format!("WebSocket handshake with {url}"))?;
+    Ok(ws)
+}
+
 /// How a connection ended.
 enum Ended {
     /// The run is over.
@@ -395,6 +418,7 @@ enum Ended {
 /// seq), reads for a while, then stalls, drops or leaves, over and over.
 async fn client_loop(
     url: String,
+    addr: SocketAddr,
     token: String,
     mut rng: Rng,
     stop: Arc<AtomicBool>,
@@ -402,7 +426,7 @@ async fn client_loop(
 ) -> Result<()> {
     let mut cursor = Cursor { last: None };
     while !stop.load(Ordering::SeqCst) {
-        let mut ws = client::connect(&url).await?;
+        let mut ws = connect(&url, addr).await?;
         client::hello(&mut ws, KEY, &token).await?;
         counters.connections.fetch_add(1, Ordering::Relaxed);
         match cursor.last {
@@ -427,12 +451,18 @@ async fn client_loop(
         }
         match rng.below(4) {
             // Stall: read nothing for a while, then read on; if the host
-            // gave up on this connection, resume on a new one. The kernel's
-            // socket buffers (MiBs on loopback) take seconds of the stream
-            // before the host's writes block, so some stalls are long.
+            // gave up on this connection, resume on a new one. Half of the
+            // stalls are long: the host's own socket buffer (up to 4 MiB,
+            // `tcp_wmem`) takes about a minute of the stream before its
+            // writes block and its stall timeout starts.
             0 => {
                 counters.stalls.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(rng.millis(500, 25_000)).await;
+                let stall = if rng.below(2) == 0 {
+                    rng.millis(500, 5_000)
+                } else {
+                    rng.millis(30_000, 90_000)
+                };
+                tokio::time::sleep(stall).await;
                 let more = rng.millis(500, 2_000);
                 if let Ended::ByHost = read(&mut ws, &mut cursor, more, &stop, &counters).await? {
                     counters.stall_disconnects.fetch_add(1, Ordering::Relaxed);
