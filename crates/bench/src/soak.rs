@@ -462,7 +462,7 @@ async fn client_loop(
                 } else {
                     rng.millis(30_000, 90_000)
                 };
-                tokio::time::sleep(stall).await;
+                pause(stall, &stop).await;
                 let more = rng.millis(500, 2_000);
                 if let Ended::ByHost = read(&mut ws, &mut cursor, more, &stop, &counters).await? {
                     counters.stall_disconnects.fetch_add(1, Ordering::Relaxed);
@@ -485,9 +485,21 @@ async fn client_loop(
                 let _ = ws.close(None).await;
             }
         }
-        tokio::time::sleep(rng.millis(100, 2_000)).await;
+        pause(rng.millis(100, 2_000), &stop).await;
     }
     Ok(())
+}
+
+/// Sleeps for `d`, or until the run stops: a client in a long stall must
+/// not hold the end of the run for a minute.
+async fn pause(d: Duration, stop: &AtomicBool) {
+    let until = tokio::time::Instant::now() + d;
+    while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < until {
+        tokio::time::sleep_until(
+            until.min(tokio::time::Instant::now() + Duration::from_millis(200)),
+        )
+        .await;
+    }
 }
 
 /// Reads events for `within`, checking each seq against the cursor. A fresh
