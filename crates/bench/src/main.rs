@@ -90,6 +90,8 @@ Options:
   --quick-reference   run the terminal references (pty, tmux, lat) with --quick
   --no-reference      skip every reference
   -h, --help          this text
+
+ensemble-bench soak [--secs N] ...: the soak run instead (`make soak`; soak --help)
 ";
 
 struct Options {
