@@ -32,6 +32,12 @@ fn main() -> anyhow::Result<()> {
             other => bail!("unknown argument {other:?}; usage: ensemble-fuzz [--secs N] [--seed S] [--only TARGET]"),
         }
     }
+    if let Some(name) = only.as_deref() {
+        if !TARGETS.iter().any(|t| t.name == name) {
+            let names: Vec<&str> = TARGETS.iter().map(|t| t.name).collect();
+            bail!("unknown target {name:?}; targets: {}", names.join(", "));
+        }
+    }
     println!("fuzz: {secs} s per target, seed {seed}");
     let mut reports: Vec<Report> = Vec::new();
     for target in TARGETS {
