@@ -264,8 +264,6 @@ pub struct Started {
     pub info: SessionInfo,
 }
 
-/// Starts the agent, initializes it and opens its session. Fails (and kills
-/// the agent) if it does not start or does not answer in time.
 /// The `data.event` of the `sessionEvent` an agent's `session/update`
 /// becomes: the notification as ACP wrote it. Public for the fuzzer
 /// (crates/fuzz), which checks that no notification the ACP layer accepts
@@ -279,6 +277,8 @@ pub fn session_event(notification: &SessionNotification) -> String {
     .to_string()
 }
 
+/// Starts the agent, initializes it and opens its session. Fails (and kills
+/// the agent) if it does not start or does not answer in time.
 pub async fn start(start: SessionStart) -> Result<Started, VmError> {
     let SessionStart {
         session_id,
