@@ -1,10 +1,11 @@
 # `make run` starts the Ensemble desktop app, `make test` runs every check
 # and test (the desktop one under Xvfb, the Debian package installed and
 # removed), `make package` builds that package, `make bench` prints the
-# performance figures.
+# performance figures, `make fuzz` and `make soak` run the fuzzer and the
+# soak run (neither is part of `make test`).
 CARGO ?= cargo
 
-.PHONY: all setup ui ui-check run serve test lint unit keyring browser package package-test bench clean
+.PHONY: all setup ui ui-check run serve test lint unit keyring browser package package-test bench fuzz soak clean
 
 all: test
 
@@ -112,6 +113,25 @@ test: ui-check ui lint unit keyring browser package-test
 bench: setup
 	$(CARGO) build --release -p ensemble -p ensemble-bench -p ensemble-scripted-agent
 	./target/release/ensemble-bench
+
+# Fuzzes what the host and the client parse from outside (crates/fuzz):
+# clients' text frames, action arguments, binary frames, agents' ACP
+# lines; FUZZ_SECS seconds per target, executions and crashes printed
+# (docs/testing.md). Not part of `make test`, which runs a short smoke.
+FUZZ_SECS ?= 120
+
+fuzz: setup
+	$(CARGO) build --release -p ensemble-fuzz
+	./target/release/ensemble-fuzz --secs $(FUZZ_SECS)
+
+# An hour (SOAK_SECS) of clients joining, resuming, stalling and leaving
+# while shells and a scripted session stream; fails on a gap in a stream or
+# on host RSS, fds or threads growing after warm-up (docs/benchmarks.md).
+SOAK_SECS ?= 3600
+
+soak: setup
+	$(CARGO) build --release -p ensemble -p ensemble-bench -p ensemble-scripted-agent
+	./target/release/ensemble-bench soak --secs $(SOAK_SECS)
 
 clean:
 	$(CARGO) clean

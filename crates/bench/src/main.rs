@@ -18,6 +18,7 @@ mod reference;
 mod sandbox;
 mod session;
 mod shell;
+mod soak;
 mod stages;
 
 use std::path::PathBuf;
@@ -105,6 +106,8 @@ Options:
   --quick-reference   run the terminal references (pty, tmux, lat) with --quick
   --no-reference      skip every reference
   -h, --help          this text
+
+ensemble-bench soak [--secs N] ...: the soak run instead (`make soak`; soak --help)
 ";
 
 struct Options {
@@ -201,6 +204,17 @@ fn parse_args() -> Result<Options> {
 }
 
 fn main() -> Result<()> {
+    // `ensemble-bench soak ...` is the soak run (`make soak`), apart from
+    // the sections: it takes an hour by default and checks, not measures.
+    if std::env::args().nth(1).as_deref() == Some("soak") {
+        let exe = std::env::current_exe().context("find this binary")?;
+        let opts = soak::parse_args(exe.with_file_name("ensemble"), std::env::args().skip(2))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("start the async runtime")?;
+        return runtime.block_on(soak::run(&opts));
+    }
     let opts = parse_args()?;
     println!("# ensemble-bench: {}", machine());
     // Two cores are shared with whatever else runs: say so when the figures

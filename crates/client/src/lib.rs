@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ensemble_protocol::{
-    BinaryHeader, ClientMessage, ErrorBody, ErrorCode, EventFrame, Participant, ServerMessage,
-    VmInfo, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, WS_PATH,
+    BinaryHeader, ClientMessage, ErrorBody, ErrorCode, EventFrame, FrameError, Participant,
+    ServerMessage, VmInfo, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, WS_PATH,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -80,6 +80,14 @@ pub enum Event {
 }
 
 impl Event {
+    /// Decodes a binary frame from the host; the payload shares the frame's
+    /// buffer instead of being copied.
+    pub fn from_binary(frame: Bytes) -> Result<Event, FrameError> {
+        let (header, payload) = BinaryHeader::decode(&frame)?;
+        let payload = frame.slice(frame.len() - payload.len()..);
+        Ok(Event::Bytes { header, payload })
+    }
+
     pub fn seq(&self) -> u64 {
         match self {
             Event::Json(f) => f.seq,
@@ -502,11 +510,8 @@ impl Conn {
                     };
                     match msg {
                         Message::Text(text) => self.text(&text).await,
-                        Message::Binary(bytes) => match BinaryHeader::decode(&bytes) {
-                            Ok((header, payload)) => {
-                                let payload = bytes.slice(bytes.len() - payload.len()..);
-                                self.deliver(Event::Bytes { header, payload }).await;
-                            }
+                        Message::Binary(bytes) => match Event::from_binary(bytes) {
+                            Ok(event) => self.deliver(event).await,
                             Err(e) => tracing::warn!(error = %e, "unreadable binary frame"),
                         },
                         Message::Close(_) => return Ended::Dropped,

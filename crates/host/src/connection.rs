@@ -659,7 +659,8 @@ fn too_large(len: usize) -> String {
 
 /// Parses a text frame. Tells apart JSON that is not JSON, an unknown `type`,
 /// and a known type with bad fields; keeps the action id when there is one.
-fn parse(text: &str) -> Result<ClientMessage, (Option<u64>, ErrorBody)> {
+/// Public for the fuzzer (crates/fuzz), which feeds it arbitrary text.
+pub fn parse(text: &str) -> Result<ClientMessage, (Option<u64>, ErrorBody)> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| (None, ErrorBody::new(ErrorCode::InvalidJson, e.to_string())))?;
     let id = value.get("id").and_then(Value::as_u64);
@@ -815,8 +816,9 @@ async fn handle(
 
 /// `emit`'s `data` exactly as the client wrote it (insignificant whitespace
 /// removed): parsed into a `Value`, a number would come back as the nearest
-/// double (2^64 as `1.8446744073709552e19`), not as given.
-fn raw_emit_data(text: &str, msg: &ClientMessage) -> Option<String> {
+/// double (2^64 as `1.8446744073709552e19`), not as given. Public for the
+/// fuzzer (crates/fuzz).
+pub fn raw_emit_data(text: &str, msg: &ClientMessage) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct RawAction<'a> {
         #[serde(borrow)]
@@ -834,7 +836,14 @@ fn raw_emit_data(text: &str, msg: &ClientMessage) -> Option<String> {
         return None;
     }
     let action: RawAction = serde_json::from_str(text).ok()?;
-    let options: RawOptions = serde_json::from_str(action.args?.first()?.get()).ok()?;
+    let options = action.args?.first()?.get();
+    // Only an object names `data`: a derived struct also reads an array by
+    // position, where `emit` and `RawOptions` disagree on which is `data`
+    // (found by the fuzzer); the parsed value is used then.
+    if !options.starts_with('{') {
+        return None;
+    }
+    let options: RawOptions = serde_json::from_str(options).ok()?;
     Some(minify(options.data?.get()))
 }
 
@@ -1134,4 +1143,32 @@ async fn live_batch(
     }
     w.flush().await?;
     send_caught_up(w, f).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Option<String> {
+        let msg = parse(text).map_err(|(_, e)| e.message).unwrap();
+        raw_emit_data(text, &msg)
+    }
+
+    #[test]
+    fn emit_data_is_kept_as_written() {
+        let text = r#"{"type":"action","id":1,"name":"emit","args":[{"data": {"x": 0.24744098492908506, "n": 18446744073709551616}}]}"#;
+        assert_eq!(
+            raw(text).as_deref(),
+            Some(r#"{"x":0.24744098492908506,"n":18446744073709551616}"#)
+        );
+    }
+
+    /// Found by the fuzzer: options given as an array were read by position,
+    /// and the raw `data` was the first element while `emit` took the
+    /// second, so the event logged the event's name as its data.
+    #[test]
+    fn emit_options_by_position_have_no_raw_data() {
+        let text = r#"{"type":"action","id":1,"name":"emit","args":[["testEvent",{"a":1}]]}"#;
+        assert_eq!(raw(text), None);
+    }
 }

@@ -264,6 +264,19 @@ pub struct Started {
     pub info: SessionInfo,
 }
 
+/// The `data.event` of the `sessionEvent` an agent's `session/update`
+/// becomes: the notification as ACP wrote it. Public for the fuzzer
+/// (crates/fuzz), which checks that no notification the ACP layer accepts
+/// fails to become an event.
+pub fn session_event(notification: &SessionNotification) -> String {
+    json!({
+        "jsonrpc": "2.0",
+        "method": "session/update",
+        "params": notification,
+    })
+    .to_string()
+}
+
 /// Starts the agent, initializes it and opens its session. Fails (and kills
 /// the agent) if it does not start or does not answer in time.
 pub async fn start(start: SessionStart) -> Result<Started, VmError> {
@@ -981,11 +994,6 @@ impl SessionTask {
                 }
             }
         }
-        let event = json!({
-            "jsonrpc": "2.0",
-            "method": "session/update",
-            "params": notification,
-        });
         // Not waiting for each commit: the writer keeps order and batches
         // a stream of chunks into few commits (waiting held the agent to
         // one commit per chunk). The turn's answer waits for them instead.
@@ -993,7 +1001,7 @@ impl SessionTask {
             .log
             .append_nowait(vec![NewEvent::Session {
                 session_id: self.session_id.clone(),
-                event: event.to_string(),
+                event: session_event(&notification),
             }])
             .await;
         if let Err(e) = appended {
