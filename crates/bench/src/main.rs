@@ -20,6 +20,7 @@ mod session;
 mod shell;
 mod soak;
 mod stages;
+mod stream;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

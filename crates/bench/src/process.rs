@@ -15,16 +15,14 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::client::{self, Incoming, Ws};
+use crate::client;
 use crate::host::{HostProcess, RssSampler, RssStats, Target};
 use crate::stages::{LogStats, Stages};
+use crate::stream::{self, Received};
 use crate::{int, kib};
-
-/// The `processOutput` kind of a stdout frame (protocol.md, "Binary frames").
-const PROCESS_STDOUT: u8 = 2;
 
 /// The clients of the `process` section: the 1 and 20.
 const CLIENTS: [usize; 2] = [1, 20];
@@ -147,7 +145,12 @@ pub async fn run(
     let mut owner = conns.next().context("no client")?;
     let mut tasks = Vec::with_capacity(clients);
     for ws in conns {
-        tasks.push(tokio::spawn(receive(ws, workload.expected.clone(), None)));
+        tasks.push(tokio::spawn(stream::receive(
+            ws,
+            stream::PROCESS,
+            workload.expected.clone(),
+            None,
+        )));
     }
     let log0 = LogStats::read(host, key).await;
     let sampler = RssSampler::start(host.pid());
@@ -157,7 +160,12 @@ pub async fn run(
     client::action(&mut owner, 1, "spawn", json!([program, args])).await?;
     tasks.insert(
         0,
-        tokio::spawn(receive(owner, workload.expected.clone(), Some(1))),
+        tokio::spawn(stream::receive(
+            owner,
+            stream::PROCESS,
+            workload.expected.clone(),
+            Some(1),
+        )),
     );
     let mut received = Vec::with_capacity(clients);
     for task in tasks {
@@ -169,11 +177,11 @@ pub async fn run(
         (Some(a), Some(b)) => Some(b.since(&a)),
         _ => None,
     };
-    let spawned = received[0].spawned.context("no spawn result")?;
-    if let Some(r) = received.iter().find(|r| r.pid != spawned) {
+    let spawned = received[0].started.context("no spawn result")?;
+    if let Some(r) = received.iter().find(|r| r.id != spawned) {
         bail!(
             "a client followed pid {} but pid {spawned} was spawned",
-            r.pid
+            r.id
         );
     }
     let secs_of = |r: &Received| r.last_byte_at.duration_since(t0).as_secs_f64();
@@ -191,97 +199,6 @@ pub async fn run(
         host_cores: host_cpu / slowest,
         rss,
         stages: log.map(|log| Stages { log, secs: slowest }),
-    })
-}
-
-/// What one client saw.
-struct Received {
-    ws: Ws,
-    pid: u32,
-    /// The `spawn` result, for the client that sent it.
-    spawned: Option<u32>,
-    last_byte_at: Instant,
-    frames: u64,
-}
-
-/// Reads stdout frames until `processExit`, comparing every payload with
-/// the next bytes of `expected`: a byte wrong, missing, extra or out of
-/// order fails the run. `result_id` is the `spawn` this client sent.
-async fn receive(mut ws: Ws, expected: Arc<Vec<u8>>, result_id: Option<u64>) -> Result<Received> {
-    let mut pos = 0usize;
-    let mut prev_seq = 0u64;
-    let mut pid = None;
-    let mut spawned = None;
-    let mut last_byte_at = None;
-    let mut frames = 0u64;
-    let mut exited = false;
-    while !exited || (result_id.is_some() && spawned.is_none()) {
-        let msg = client::recv(&mut ws)
-            .await
-            .with_context(|| format!("at byte {pos} of {}", expected.len()))?;
-        match msg {
-            Incoming::Binary(f) => {
-                if f.seq <= prev_seq {
-                    bail!("ORDER VIOLATION: seq {} after {prev_seq}", f.seq);
-                }
-                prev_seq = f.seq;
-                if f.kind != PROCESS_STDOUT {
-                    bail!(
-                        "binary frame of kind {} (the command writes stdout only)",
-                        f.kind
-                    );
-                }
-                if *pid.get_or_insert(f.id) != f.id {
-                    bail!("output of pid {} while following {pid:?}", f.id);
-                }
-                let payload = f.payload();
-                let end = pos + payload.len();
-                if expected.get(pos..end) != Some(payload) {
-                    bail!(
-                        "BYTES DIFFER in seq {} at bytes {pos}..{end} of {}",
-                        f.seq,
-                        expected.len()
-                    );
-                }
-                pos = end;
-                frames += 1;
-                if pos == expected.len() {
-                    last_byte_at = Some(Instant::now());
-                }
-            }
-            Incoming::Text(v) => match (v["type"].as_str(), v["name"].as_str()) {
-                (Some("event"), Some("processExit")) => {
-                    if v["seq"].as_u64().is_none_or(|s| s <= prev_seq) {
-                        bail!("processExit out of order: {v}");
-                    }
-                    if pos != expected.len() {
-                        bail!(
-                            "processExit after {pos} bytes of {}: output missing",
-                            expected.len()
-                        );
-                    }
-                    if v["data"]["exitCode"].as_i64() != Some(0) {
-                        bail!("the command did not exit with 0: {v}");
-                    }
-                    exited = true;
-                }
-                (Some("result"), _) if v["id"].as_u64() == result_id => {
-                    let id = v["value"]["pid"]
-                        .as_u64()
-                        .and_then(|id| u32::try_from(id).ok())
-                        .ok_or_else(|| anyhow!("spawn result without a pid: {v}"))?;
-                    spawned = Some(id);
-                }
-                _ => bail!("unexpected message at byte {pos}: {v}"),
-            },
-        }
-    }
-    Ok(Received {
-        ws,
-        pid: pid.context("no output at all")?,
-        spawned,
-        last_byte_at: last_byte_at.context("no output at all")?,
-        frames,
     })
 }
 

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -26,6 +26,7 @@ use crate::client::{self, Incoming, Ws, SHELL_DATA};
 use crate::host::{HostProcess, Memory, RssSampler, RssStats, Target};
 use crate::reference::TerminalReference;
 use crate::stages::{LogStats, Stages};
+use crate::stream::{self, Received};
 use crate::{int, kib, Table};
 
 /// The file anchors.py `cat`s: lines of 100 base64 characters and `\n`,
@@ -409,7 +410,12 @@ pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Res
     let mut owner = conns.next().context("no client")?;
     let mut tasks = Vec::with_capacity(clients);
     for ws in conns {
-        tasks.push(tokio::spawn(receive_cat(ws, file.expected.clone(), None)));
+        tasks.push(tokio::spawn(stream::receive(
+            ws,
+            stream::SHELL,
+            file.expected.clone(),
+            None,
+        )));
     }
     let log0 = LogStats::read(host, key).await;
     let sampler = RssSampler::start(host.pid());
@@ -435,7 +441,12 @@ pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Res
     .await?;
     tasks.insert(
         0,
-        tokio::spawn(receive_cat(owner, file.expected.clone(), Some(1))),
+        tokio::spawn(stream::receive(
+            owner,
+            stream::SHELL,
+            file.expected.clone(),
+            Some(1),
+        )),
     );
     let mut received = Vec::with_capacity(clients);
     for task in tasks {
@@ -450,11 +461,11 @@ pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Res
         (Some(a), Some(b)) => Some(b.since(&a)),
         _ => None,
     };
-    let opened = received[0].opened.context("no openShell result")?;
-    if let Some(r) = received.iter().find(|r| r.shell_id != opened) {
+    let opened = received[0].started.context("no openShell result")?;
+    if let Some(r) = received.iter().find(|r| r.id != opened) {
         bail!(
             "a client followed shell {} but shell {opened} was opened",
-            r.shell_id
+            r.id
         );
     }
     let secs_of = |r: &Received| r.last_byte_at.duration_since(t0).as_secs_f64();
@@ -476,118 +487,6 @@ pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Res
         rss,
         busy_after_secs: 0.0,
         stages: log.map(|log| Stages { log, secs: slowest }),
-    })
-}
-
-/// What one throughput client saw.
-struct Received {
-    ws: Ws,
-    shell_id: u32,
-    /// The `openShell` result, for the client that sent it.
-    opened: Option<u32>,
-    last_byte_at: Instant,
-    frames: u64,
-}
-
-/// Reads `shellData` until `shellExit`, comparing every payload with the
-/// next bytes of `expected`: one byte wrong, missing, extra or out of
-/// order fails the run. `result_id` is the `openShell` this client sent.
-async fn receive_cat(
-    mut ws: Ws,
-    expected: Arc<Vec<u8>>,
-    result_id: Option<u64>,
-) -> Result<Received> {
-    let mut pos = 0usize;
-    let mut prev_seq = 0u64;
-    let mut shell_id = None;
-    let mut opened = None;
-    let mut last_byte_at = None;
-    let mut frames = 0u64;
-    let mut exited = false;
-    while !exited || (result_id.is_some() && opened.is_none()) {
-        match client::recv(&mut ws)
-            .await
-            .with_context(|| format!("at byte {pos} of {}", expected.len()))?
-        {
-            Incoming::Binary(f) => {
-                if f.kind != SHELL_DATA {
-                    bail!(
-                        "binary frame of kind {} (only shellData subscribed)",
-                        f.kind
-                    );
-                }
-                if f.seq <= prev_seq {
-                    bail!("ORDER VIOLATION: seq {} after {prev_seq}", f.seq);
-                }
-                prev_seq = f.seq;
-                if *shell_id.get_or_insert(f.id) != f.id {
-                    bail!("output of shell {} while following {shell_id:?}", f.id);
-                }
-                let payload = f.payload();
-                let end = pos + payload.len();
-                let Some(want) = expected.get(pos..end) else {
-                    bail!(
-                        "{} bytes of output, more than the {} the cat produces",
-                        end,
-                        expected.len()
-                    );
-                };
-                if want != payload {
-                    let at = want
-                        .iter()
-                        .zip(payload)
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(0);
-                    bail!(
-                        "BYTES DIFFER at byte {} of the output (seq {}): got {:?}, expected {:?}",
-                        pos + at,
-                        f.seq,
-                        String::from_utf8_lossy(&payload[at..(at + 16).min(payload.len())]),
-                        String::from_utf8_lossy(&want[at..(at + 16).min(want.len())])
-                    );
-                }
-                pos = end;
-                frames += 1;
-                if pos == expected.len() {
-                    last_byte_at = Some(Instant::now());
-                }
-            }
-            Incoming::Text(v) => match (v["type"].as_str(), v["name"].as_str()) {
-                (Some("event"), Some("shellExit")) => {
-                    if v["seq"].as_u64().is_none_or(|s| s <= prev_seq) {
-                        bail!("shellExit out of order: {v}");
-                    }
-                    if shell_id.is_some_and(|id| v["data"]["shellId"].as_u64() != Some(id.into())) {
-                        continue; // another shell of the key
-                    }
-                    if pos != expected.len() {
-                        bail!(
-                            "shellExit after {pos} bytes of {}: output missing",
-                            expected.len()
-                        );
-                    }
-                    if v["data"]["exitCode"].as_i64() != Some(0) {
-                        bail!("cat did not exit with 0: {v}");
-                    }
-                    exited = true;
-                }
-                (Some("result"), _) if v["id"].as_u64() == result_id => {
-                    let id = v["value"]["shellId"]
-                        .as_u64()
-                        .and_then(|id| u32::try_from(id).ok())
-                        .ok_or_else(|| anyhow!("openShell result without a shellId: {v}"))?;
-                    opened = Some(id);
-                }
-                _ => bail!("unexpected message at byte {pos}: {v}"),
-            },
-        }
-    }
-    Ok(Received {
-        ws,
-        shell_id: shell_id.context("no output at all")?,
-        opened,
-        last_byte_at: last_byte_at.context("no output at all")?,
-        frames,
     })
 }
 
