@@ -464,3 +464,83 @@ async fn a_snapshot_during_a_flood_comes_at_once_and_fits_the_bytes_after_it() {
     assert_eq!(got_rows.len(), 1000 + 24, "scrollback full");
     assert_eq!(got_rows, want_rows);
 }
+
+/// Terminal model threads (`shell-N-model`) of process `pid`.
+fn model_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm")).is_ok_and(|name| {
+                        name.starts_with("shell-") && name.trim_end().ends_with("-model")
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Issue 15: a shell that exited keeps only its last screen. Its terminal
+/// model (a thread with the screen and scrollback) goes away once its
+/// output is all logged, so a host that opens many short shells does not
+/// grow by one model each; the snapshot still shows what it printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exited_shell_keeps_its_screen_but_not_its_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path());
+    let pid = host.child.id();
+    let vm = open(&host, json!(["short-shells"]), Some(0)).await;
+    drive(&vm).await;
+    let mut exits = vm.on("shellExit");
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let script = format!("echo short-shell-{n}");
+        let id = vm
+            .call(
+                "openShell",
+                json!([{"command": "sh", "args": ["-c", script], "cols": 80, "rows": 24}]),
+            )
+            .await
+            .unwrap()["shellId"]
+            .as_u64()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), exits.recv())
+            .await
+            .expect("shellExit in time")
+            .unwrap();
+        ids.push(id);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while model_threads(pid) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        model_threads(pid),
+        0,
+        "terminal models left for {} exited shells",
+        ids.len()
+    );
+    for (n, id) in ids.iter().enumerate() {
+        let snap = vm.call("getShellSnapshot", json!([id])).await.unwrap();
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(snap["data"].as_str().unwrap())
+            .unwrap();
+        let mut term = terminal(24, 80);
+        term.process(&data);
+        assert!(
+            term.screen()
+                .contents()
+                .contains(&format!("short-shell-{n}")),
+            "shell {id}'s snapshot: {:?}",
+            term.screen().contents()
+        );
+        // As of the head: nothing of the shell comes after its exit.
+        let now = head(&vm).await;
+        assert!(
+            snap["seq"].as_u64().unwrap() + 1 >= now,
+            "{snap} at head {now}"
+        );
+    }
+}

@@ -404,7 +404,11 @@ impl ShellStart {
                 }
             });
         let pump_log = log.clone();
+        // Dropped when the pump ends: all of the shell's output is logged.
+        let (pump_alive, pump_done) = watch::channel(());
+        let exited = exit_tx.subscribe();
         let pump = tokio::spawn(async move {
+            let _alive = pump_alive;
             let mut merger = Merger::new(read_rx, cancel);
             while let Some(chunk) = merger.next().await {
                 // Waiting for durability batches: what piles up meanwhile
@@ -454,7 +458,13 @@ impl ShellStart {
                 tracing::error!(shell_id, error = %e, "shellExit not logged");
             }
         });
-        let feed = ModelFeed { log, live, pin };
+        let feed = ModelFeed {
+            log,
+            live,
+            pin,
+            exited,
+            pump_done,
+        };
         tokio::spawn(run_model(feed, shell_id, opened_seq, rows, cols, model_rx));
     }
 }
@@ -496,6 +506,10 @@ struct ModelFeed {
     log: Log,
     live: broadcast::Receiver<Arc<LoggedEvent>>,
     pin: Pin,
+    /// The shell's exit, and the end of its output: once both are there the
+    /// model keeps only its last screen (see [`retire`]).
+    exited: watch::Receiver<Option<ExitInfo>>,
+    pump_done: watch::Receiver<()>,
 }
 
 /// What the model thread is given, in seq order.
@@ -537,7 +551,13 @@ async fn run_model(
     cols: u16,
     mut requests: mpsc::Receiver<oneshot::Sender<Result<Snapshot, VmError>>>,
 ) {
-    let ModelFeed { log, mut live, pin } = feed;
+    let ModelFeed {
+        log,
+        mut live,
+        pin,
+        mut exited,
+        mut pump_done,
+    } = feed;
     let (tx, rx) = mpsc::channel(MODEL_QUEUE);
     let spawned = std::thread::Builder::new()
         .name(format!("shell-{shell_id}-model"))
@@ -548,8 +568,24 @@ async fn run_model(
     }
     let mut cursor = opened_seq;
     let mut unsettled = false;
+    // `None` while unknown; a watch whose sender went away without a value
+    // never says (the model then lives as long as the VM).
+    let mut has_exited = Some(false);
+    let mut output_over = false;
     loop {
+        if has_exited == Some(true) && output_over {
+            drop(live);
+            retire(log, tx, pin, shell_id, cursor, requests).await;
+            return;
+        }
         tokio::select! {
+            known = async { exited.wait_for(Option::is_some).await.is_ok() },
+                if has_exited == Some(false) => {
+                has_exited = known.then_some(true);
+            }
+            _ = pump_done.changed(), if !output_over => {
+                output_over = true;
+            }
             request = requests.recv() => {
                 let Some(reply) = request else { return };
                 let upto = log.head();
@@ -592,6 +628,53 @@ async fn run_model(
                 }
             }
         }
+    }
+}
+
+/// After the shell exited and its last output is logged: parses the rest,
+/// keeps the final screen, and lets the model's thread, its screen and
+/// scrollback, the pin and the VM's broadcast go. A host that opens many
+/// short shells does not grow by a model for each. Snapshots are then that
+/// screen, as of the head at the time of the request (nothing of the shell
+/// comes after its output ended).
+async fn retire(
+    log: Log,
+    tx: mpsc::Sender<ModelInput>,
+    pin: Pin,
+    shell_id: u32,
+    mut cursor: u64,
+    mut requests: mpsc::Receiver<oneshot::Sender<Result<Snapshot, VmError>>>,
+) {
+    let head = log.head();
+    let last = match catch_up(&log, &tx, &pin, shell_id, &mut cursor, head).await {
+        Ok(()) => {
+            let (reply, answer) = oneshot::channel();
+            let stopped = || VmError::Internal("the terminal model stopped".to_owned());
+            if tx
+                .send(ModelInput::Snapshot { seq: cursor, reply })
+                .await
+                .is_err()
+            {
+                Err(stopped())
+            } else {
+                answer.await.unwrap_or_else(|_| Err(stopped()))
+            }
+        }
+        Err(e) => Err(e),
+    };
+    drop(tx);
+    drop(pin);
+    while let Some(reply) = requests.recv().await {
+        let answer = match &last {
+            Ok(s) => Ok(Snapshot {
+                seq: log.head(),
+                rows: s.rows,
+                cols: s.cols,
+                data: s.data.clone(),
+            }),
+            Err(e) => Err(e.clone()),
+        };
+        let _ = reply.send(answer);
     }
 }
 
