@@ -14,9 +14,13 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{now_ms, Append, Frame, LogError, LoggedEvent, NewEvent, Pins, Reply, MAX_BATCH};
 
-/// Bytes committed between two checkpoints (SQLite's own default is 1000
-/// pages, about 4 MiB).
+/// WAL bytes between two checkpoints, as SQLite's own default (1000
+/// pages of 4 KiB).
 const CHECKPOINT_EVERY: u64 = 4 << 20;
+
+/// What a commit adds to the WAL besides its frames: whole pages of the
+/// table and its indexes (a commit of one small event writes two or three).
+const COMMIT_PAGES: u64 = 3 * 4096;
 
 /// What the writer spent its time on, for `getLogStats` (a test action) and
 /// the bench: cumulative since the log was opened.
@@ -52,7 +56,7 @@ pub(super) struct Writer {
     pub pins: Pins,
     pub held_back: Arc<AtomicBool>,
     pub counters: Arc<Counters>,
-    /// Bytes committed since the last checkpoint.
+    /// WAL bytes written since the last checkpoint, estimated.
     pub unchecked: u64,
 }
 
@@ -163,7 +167,7 @@ impl Writer {
                         .prune_us
                         .fetch_add(micros(started), Ordering::Relaxed);
                 }
-                self.unchecked += bytes;
+                self.unchecked += bytes + COMMIT_PAGES;
                 if self.unchecked >= CHECKPOINT_EVERY {
                     self.unchecked = 0;
                     self.checkpoint();
