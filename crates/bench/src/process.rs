@@ -18,10 +18,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::client;
-use crate::host::{HostProcess, RssSampler, RssStats, Target};
-use crate::stages::{LogStats, Stages};
-use crate::stream::{self, Received};
+use crate::host::{HostProcess, RssStats, Target};
+use crate::stages::Stages;
+use crate::stream;
 use crate::{int, kib};
 
 /// The clients of the `process` section: the 1 and 20.
@@ -105,100 +104,36 @@ pub struct Run {
 }
 
 /// Starts `workload` with `spawn` from the first of `clients` connections
-/// subscribed to `processOutput` and `processExit`; each checks every byte.
-/// `files` are hard-linked into the VM's workspace first (the command may
-/// read only what its sandbox shows).
+/// following `processOutput`; each checks every byte. `files` are
+/// hard-linked into the VM's workspace first (the command may read only
+/// what its sandbox shows).
 pub async fn run(
     host: &impl Target,
     workload: &Workload,
     clients: usize,
     files: &[(&std::path::Path, &str)],
 ) -> Result<Run> {
-    const KEY: &str = "bench-process";
-    let key = host.key(KEY);
-    let url = host.ws_url();
-    let token = host.token();
-    let mut conns = Vec::with_capacity(clients);
-    for i in 0..clients {
-        let mut ws = client::connect(&url).await?;
-        let welcome = client::hello_welcome(&mut ws, key, token).await?;
-        if i == 0 {
-            client::take_control(&mut ws).await?;
-            let id = welcome["vm"]["id"]
-                .as_u64()
-                .context("welcome without vm.id")?;
-            let workspace = host.data_dir().join(format!("vms/{id}/workspace"));
-            for (from, name) in files {
-                let to = workspace.join(name);
-                if !to.exists() {
-                    std::fs::hard_link(from, &to)
-                        .or_else(|_| std::fs::copy(from, &to).map(|_| ()))
-                        .with_context(|| format!("put {name} in {}", workspace.display()))?;
-                }
-            }
-        }
-        client::subscribe_to(&mut ws, &["processOutput", "processExit"]).await?;
-        client::caught_up(&mut ws).await?;
-        conns.push(ws);
-    }
-    let mut conns = conns.into_iter();
-    let mut owner = conns.next().context("no client")?;
-    let mut tasks = Vec::with_capacity(clients);
-    for ws in conns {
-        tasks.push(tokio::spawn(stream::receive(
-            ws,
-            stream::PROCESS,
-            workload.expected.clone(),
-            None,
-        )));
-    }
-    let log0 = LogStats::read(host, key).await;
-    let sampler = RssSampler::start(host.pid());
-    let host_cpu0 = host.cpu_secs();
-    let t0 = Instant::now();
     let (program, args) = workload.argv.split_first().context("an empty command")?;
-    client::action(&mut owner, 1, "spawn", json!([program, args])).await?;
-    tasks.insert(
-        0,
-        tokio::spawn(stream::receive(
-            owner,
-            stream::PROCESS,
-            workload.expected.clone(),
-            Some(1),
-        )),
-    );
-    let mut received = Vec::with_capacity(clients);
-    for task in tasks {
-        received.push(task.await.context("client task")??);
-    }
-    let host_cpu = host.cpu_secs() - host_cpu0;
-    let rss = sampler.finish()?;
-    let log = match (log0, LogStats::read(host, key).await) {
-        (Some(a), Some(b)) => Some(b.since(&a)),
-        _ => None,
-    };
-    let spawned = received[0].started.context("no spawn result")?;
-    if let Some(r) = received.iter().find(|r| r.id != spawned) {
-        bail!(
-            "a client followed pid {} but pid {spawned} was spawned",
-            r.id
-        );
-    }
-    let secs_of = |r: &Received| r.last_byte_at.duration_since(t0).as_secs_f64();
-    let slowest = received.iter().map(secs_of).fold(0.0, f64::max);
-    let fastest = received.iter().map(secs_of).fold(f64::INFINITY, f64::min);
-    let frames = received.iter().map(|r| r.frames).sum::<u64>() / clients as u64;
+    let f = stream::run(
+        host,
+        host.key("bench-process"),
+        stream::PROCESS,
+        &workload.expected,
+        clients,
+        files,
+        ("spawn", json!([program, args])),
+    )
+    .await?;
     let mb = workload.expected.len() as f64 / 1e6;
-    crate::close_all(received.into_iter().map(|r| r.ws).collect()).await;
     Ok(Run {
         clients,
-        slowest_mb_s: mb / slowest,
-        fastest_mb_s: mb / fastest,
+        slowest_mb_s: mb / f.slowest_secs,
+        fastest_mb_s: mb / f.fastest_secs,
         delivered: workload.expected.len() as u64,
-        frames,
-        host_cores: host_cpu / slowest,
-        rss,
-        stages: log.map(|log| Stages { log, secs: slowest }),
+        frames: f.frames,
+        host_cores: f.host_cores,
+        rss: f.rss,
+        stages: f.stages,
     })
 }
 

@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use crate::client::{self, Incoming, Ws, SHELL_DATA};
 use crate::host::{HostProcess, Memory, RssSampler, RssStats, Target};
 use crate::reference::TerminalReference;
-use crate::stages::{LogStats, Stages};
-use crate::stream::{self, Received};
+use crate::stages::Stages;
+use crate::stream;
 use crate::{int, kib, Table};
 
 /// The file anchors.py `cat`s: lines of 100 base64 characters and `\n`,
@@ -384,109 +384,35 @@ pub async fn measure(
 
 /// Subscribes `clients` connections to `shellData` and `shellExit`; the
 /// first one opens a shell that `cat`s the file; each checks every byte.
+/// With one client it is the only connection, as with tmux's one attached
+/// client.
 pub async fn tput_run(host: &impl Target, file: &CatFile, clients: usize) -> Result<TputRun> {
-    const KEY: &str = "bench-shell";
-    let key = host.key(KEY);
-    let url = host.ws_url();
-    let token = host.token();
-    let mut conns = Vec::with_capacity(clients);
-    let mut workspace = None;
-    for i in 0..clients {
-        let mut ws = client::connect(&url).await?;
-        let welcome = client::hello_welcome(&mut ws, key, token).await?;
-        if i == 0 {
-            // The first client opens the shell.
-            client::take_control(&mut ws).await?;
-            let id = welcome["vm"]["id"]
-                .as_u64()
-                .context("welcome without vm.id")?;
-            workspace = Some(host.data_dir().join(format!("vms/{id}/workspace")));
-        }
-        client::subscribe_to(&mut ws, &["shellData", "shellExit"]).await?;
-        client::caught_up(&mut ws).await?;
-        conns.push(ws);
-    }
-    let mut conns = conns.into_iter();
-    let mut owner = conns.next().context("no client")?;
-    let mut tasks = Vec::with_capacity(clients);
-    for ws in conns {
-        tasks.push(tokio::spawn(stream::receive(
-            ws,
-            stream::SHELL,
-            file.expected.clone(),
-            None,
-        )));
-    }
-    let log0 = LogStats::read(host, key).await;
-    let sampler = RssSampler::start(host.pid());
-    let (host_cpu0, bench_cpu0) = (host.cpu_secs(), crate::bench_cpu_secs());
-    let t0 = Instant::now();
-    // One of the clients opens the shell: with one client it is the only
-    // connection, as with tmux's one attached client. The file must be in
-    // the VM's workspace (a sandboxed shell sees nothing else): a hard link.
-    let workspace = workspace.context("no first client")?;
-    let linked = workspace.join(CAT_NAME);
-    if !linked.exists() {
-        std::fs::hard_link(&file.path, &linked)
-            .or_else(|_| std::fs::copy(&file.path, &linked).map(|_| ()))
-            .with_context(|| format!("put the cat file in {}", workspace.display()))?;
-    }
-    client::action(
-        &mut owner,
-        1,
-        "openShell",
-        json!([{"command": "/bin/sh", "args": ["-c", format!("cat {CAT_NAME}")],
-                "cols": TPUT_COLS, "rows": TPUT_ROWS}]),
+    let f = stream::run(
+        host,
+        host.key("bench-shell"),
+        stream::SHELL,
+        &file.expected,
+        clients,
+        &[(&file.path, CAT_NAME)],
+        (
+            "openShell",
+            json!([{"command": "/bin/sh", "args": ["-c", format!("cat {CAT_NAME}")],
+                    "cols": TPUT_COLS, "rows": TPUT_ROWS}]),
+        ),
     )
     .await?;
-    tasks.insert(
-        0,
-        tokio::spawn(stream::receive(
-            owner,
-            stream::SHELL,
-            file.expected.clone(),
-            Some(1),
-        )),
-    );
-    let mut received = Vec::with_capacity(clients);
-    for task in tasks {
-        received.push(task.await.context("client task")??);
-    }
-    let (host_cpu, bench_cpu) = (
-        host.cpu_secs() - host_cpu0,
-        crate::bench_cpu_secs() - bench_cpu0,
-    );
-    let rss = sampler.finish()?;
-    let log = match (log0, LogStats::read(host, key).await) {
-        (Some(a), Some(b)) => Some(b.since(&a)),
-        _ => None,
-    };
-    let opened = received[0].started.context("no openShell result")?;
-    if let Some(r) = received.iter().find(|r| r.id != opened) {
-        bail!(
-            "a client followed shell {} but shell {opened} was opened",
-            r.id
-        );
-    }
-    let secs_of = |r: &Received| r.last_byte_at.duration_since(t0).as_secs_f64();
-    let slowest = received.iter().map(secs_of).fold(0.0, f64::max);
-    let fastest = received.iter().map(secs_of).fold(f64::INFINITY, f64::min);
-    let frames = received.iter().map(|r| r.frames).sum::<u64>() / clients as u64;
     let mb = file.file_bytes as f64 / 1e6;
-    for r in received {
-        crate::close_all(vec![r.ws]).await;
-    }
     Ok(TputRun {
-        secs: slowest,
-        slowest_mb_s: mb / slowest,
-        fastest_mb_s: mb / fastest,
-        frames,
-        frame_bytes: file.stream_bytes() as f64 / frames.max(1) as f64,
-        host_cores: host_cpu / slowest,
-        bench_cores: bench_cpu / slowest,
-        rss,
+        secs: f.slowest_secs,
+        slowest_mb_s: mb / f.slowest_secs,
+        fastest_mb_s: mb / f.fastest_secs,
+        frames: f.frames,
+        frame_bytes: file.stream_bytes() as f64 / f.frames.max(1) as f64,
+        host_cores: f.host_cores,
+        bench_cores: f.bench_cores,
+        rss: f.rss,
         busy_after_secs: 0.0,
-        stages: log.map(|log| Stages { log, secs: slowest }),
+        stages: f.stages,
     })
 }
 
