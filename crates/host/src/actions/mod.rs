@@ -309,8 +309,8 @@ fn one() -> u32 {
     1
 }
 
-/// Test action `getLogStats()`: what the VM's log writer and checkpoint
-/// thread spent their time on since the log was opened.
+/// Test action `getLogStats()`: what the VM's log writer thread spent its
+/// time on (commits, checkpoints, pruning) since the log was opened.
 fn log_stats(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
     args.at_most("getLogStats", 0).map_err(invalid)?;
     let c = vm.log().counters();
