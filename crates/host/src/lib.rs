@@ -38,6 +38,7 @@ pub mod limits;
 pub mod log;
 pub mod output;
 pub mod process;
+pub mod pty;
 pub mod registry;
 pub mod server;
 pub mod session;
