@@ -80,7 +80,7 @@ fn run() -> anyhow::Result<i32> {
     let config = settings.host_config(&data_dir)?;
     // The host runs on its own runtime so that it outlives Tauri's event loop
     // and can be stopped after the window is gone.
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = ensemble_host::runtime().context("cannot start the async runtime")?;
     let host = runtime.block_on(EmbeddedHost::start(config))?;
     let url = host.owner_url();
     let origin = url.origin();

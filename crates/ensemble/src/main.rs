@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let (args, _) = config::apply(std::env::args().collect(), &Cli::command())?;
     let cli = Cli::parse_from(args);
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = ensemble_host::runtime().context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Config { config, flags } => {

@@ -67,6 +67,23 @@ use crate::hook::Hooks;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 
+/// The runtime a host runs on: one worker thread fewer than the machine has
+/// cores, at least one (`TOKIO_WORKER_THREADS` overrides). The rest of a
+/// host's work runs on threads of its own (each VM's log writer, each
+/// shell's terminal model, log reads) or in the kernel (a PTY's line
+/// discipline, the programs in the VMs); a worker on every core made a
+/// keystroke's echo wait on wake-ups between workers and with those threads
+/// (docs/benchmarks.md, "Echo and the runtime").
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(cores.saturating_sub(1).max(1));
+    }
+    builder.build()
+}
+
 /// Default output kept per VM.
 pub const DEFAULT_OUTPUT_BUDGET: u64 = 256 << 20; // 256 MiB
 

@@ -16,6 +16,10 @@ use portable_pty::MasterPty;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, ReadBuf};
 
+/// The most a read asks for. Linux hands out at most its line discipline's
+/// 4 KiB buffer per read; a little more costs nothing to zero.
+const MAX_READ: usize = 16 << 10;
+
 /// The master side, shared by the output reader and the input writer.
 #[derive(Clone)]
 pub struct PtyIo(Arc<AsyncFd<File>>);
@@ -66,7 +70,9 @@ impl AsyncRead for PtyIo {
     ) -> Poll<io::Result<()>> {
         loop {
             let mut ready = ready!(self.0.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
+            // Zeroed before each read (safe code cannot read into
+            // uninitialised memory): no more than a PTY read returns.
+            let unfilled = buf.initialize_unfilled_to(buf.remaining().min(MAX_READ));
             match ready.try_io(|fd| fd.get_ref().read(unfilled)) {
                 Ok(Ok(n)) => {
                     buf.advance(n);
