@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ensemble_protocol::frame::{BinaryHeader, BinaryKind};
 use nix::sys::signal::Signal;
 use portable_pty::{CommandBuilder, MasterPty, PtySize};
@@ -505,6 +505,21 @@ const MODEL_QUEUE: usize = 16;
 /// that a joiner does not wait for that.
 const SETTLE_AFTER: Duration = Duration::from_millis(20);
 
+/// Output is gathered in the model's task until this much, a pause
+/// ([`SETTLE_AFTER`]), or anything else for the model: typing wakes the
+/// model's thread once a pause instead of once a keystroke, in the same
+/// instant as the echo's delivery that it would compete with.
+const HAND_OVER_AT: usize = 16 << 10;
+
+/// Gives the model what was gathered; false once the model is gone.
+async fn hand_over(tx: &mpsc::Sender<ModelInput>, held: &mut BytesMut) -> bool {
+    held.is_empty()
+        || tx
+            .send(ModelInput::Output(held.split().freeze()))
+            .await
+            .is_ok()
+}
+
 /// Follows the log for one shell, in seq order, and hands its output and
 /// resizes to the model's thread; snapshot requests queue behind everything
 /// up to the head at the time of the request. What it has handed over no
@@ -538,9 +553,13 @@ async fn run_model(
     // never says (the model then lives as long as the VM).
     let mut has_exited = Some(false);
     let mut output_over = false;
+    let mut held = BytesMut::new();
     loop {
         if has_exited == Some(true) && output_over {
             drop(live);
+            if !hand_over(&tx, &mut held).await {
+                return;
+            }
             retire(log, tx, pin, shell_id, cursor, requests).await;
             return;
         }
@@ -554,6 +573,9 @@ async fn run_model(
             }
             request = requests.recv() => {
                 let Some(reply) = request else { return };
+                if !hand_over(&tx, &mut held).await {
+                    return;
+                }
                 let upto = log.head();
                 if let Err(e) = catch_up(&log, &tx, &pin, shell_id, &mut cursor, upto).await {
                     let _ = reply.send(Err(e));
@@ -570,13 +592,32 @@ async fn run_model(
                     Ok(event) if event.seq <= cursor => continue,
                     Ok(event) if event.seq == cursor + 1 => {
                         cursor = event.seq;
-                        if let Some(input) = model_input(shell_id, &event) {
-                            if tx.send(input).await.is_err() {
-                                return;
+                        match model_input(shell_id, &event) {
+                            // Bulk output goes as it is, without a copy.
+                            Some(input @ ModelInput::Output(_)) if held.is_empty()
+                                && matches!(&input, ModelInput::Output(b) if b.len() >= HAND_OVER_AT) => {
+                                if tx.send(input).await.is_err() {
+                                    return;
+                                }
                             }
+                            Some(ModelInput::Output(bytes)) => {
+                                held.extend_from_slice(&bytes);
+                                if held.len() >= HAND_OVER_AT && !hand_over(&tx, &mut held).await {
+                                    return;
+                                }
+                            }
+                            Some(input) => {
+                                if !hand_over(&tx, &mut held).await || tx.send(input).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None => {}
                         }
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if !hand_over(&tx, &mut held).await {
+                            return;
+                        }
                         let head = log.head();
                         if let Err(e) = catch_up(&log, &tx, &pin, shell_id, &mut cursor, head).await {
                             tracing::error!(shell_id, error = %e, "terminal model cannot read the log");
@@ -589,7 +630,7 @@ async fn run_model(
             }
             () = tokio::time::sleep(SETTLE_AFTER), if unsettled => {
                 unsettled = false;
-                if tx.send(ModelInput::Settle).await.is_err() {
+                if !hand_over(&tx, &mut held).await || tx.send(ModelInput::Settle).await.is_err() {
                     return;
                 }
             }
