@@ -511,6 +511,22 @@ const SETTLE_AFTER: Duration = Duration::from_millis(20);
 /// instant as the echo's delivery that it would compete with.
 const HAND_OVER_AT: usize = 16 << 10;
 
+/// Gives the model `input` after what was gathered, gathering small output;
+/// false once the model is gone.
+async fn give(tx: &mpsc::Sender<ModelInput>, held: &mut BytesMut, input: ModelInput) -> bool {
+    match input {
+        // Bulk output goes as it is, without a copy.
+        ModelInput::Output(bytes) if held.is_empty() && bytes.len() >= HAND_OVER_AT => {
+            tx.send(ModelInput::Output(bytes)).await.is_ok()
+        }
+        ModelInput::Output(bytes) => {
+            held.extend_from_slice(&bytes);
+            held.len() < HAND_OVER_AT || hand_over(tx, held).await
+        }
+        other => hand_over(tx, held).await && tx.send(other).await.is_ok(),
+    }
+}
+
 /// Gives the model what was gathered; false once the model is gone.
 async fn hand_over(tx: &mpsc::Sender<ModelInput>, held: &mut BytesMut) -> bool {
     held.is_empty()
@@ -592,26 +608,10 @@ async fn run_model(
                     Ok(event) if event.seq <= cursor => continue,
                     Ok(event) if event.seq == cursor + 1 => {
                         cursor = event.seq;
-                        match model_input(shell_id, &event) {
-                            // Bulk output goes as it is, without a copy.
-                            Some(input @ ModelInput::Output(_)) if held.is_empty()
-                                && matches!(&input, ModelInput::Output(b) if b.len() >= HAND_OVER_AT) => {
-                                if tx.send(input).await.is_err() {
-                                    return;
-                                }
+                        if let Some(input) = model_input(shell_id, &event) {
+                            if !give(&tx, &mut held, input).await {
+                                return;
                             }
-                            Some(ModelInput::Output(bytes)) => {
-                                held.extend_from_slice(&bytes);
-                                if held.len() >= HAND_OVER_AT && !hand_over(&tx, &mut held).await {
-                                    return;
-                                }
-                            }
-                            Some(input) => {
-                                if !hand_over(&tx, &mut held).await || tx.send(input).await.is_err() {
-                                    return;
-                                }
-                            }
-                            None => {}
                         }
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
