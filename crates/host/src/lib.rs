@@ -38,7 +38,6 @@ pub mod limits;
 pub mod log;
 pub mod output;
 pub mod process;
-pub mod pty;
 pub mod registry;
 pub mod server;
 pub mod session;
@@ -70,10 +69,10 @@ use crate::store::{Store, StoreError};
 /// The runtime a host runs on: one worker thread fewer than the machine has
 /// cores, at least one (`TOKIO_WORKER_THREADS` overrides). The rest of a
 /// host's work runs on threads of its own (each VM's log writer, each
-/// shell's terminal model, log reads) or in the kernel (a PTY's line
-/// discipline, the programs in the VMs); a worker on every core made a
-/// keystroke's echo wait on wake-ups between workers and with those threads
-/// (docs/benchmarks.md, "Echo and the runtime").
+/// shell's PTY reader and writer and its terminal model, log reads) or in
+/// the kernel (a PTY's line discipline, the programs in the VMs); a worker
+/// on every core made a keystroke's echo wait on wake-ups between workers
+/// and with those threads (docs/benchmarks.md, "Echo and the runtime").
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();

@@ -4,9 +4,7 @@
 //! being logged are merged into one event instead of many tiny ones.
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Largest payload of one output event.
@@ -22,41 +20,10 @@ const BULK_CHUNK: usize = 4 << 10;
 /// after small chunks never waits.
 const BULK_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// Reads waiting to be merged and logged. When full the reader waits, which
+/// Reads waiting to be merged and logged. When full the reader blocks, which
 /// in turn blocks the program writing: output is never dropped, and host
 /// memory per stream stays under `READ_QUEUE` reads.
-const READ_QUEUE: usize = 64;
-
-/// Reads `stream` to its end on a task of its own, so that reading goes on
-/// while the previous chunk is being logged; the reads go to a [`Merger`]
-/// through the returned channel. `eof` fires at the end (or a read error).
-pub fn spawn_reader<R>(
-    mut stream: R,
-    eof: Option<oneshot::Sender<()>>,
-) -> (JoinHandle<()>, mpsc::Receiver<Bytes>)
-where
-    R: AsyncRead + Unpin + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel(READ_QUEUE);
-    let reader = tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(MAX_CHUNK);
-        loop {
-            buf.reserve(MAX_CHUNK);
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if tx.send(buf.split().freeze()).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(eof) = eof {
-            let _ = eof.send(());
-        }
-    });
-    (reader, rx)
-}
+pub const READ_QUEUE: usize = 64;
 
 /// Splits `buf` at the last UTF-8 character boundary at or before `max`;
 /// returns how many bytes to emit now. Bytes that are not UTF-8 at all are

@@ -9,17 +9,17 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ensemble_protocol::frame::BinaryKind;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::log::{Log, NewEvent};
-use crate::output::{spawn_reader, Merger};
+use crate::output::{Merger, READ_QUEUE};
 use crate::vm::VmError;
 use crate::workspace::Environment;
 use ensemble_sandbox::VmSandbox;
@@ -520,10 +520,27 @@ async fn pump<R: AsyncRead + Unpin + Send + 'static>(
 ) -> Captured {
     let OutputSink { log, cancel, tap } = sink;
     let mut captured = Captured::default();
-    let Some(stream) = stream else {
+    let Some(mut stream) = stream else {
         return captured;
     };
-    let (reader, rx) = spawn_reader(stream, Some(eof));
+    let (tx, rx) = mpsc::channel(READ_QUEUE);
+    let reader = tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(crate::output::MAX_CHUNK);
+        loop {
+            buf.reserve(crate::output::MAX_CHUNK);
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = eof.send(());
+                    return;
+                }
+                Ok(_) => {
+                    if tx.send(buf.split().freeze()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
     let mut merger = Merger::new(rx, cancel);
     let id = pid;
     while let Some(chunk) = merger.next().await {

@@ -1,11 +1,11 @@
 //! Shared shells: a program on a real PTY (portable-pty) in the VM's
 //! workspace. Its output goes to the log as `shellData`; keystrokes go to it
-//! through a task that writes them in order; both sides of the PTY are
-//! non-blocking (see [`crate::pty`]). A terminal model on a thread of its
-//! own, fed from the log, answers late joiners with a snapshot of the
-//! screen as of a seq.
+//! through a writer thread; a terminal model on a thread of its own, fed
+//! from the log, answers late joiners with a snapshot of the screen as of a
+//! seq.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +19,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::log::{Frame, Log, LoggedEvent, NewEvent, Pin};
-use crate::output::{spawn_reader, Merger};
+use crate::output::{Merger, MAX_CHUNK, READ_QUEUE};
 use crate::process::{signal_group, ExitInfo};
-use crate::pty::PtyIo;
 use crate::terminal::TerminalModel;
 use crate::vm::VmError;
 use crate::workspace::Environment;
@@ -102,7 +101,8 @@ pub struct ShellOptions {
 /// `shellOpened` is logged, so that its output follows it in the log.
 pub struct ShellStart {
     shell_id: u32,
-    pty: PtyIo,
+    reader: Box<dyn Read + Send>,
+    writer: Box<dyn Write + Send>,
     input_rx: mpsc::Receiver<Bytes>,
     child: Box<dyn portable_pty::Child + Send + Sync>,
     exit_tx: watch::Sender<Option<ExitInfo>>,
@@ -181,7 +181,14 @@ impl Shells {
         // and everything it started are gone.
         drop(pty.slave);
         let pid = child.process_id().unwrap_or(0);
-        let io = PtyIo::new(pty.master.as_ref()).map_err(|e| VmError::Pty(e.to_string()))?;
+        let reader = pty
+            .master
+            .try_clone_reader()
+            .map_err(|e| VmError::Pty(e.to_string()))?;
+        let writer = pty
+            .master
+            .take_writer()
+            .map_err(|e| VmError::Pty(e.to_string()))?;
         let shell_id = self.next_id;
         self.next_id += 1;
         let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
@@ -210,7 +217,8 @@ impl Shells {
         );
         let start = ShellStart {
             shell_id,
-            pty: io,
+            reader,
+            writer,
             input_rx,
             child,
             exit_tx,
@@ -344,7 +352,8 @@ impl ShellStart {
     pub fn start(self, opened_seq: u64) {
         let ShellStart {
             shell_id,
-            pty,
+            mut reader,
+            mut writer,
             mut input_rx,
             mut child,
             exit_tx,
@@ -358,14 +367,42 @@ impl ShellStart {
         // every byte, live or (when it lags) from the log, never pruned away.
         let live = log.subscribe();
         let pin = log.pin(opened_seq);
-        let (reader, read_rx) = spawn_reader(pty.clone(), None);
-        tokio::spawn(async move {
-            while let Some(bytes) = input_rx.recv().await {
-                if pty.write_all(&bytes).await.is_err() {
-                    return;
+        let (read_tx, read_rx) = mpsc::channel::<Bytes>(READ_QUEUE);
+        // PTY reads block: a thread each for reading and writing.
+        let spawned = std::thread::Builder::new()
+            .name(format!("shell-{shell_id}-read"))
+            .spawn(move || {
+                let mut buf = vec![0u8; MAX_CHUNK];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if read_tx
+                                .blocking_send(Bytes::copy_from_slice(&buf[..n]))
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
                 }
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            tracing::error!(shell_id, error = %e, "cannot start the shell reader");
+        }
+        let _ = std::thread::Builder::new()
+            .name(format!("shell-{shell_id}-write"))
+            .spawn(move || {
+                while let Some(bytes) = input_rx.blocking_recv() {
+                    if writer
+                        .write_all(&bytes)
+                        .and_then(|_| writer.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
         let pump_log = log.clone();
         // Dropped when the pump ends: all of the shell's output is logged.
         let (pump_alive, pump_done) = watch::channel(());
@@ -387,9 +424,6 @@ impl ShellStart {
                     tracing::error!(shell_id, error = %e, "shell output not logged");
                 }
             }
-            // On cancel, something outside the VM may still hold the PTY
-            // open: the reader would wait on it for ever.
-            reader.abort();
         });
         let (waited_tx, waited_rx) = oneshot::channel();
         let _ = std::thread::Builder::new()
