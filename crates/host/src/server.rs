@@ -23,6 +23,11 @@ use crate::lan::LanConn;
 /// Host names the loopback listener answers to (without port).
 pub const LOOPBACK_NAMES: &[&str] = &["127.0.0.1", "localhost", "[::1]"];
 
+/// Bytes the WebSocket layer reads from the socket at a time (its default
+/// is 128 KiB a connection). Clients send small messages; a bigger one
+/// takes more reads.
+const READ_BUFFER: usize = 16 << 10; // 16 KiB
+
 /// Bytes the WebSocket layer buffers before it writes to the socket; a flush
 /// writes whatever is there.
 const WRITE_BUFFER: usize = 64 << 10; // 64 KiB
@@ -110,6 +115,7 @@ async fn relay(
     );
     ws.max_message_size(HARD_MAX_MESSAGE_BYTES)
         .max_frame_size(HARD_MAX_MESSAGE_BYTES)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| {
@@ -152,6 +158,7 @@ async fn upgrade(
     };
     ws.max_message_size(HARD_MAX_MESSAGE_BYTES)
         .max_frame_size(HARD_MAX_MESSAGE_BYTES)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
