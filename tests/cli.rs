@@ -402,11 +402,7 @@ async fn events_prints_the_log_as_gap_free_json_lines_and_who_and_invite_work() 
         .arg(joined_dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Cy"));
     assert!(joined_dir.path().join("client-tokens.json").exists());
 }
@@ -514,11 +510,7 @@ async fn prompt_streams_the_agents_answer_and_says_who_drives_when_it_cannot() {
         cmd.args(args).output().unwrap()
     };
     let out = prompt(&["--agent", "scripted", "say hello from the agent"], None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "hello from the agent"
@@ -526,11 +518,7 @@ async fn prompt_streams_the_agents_answer_and_says_who_drives_when_it_cannot() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("end_turn"));
     // The same session again, handing the turn to the agent.
     let out = prompt(&["--hand-off", "turn"], None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "turn 2");
     // Someone else drives: a collaborator is told who.
     let owner = open(&host, json!("ask"), None).await;
@@ -619,11 +607,7 @@ fn man_writes_a_page_per_command_that_groff_renders() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     // The top page lists every command; each has a page of its own.
     let commands = [
         "serve",
@@ -683,5 +667,15 @@ fn man_writes_a_page_per_command_that_groff_renders() {
     assert_eq!(
         printed.stdout,
         std::fs::read(dir.path().join("ensemble.1")).unwrap()
+    );
+}
+
+/// Fails the test with the command's stderr unless it exited with 0.
+#[track_caller]
+fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
