@@ -271,7 +271,7 @@ pub async fn measure(opts: &crate::Options) -> Result<LanFigures> {
         shell::ECHO_OBSERVERS,
     )
     .await?;
-    let p = |e: &shell::Echo| (shell::pct(&e.one_us, 50.0), shell::pct(&e.one_us, 99.0));
+    let p = |e: &shell::Echo| (e.one(50.0), e.one(99.0));
     let (d, r) = (p(&echo_direct), p(&echo_relayed));
     println!(
         "  echo (raw cat, {} keystrokes): direct p50 {:.0} us p99 {:.0} us; relayed p50 {:.0} us p99 {:.0} us (+{:.0} us at p99)",

@@ -95,7 +95,7 @@ Options:
   --emit-count N      events per emit call in the fan-out runs (1..10000, default 10000);
                       above 1000, a 50-client run with calls of 1000 is added
   --inflight N        emit calls kept outstanding by a producer (default 4)
-  --runs N            runs of each fan-out and catch-up; the table shows medians (default 3)
+  --runs N            runs of each fan-out, catch-up and echo; the table shows medians (default 3)
   --events N          events per fan-out run with 10 and 50 clients (default 200000)
   --catch-up N        events in the catch-up log (default 1000000)
   --shell-lines N     lines of the cat file (default 2657777: 256 MiB, anchors.py's size)
@@ -312,7 +312,7 @@ fn main() -> Result<()> {
         terminal.as_ref(),
     );
     if let Some(f) = &process_figures {
-        process::summary(f);
+        process::summary(f, tcp.as_ref());
     }
     if let Some(f) = &lan_figures {
         lan::summary(f);
@@ -1053,14 +1053,14 @@ fn shell_notes(sh: &ShellFigures, term: Option<&TerminalReference>) {
         println!(
             "# echo {}: {} keystrokes, {} timeouts; one observer p50/p90/p99/max {:.0}/{:.0}/{:.0}/{:.0} us; all 20 p50/p99 {:.0}/{:.0} us; host {:.2} cores",
             e.name,
-            e.one_us.len(),
+            e.keystrokes(),
             e.timeouts,
-            shell::pct(&e.one_us, 50.0),
-            shell::pct(&e.one_us, 90.0),
-            shell::pct(&e.one_us, 99.0),
-            shell::pct(&e.one_us, 100.0),
-            shell::pct(&e.all_us, 50.0),
-            shell::pct(&e.all_us, 99.0),
+            e.one(50.0),
+            e.one(90.0),
+            e.one(99.0),
+            e.one(100.0),
+            e.all(50.0),
+            e.all(99.0),
             e.host_cores
         );
     }

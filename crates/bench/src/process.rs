@@ -228,7 +228,9 @@ pub fn median(xs: &[f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-pub fn summary(f: &ProcessFigures) {
+/// `tcp`, when that section ran, gives the ceiling of any 20-client figure
+/// here: loopback TCP from one sender to 20 receivers, bytes discarded.
+pub fn summary(f: &ProcessFigures, tcp: Option<&crate::reference::TcpReference>) {
     let pipe = f.workload.pipe_median();
     println!("\n## Process output (issue 15)");
     println!(
@@ -254,5 +256,13 @@ pub fn summary(f: &ProcessFigures) {
             share * 100.0,
             kib(m.rss.peak_kib)
         );
+        if let (20, Some(tcp)) = (m.clients, tcp) {
+            println!(
+                "  ceiling: loopback TCP 1 -> 20    {:>8.1} MB/s per receiver ({:.0} % of the pipe); spawn cat to 20 reaches {:.0} % of it",
+                tcp.fanout20_per_receiver_mb_s,
+                tcp.fanout20_per_receiver_mb_s / pipe * 100.0,
+                m.slowest_mb_s / tcp.fanout20_per_receiver_mb_s * 100.0
+            );
+        }
     }
 }

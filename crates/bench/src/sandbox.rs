@@ -102,8 +102,8 @@ pub async fn measure(opts: &crate::Options) -> Result<SandboxFigures> {
         let m = Mode {
             name,
             tput_mb_s: runs[runs.len() / 2],
-            echo_p50_us: pct(&echo[i].one_us, 50.0),
-            echo_p99_us: pct(&echo[i].all_us, 99.0),
+            echo_p50_us: echo[i].one(50.0),
+            echo_p99_us: echo[i].all(99.0),
             exec_p50_ms: pct(&exec_ms[i], 50.0),
             exec_p99_ms: pct(&exec_ms[i], 99.0),
         };

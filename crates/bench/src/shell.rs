@@ -197,16 +197,56 @@ pub struct TputFigures {
     pub hwm_kib: u64,
 }
 
-/// Keystroke echo of one kind of shell.
+/// Keystroke echo of one kind of shell, one or more runs.
 pub struct Echo {
     pub name: &'static str,
-    /// Microseconds from sending `writeShell` until observer 0 (a fixed
-    /// one, like anchors.py's "other client") has the echo, and until all
-    /// observers have it.
-    pub one_us: Vec<f64>,
-    pub all_us: Vec<f64>,
+    /// Per run: microseconds from sending `writeShell` until observer 0 (a
+    /// fixed one, like anchors.py's "other client") has the echo, and until
+    /// all observers have it.
+    pub one_us: Vec<Vec<f64>>,
+    pub all_us: Vec<Vec<f64>>,
     pub timeouts: usize,
+    /// The host's CPU use, the mean of the runs.
     pub host_cores: f64,
+}
+
+impl Echo {
+    /// Percentile `q` of observer 0's times: of each run, then the median
+    /// over the runs, which is anchors.py's statistic for its references.
+    pub fn one(&self, q: f64) -> f64 {
+        crate::process::median(&self.one_us.iter().map(|r| pct(r, q)).collect::<Vec<_>>())
+    }
+
+    /// [`Echo::one`] of the times until all observers have the echo.
+    pub fn all(&self, q: f64) -> f64 {
+        crate::process::median(&self.all_us.iter().map(|r| pct(r, q)).collect::<Vec<_>>())
+    }
+
+    /// Timed keystrokes that came back to every observer, over all runs.
+    pub fn keystrokes(&self) -> usize {
+        self.one_us.iter().map(Vec::len).sum()
+    }
+
+    /// The longest echo to all observers, over all runs.
+    pub fn max_all(&self) -> f64 {
+        self.all_us.iter().flatten().copied().fold(0.0, f64::max)
+    }
+
+    /// Runs of one kind, taken one after another, as one figure.
+    fn merge(runs: Vec<Echo>) -> Option<Echo> {
+        let n = runs.len() as f64;
+        let mut runs = runs.into_iter();
+        let mut all = runs.next()?;
+        let mut cores = all.host_cores;
+        for run in runs {
+            all.one_us.extend(run.one_us);
+            all.all_us.extend(run.all_us);
+            all.timeouts += run.timeouts;
+            cores += run.host_cores;
+        }
+        all.host_cores = cores / n;
+        Some(all)
+    }
 }
 
 pub struct Join {
@@ -335,34 +375,45 @@ pub async fn measure(
             "\n== keystroke echo: {} keystrokes one at a time, {ECHO_OBSERVERS} observers",
             opts.keystrokes
         );
+        // `--runs` runs of each, each on a fresh host: the table takes the
+        // median of the runs' percentiles, as anchors.py does for tmux.
+        let runs = opts.runs.max(1);
         for kind in [EchoKind::RawCat, EchoKind::Bash] {
-            let host = HostProcess::start(&opts.host_bin)?;
-            println!("  {}: host pid {}", kind.name(), host.pid());
-            let e = echo_run(&host, kind, opts.keystrokes, ECHO_OBSERVERS).await?;
-            host.stop()?;
-            println!(
-                "  {}: one observer p50 {:.0} us p99 {:.0} us; all {ECHO_OBSERVERS} p50 {:.0} us p99 {:.0} us; {} timeouts; host {:.2} cores",
-                e.name,
-                pct(&e.one_us, 50.0),
-                pct(&e.one_us, 99.0),
-                pct(&e.all_us, 50.0),
-                pct(&e.all_us, 99.0),
-                e.timeouts,
-                e.host_cores
-            );
-            figures.echo.push(e);
+            let mut each = Vec::new();
+            for _ in 0..runs {
+                let host = HostProcess::start(&opts.host_bin)?;
+                println!("  {}: host pid {}", kind.name(), host.pid());
+                let e = echo_run(&host, kind, opts.keystrokes, ECHO_OBSERVERS).await?;
+                host.stop()?;
+                println!(
+                    "  {}: one observer p50 {:.0} us p99 {:.0} us; all {ECHO_OBSERVERS} p50 {:.0} us p99 {:.0} us; {} timeouts; host {:.2} cores",
+                    e.name,
+                    e.one(50.0),
+                    e.one(99.0),
+                    e.all(50.0),
+                    e.all(99.0),
+                    e.timeouts,
+                    e.host_cores
+                );
+                each.push(e);
+            }
+            figures.echo.extend(Echo::merge(each));
         }
         // The raw cat pane with fewer and more observers: what each added
         // observer costs (the 1, 20 and 50).
         for observers in ECHO_SWEEP {
-            let host = HostProcess::start(&opts.host_bin)?;
-            let e = echo_run(&host, EchoKind::RawCat, opts.keystrokes, observers).await?;
-            host.stop()?;
-            let max = e.all_us.iter().copied().fold(0.0, f64::max);
+            let mut each = Vec::new();
+            for _ in 0..runs {
+                let host = HostProcess::start(&opts.host_bin)?;
+                each.push(echo_run(&host, EchoKind::RawCat, opts.keystrokes, observers).await?);
+                host.stop()?;
+            }
+            let Some(e) = Echo::merge(each) else { continue };
             println!(
-                "  raw cat, {observers:>2} observer(s): all p50 {:.0} us p99 {:.0} us max {max:.0} us; {} timeouts",
-                pct(&e.all_us, 50.0),
-                pct(&e.all_us, 99.0),
+                "  raw cat, {observers:>2} observer(s): all p50 {:.0} us p99 {:.0} us max {:.0} us; {} timeouts ({runs} runs, medians)",
+                e.all(50.0),
+                e.all(99.0),
+                e.max_all(),
                 e.timeouts
             );
             figures.echo_sweep.push((observers, e));
@@ -477,7 +528,34 @@ async fn observe(
 
 /// A driver connection opens the shell and types; `observers` (the
 /// issue's 20 unless a sweep says otherwise) follow it.
+///
+/// The driver and every observer run on one thread of their own, like
+/// anchors.py's tmux harness (one poll loop over all its clients): on two
+/// cores, the bench's own wake-ups across a multi-threaded runtime would
+/// otherwise be part of the figure, and of the host's competition.
 pub async fn echo_run(
+    host: &(impl Target + Sync),
+    kind: EchoKind,
+    keystrokes: usize,
+    observers: usize,
+) -> Result<Echo> {
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("start the echo harness's runtime")?
+                        .block_on(echo_on_this_thread(host, kind, keystrokes, observers))
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the echo harness's thread panicked"))?
+        })
+    })
+}
+
+async fn echo_on_this_thread(
     host: &impl Target,
     kind: EchoKind,
     keystrokes: usize,
@@ -584,8 +662,8 @@ pub async fn echo_run(
     }
     Ok(Echo {
         name: kind.name(),
-        one_us,
-        all_us,
+        one_us: vec![one_us],
+        all_us: vec![all_us],
         timeouts,
         host_cores,
     })
@@ -989,7 +1067,7 @@ pub fn table_rows(t: &mut Table, f: &ShellFigures, refs: Option<&TerminalReferen
         }
     }
     for e in &f.echo {
-        let (p50, p99) = (pct(&e.one_us, 50.0), pct(&e.one_us, 99.0));
+        let (p50, p99) = (e.one(50.0), e.one(99.0));
         let reference = refs.and_then(|r| match e.name {
             "raw cat" => r.echo_tmux20_one.map(|(_, p)| format!("tmux {p:.0}")),
             _ => None,
@@ -1013,7 +1091,7 @@ pub fn table_rows(t: &mut Table, f: &ShellFigures, refs: Option<&TerminalReferen
         );
         t.row(
             format!("echo {}, 20 observers: p99 us, all", e.name),
-            format!("{:.0}", pct(&e.all_us, 99.0)),
+            format!("{:.0}", e.all(99.0)),
             refs.and_then(|r| r.echo_tmux20_all)
                 .filter(|_| e.name == "raw cat")
                 .map(|(_, p)| format!("tmux {p:.0}")),
@@ -1139,7 +1217,7 @@ pub fn targets(f: &ShellFigures, refs: Option<&TerminalReference>) -> Vec<(Strin
     for e in &f.echo {
         out.push((
             format!("echo {} p99 < 2 ms", e.name),
-            Some(pct(&e.one_us, 99.0) < TARGET_ECHO_P99_US),
+            Some(e.one(99.0) < TARGET_ECHO_P99_US),
         ));
     }
     if let Some(l) = &f.late_join {

@@ -309,8 +309,8 @@ fn one() -> u32 {
     1
 }
 
-/// Test action `getLogStats()`: what the VM's log writer thread spent its
-/// time on (commits, checkpoints, pruning) since the log was opened.
+/// Test action `getLogStats()`: what the VM's log writer spent its time on
+/// (commits, checkpoints, pruning) since the log was opened.
 fn log_stats(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
     args.at_most("getLogStats", 0).map_err(invalid)?;
     let c = vm.log().counters();
@@ -320,6 +320,7 @@ fn log_stats(vm: &Vm, args: Args) -> Result<String, ErrorBody> {
         "events": get(&c.events),
         "outputBytes": get(&c.output_bytes),
         "commitUs": get(&c.commit_us),
+        "inlineCommits": get(&c.inline_commits),
         "checkpoints": get(&c.checkpoints),
         "checkpointUs": get(&c.checkpoint_us),
         "prunes": get(&c.prunes),

@@ -1,6 +1,6 @@
-//! The per-VM event log, the source of truth: one writer thread assigns each
-//! event the next gap-free `seq`, encodes its wire frame once, commits a batch
-//! of events in one SQLite transaction and only then publishes them. The
+//! The per-VM event log, the source of truth: one writer assigns each event
+//! the next gap-free `seq`, encodes its wire frame once, commits a batch of
+//! events in one SQLite transaction and only then publishes them. The
 //! broadcast that follows is a wake-up with the frames attached; a reader that
 //! falls behind it reads the same frames back from the database.
 
@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ensemble_protocol::frame::{encode_event_frame, BinaryHeader, BinaryKind};
@@ -30,6 +30,17 @@ const MAX_BATCH: usize = 1024;
 /// Appends waiting for the writer. When the disk is slower than producers,
 /// producers wait here: nothing is published before it is durable.
 const APPEND_QUEUE: usize = 8192;
+
+/// The largest append (bytes of event data) committed on the appending task
+/// rather than the writer thread: a keystroke's echo or a control event, not
+/// a build log.
+const INLINE_MAX: usize = 4 << 10;
+
+/// How long the log must have been without a commit for an append to be
+/// committed on the appending task. A burst of appends is left to the writer
+/// thread, which batches it and runs beside the tasks; a keystroke's echo
+/// comes alone.
+const INLINE_IDLE: Duration = Duration::from_micros(200);
 
 /// Logged events the broadcast keeps for subscribers. A subscriber more than
 /// this many events behind reads from the database instead (it gets `Lagged`).
@@ -130,7 +141,11 @@ pub struct Log {
 }
 
 struct Inner {
-    append_tx: mpsc::Sender<Append>,
+    queue: Queue,
+    writer: Arc<Mutex<Writer>>,
+    /// Whether small appends may commit on the appending task: not when each
+    /// commit waits for an fsync.
+    inline: bool,
     events_tx: broadcast::Sender<Arc<LoggedEvent>>,
     head: Arc<AtomicU64>,
     first: u64,
@@ -141,6 +156,37 @@ struct Inner {
     /// Bytes of output the log keeps (pruning starts beyond).
     output_budget: u64,
     counters: Arc<Counters>,
+}
+
+/// The writer thread's queue, with a count of what was ever sent to it.
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::Sender<Append>,
+    /// Appends sent (or being sent). Counted before the send, so that an
+    /// append committed inline can tell, under the writer's lock, whether
+    /// anything queued before it has yet to be committed.
+    queued: Arc<AtomicU64>,
+}
+
+impl Queue {
+    async fn send(&self, append: Append) -> Result<(), LogError> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        self.tx.send(append).await.map_err(|_| LogError::Closed)
+    }
+
+    /// An empty append: the writer commits nothing, then prunes or
+    /// checkpoints if that is due. Dropped if the queue is full, when the
+    /// writer has work anyway.
+    fn nudge(&self) {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let empty = Append {
+            events: Vec::new(),
+            reply: None,
+        };
+        if self.tx.try_send(empty).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Readers that must not lose output they have not read yet (terminal
@@ -154,7 +200,7 @@ pub struct Pin {
     /// Set by the writer when a pin stopped it short of the budget.
     held_back: Arc<AtomicBool>,
     /// To ask the writer to try again once the pin moved.
-    nudge: mpsc::Sender<Append>,
+    queue: Queue,
 }
 
 impl Pin {
@@ -164,11 +210,7 @@ impl Pin {
             pins.insert(self.id, seq);
         }
         if self.held_back.swap(false, Ordering::AcqRel) {
-            // An empty append: the writer commits nothing and prunes again.
-            let _ = self.nudge.try_send(Append {
-                events: Vec::new(),
-                reply: None,
-            });
+            self.queue.nudge();
         }
     }
 }
@@ -283,7 +325,7 @@ pub fn open_with(
     let head = Arc::new(AtomicU64::new(head));
     let (done_tx, done_rx) = oneshot::channel();
     let counters = Arc::new(Counters::default());
-    let writer = Writer {
+    let writer = Arc::new(Mutex::new(Writer {
         conn,
         next_seq: head.load(Ordering::Relaxed) + 1,
         session_seqs,
@@ -296,17 +338,27 @@ pub fn open_with(
         held_back: held_back.clone(),
         counters: counters.clone(),
         unchecked: 0,
-    };
+        taken: 0,
+        last_commit: Instant::now(),
+    }));
+    let thread_writer = writer.clone();
     std::thread::Builder::new()
         .name("ensemble-log".into())
         .spawn(move || {
-            writer.run(append_rx);
+            // Returns once every sender is gone, with the last handle on
+            // the writer (and so the database connection) dropped.
+            writer::run(thread_writer, append_rx);
             let _ = done_tx.send(());
         })
         .map_err(LogError::Thread)?;
     let log = Log {
         inner: Arc::new(Inner {
-            append_tx,
+            queue: Queue {
+                tx: append_tx,
+                queued: Arc::default(),
+            },
+            writer,
+            inline: durability == Durability::Normal,
             events_tx,
             head,
             first,
@@ -328,28 +380,73 @@ impl Log {
     /// Appends events with consecutive seqs and waits until they are
     /// durable; returns the seq of the last one.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<u64, Arc<LogError>> {
+        let events = match self.append_now(events) {
+            Ok(committed) => return committed,
+            Err(events) => events,
+        };
         let (reply_tx, reply_rx) = oneshot::channel();
         self.inner
-            .append_tx
+            .queue
             .send(Append {
                 events,
                 reply: Some(reply_tx),
             })
             .await
-            .map_err(|_| Arc::new(LogError::Closed))?;
+            .map_err(Arc::new)?;
         reply_rx.await.map_err(|_| Arc::new(LogError::Closed))?
+    }
+
+    /// Commits a small append right here, on the appending task, when the
+    /// log is idle: nothing queued before it is still uncommitted, the
+    /// writer thread is not busy and no commit ended in the last
+    /// [`INLINE_IDLE`]. A keystroke's echo then reaches its subscribers
+    /// without two hand-overs to and from the writer thread, which on an
+    /// idle core cost tens of microseconds each. The commit (a WAL append,
+    /// no fsync) blocks the task's thread for about as long as a hand-over
+    /// would have. Gives the events back when the writer thread must take
+    /// them.
+    fn append_now(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Result<u64, Arc<LogError>>, Vec<NewEvent>> {
+        let inner = &self.inner;
+        if !inner.inline || data_len(&events) > INLINE_MAX {
+            return Err(events);
+        }
+        let Ok(mut writer) = inner.writer.try_lock() else {
+            return Err(events);
+        };
+        if writer.taken != inner.queue.queued.load(Ordering::SeqCst)
+            || writer.last_commit.elapsed() < INLINE_IDLE
+        {
+            return Err(events);
+        }
+        let mut batch = vec![Append {
+            events,
+            reply: None,
+        }];
+        let committed = writer.commit(&mut batch).map(|()| writer.next_seq - 1);
+        let due = writer.maintenance_due();
+        drop(writer);
+        inner
+            .counters
+            .inline_commits
+            .fetch_add(1, Ordering::Relaxed);
+        if due {
+            inner.queue.nudge();
+        }
+        Ok(committed)
     }
 
     /// Appends without waiting for durability (publication still waits for it).
     pub async fn append_nowait(&self, events: Vec<NewEvent>) -> Result<(), LogError> {
         self.inner
-            .append_tx
+            .queue
             .send(Append {
                 events,
                 reply: None,
             })
             .await
-            .map_err(|_| LogError::Closed)
     }
 
     /// What the writer and the checkpoint thread spent their time on.
@@ -441,7 +538,7 @@ impl Log {
             pins: self.inner.pins.clone(),
             id,
             held_back: self.inner.held_back.clone(),
-            nudge: self.inner.append_tx.clone(),
+            queue: self.inner.queue.clone(),
         }
     }
 
@@ -549,6 +646,18 @@ impl Log {
         .await
         .map_err(|_| LogError::Closed)?
     }
+}
+
+/// Bytes of event data in an append.
+fn data_len(events: &[NewEvent]) -> usize {
+    events
+        .iter()
+        .map(|e| match e {
+            NewEvent::Json { name, data } => name.len() + data.len(),
+            NewEvent::Session { session_id, event } => session_id.len() + event.len(),
+            NewEvent::Bytes { payload, .. } => payload.len(),
+        })
+        .sum()
 }
 
 /// Reads one page. Rows are already wire frames: nothing is re-encoded.
@@ -726,4 +835,76 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(name: &str) -> NewEvent {
+        NewEvent::Json {
+            name: name.to_owned(),
+            data: "{}".to_owned(),
+        }
+    }
+
+    fn inline_commits(log: &Log) -> u64 {
+        log.counters().inline_commits.load(Ordering::Relaxed)
+    }
+
+    async fn names(log: &Log) -> Vec<String> {
+        let page = log.page(0, log.head(), 100, None).await.unwrap();
+        page.into_iter().map(|e| e.name).collect()
+    }
+
+    #[tokio::test]
+    async fn a_small_append_into_an_idle_log_commits_inline_and_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _done) = open(&dir.path().join("log.db"), 1 << 20).unwrap();
+        let mut live = log.subscribe();
+        tokio::time::sleep(INLINE_IDLE * 2).await;
+        assert_eq!(log.append(vec![json("a")]).await.unwrap(), 1);
+        // Right after a commit the log is not idle: the writer thread takes it.
+        assert_eq!(log.append(vec![json("b")]).await.unwrap(), 2);
+        assert_eq!(inline_commits(&log), 1);
+        assert_eq!(log.head(), 2);
+        assert_eq!(live.recv().await.unwrap().seq, 1);
+        assert_eq!(live.recv().await.unwrap().seq, 2);
+        // Durable: a reader on its own connection finds them.
+        assert_eq!(names(&log).await, ["a", "b"]);
+        // Big appends always go to the writer thread.
+        tokio::time::sleep(INLINE_IDLE * 2).await;
+        let big = NewEvent::Bytes {
+            kind: BinaryKind::ProcessStdout,
+            id: 1,
+            payload: Bytes::from(vec![b'x'; INLINE_MAX + 1]),
+        };
+        assert_eq!(log.append(vec![big]).await.unwrap(), 3);
+        assert_eq!(inline_commits(&log), 1);
+    }
+
+    #[tokio::test]
+    async fn an_inline_append_never_overtakes_one_queued_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _done) = open(&dir.path().join("log.db"), 1 << 20).unwrap();
+        for round in 0..50 {
+            tokio::time::sleep(INLINE_IDLE * 2).await;
+            let queued = format!("queued{round}");
+            let after = format!("after{round}");
+            log.append_nowait(vec![json(&queued)]).await.unwrap();
+            log.append(vec![json(&after)]).await.unwrap();
+            let names = names(&log).await;
+            assert_eq!(names[names.len() - 2..], [queued, after]);
+        }
+    }
+
+    #[tokio::test]
+    async fn with_full_durability_every_append_goes_to_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _done) =
+            open_with(&dir.path().join("log.db"), 1 << 20, Durability::Full).unwrap();
+        tokio::time::sleep(INLINE_IDLE * 2).await;
+        assert_eq!(log.append(vec![json("a")]).await.unwrap(), 1);
+        assert_eq!(inline_commits(&log), 0);
+    }
 }

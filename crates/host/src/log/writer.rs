@@ -1,10 +1,12 @@
-//! The log's writer thread: assigns seqs, encodes each event's wire frame
-//! once, commits a batch in one transaction, publishes it, and prunes old
-//! output past the budget, and checkpoints the WAL every few MiB.
+//! The log's writer: assigns seqs, encodes each event's wire frame once,
+//! commits a batch in one transaction, publishes it, prunes old output past
+//! the budget, and checkpoints the WAL every few MiB. It runs on the log's
+//! writer thread, or for a small append into an idle log on the appending
+//! task (see `Log::append`); a mutex keeps the two apart.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -29,8 +31,11 @@ pub struct Counters {
     pub commits: AtomicU64,
     pub events: AtomicU64,
     pub output_bytes: AtomicU64,
-    /// Time in insert + commit, on the writer thread.
+    /// Time in insert + commit.
     pub commit_us: AtomicU64,
+    /// Commits made on the appending task instead of the writer thread
+    /// (counted in `commits` too).
+    pub inline_commits: AtomicU64,
     /// Checkpoints and their time, on the writer thread.
     pub checkpoints: AtomicU64,
     pub checkpoint_us: AtomicU64,
@@ -58,28 +63,66 @@ pub(super) struct Writer {
     pub counters: Arc<Counters>,
     /// WAL bytes written since the last checkpoint, estimated.
     pub unchecked: u64,
+    /// Appends taken from the queue so far: when it equals what was queued,
+    /// nothing queued is waiting or in the writer thread's hands.
+    pub taken: u64,
+    /// When the last commit ended.
+    pub last_commit: Instant,
+}
+
+/// The writer thread: commits what is queued, in batches, until every sender
+/// is gone.
+pub(super) fn run(writer: Arc<Mutex<Writer>>, mut append_rx: mpsc::Receiver<Append>) {
+    let mut batch = Vec::new();
+    while let Some(first) = append_rx.blocking_recv() {
+        // Poisoned: a commit panicked; the log closes rather than guess.
+        let Ok(mut w) = writer.lock() else { return };
+        let mut events = first.events.len();
+        batch.push(first);
+        while events < MAX_BATCH {
+            match append_rx.try_recv() {
+                Ok(next) => {
+                    events += next.events.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        w.taken += batch.len() as u64;
+        // Errors went to the appenders with their replies.
+        let _ = w.commit(&mut batch);
+        w.maintain();
+    }
 }
 
 impl Writer {
-    pub(super) fn run(mut self, mut append_rx: mpsc::Receiver<Append>) {
-        let mut batch = Vec::new();
-        while let Some(first) = append_rx.blocking_recv() {
-            let mut events = first.events.len();
-            batch.push(first);
-            while events < MAX_BATCH {
-                match append_rx.try_recv() {
-                    Ok(next) => {
-                        events += next.events.len();
-                        batch.push(next);
-                    }
-                    Err(_) => break,
-                }
+    /// Whether [`Writer::maintain`] has work (pruning or a checkpoint),
+    /// which is for the writer thread, never an appending task.
+    pub(super) fn maintenance_due(&self) -> bool {
+        self.output_bytes > self.output_budget || self.unchecked >= CHECKPOINT_EVERY
+    }
+
+    /// Prunes old output past the budget and checkpoints the WAL when due.
+    fn maintain(&mut self) {
+        if self.output_bytes > self.output_budget {
+            let started = Instant::now();
+            if let Err(e) = self.prune() {
+                tracing::error!(error = %e, "pruning old output failed; the log grows past its budget");
             }
-            self.commit(&mut batch);
+            self.counters.prunes.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .prune_us
+                .fetch_add(micros(started), Ordering::Relaxed);
+        }
+        if self.unchecked >= CHECKPOINT_EVERY {
+            self.unchecked = 0;
+            self.checkpoint();
         }
     }
 
-    fn commit(&mut self, batch: &mut Vec<Append>) {
+    /// Commits `batch` in one transaction and publishes it; answers each
+    /// append's reply. The same error also comes back here.
+    pub(super) fn commit(&mut self, batch: &mut Vec<Append>) -> Result<(), Arc<LogError>> {
         let start_seq = self.next_seq;
         let saved_sessions: Vec<(String, Option<u64>)> = batch
             .iter()
@@ -157,21 +200,9 @@ impl Writer {
                         let _ = reply.send(Ok(last));
                     }
                 }
-                if self.output_bytes > self.output_budget {
-                    let started = Instant::now();
-                    if let Err(e) = self.prune() {
-                        tracing::error!(error = %e, "pruning old output failed; the log grows past its budget");
-                    }
-                    self.counters.prunes.fetch_add(1, Ordering::Relaxed);
-                    self.counters
-                        .prune_us
-                        .fetch_add(micros(started), Ordering::Relaxed);
-                }
                 self.unchecked += bytes + COMMIT_PAGES;
-                if self.unchecked >= CHECKPOINT_EVERY {
-                    self.unchecked = 0;
-                    self.checkpoint();
-                }
+                self.last_commit = Instant::now();
+                Ok(())
             }
             Err(e) => {
                 tracing::error!(error = %e, "event log commit failed; the batch is refused");
@@ -187,6 +218,8 @@ impl Writer {
                 for reply in pending.chain(batch.drain(..).map(|a| a.reply)).flatten() {
                     let _ = reply.send(Err(e.clone()));
                 }
+                self.last_commit = Instant::now();
+                Err(e)
             }
         }
     }
