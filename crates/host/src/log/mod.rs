@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ensemble_protocol::frame::{encode_event_frame, BinaryHeader, BinaryKind};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde_json::value::RawValue;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -41,6 +41,10 @@ const INLINE_MAX: usize = 4 << 10;
 /// thread, which batches it and runs beside the tasks; a keystroke's echo
 /// comes alone.
 const INLINE_IDLE: Duration = Duration::from_micros(200);
+
+/// How long a write waits for another connection's write (a hook's position)
+/// to end.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Logged events the broadcast keeps for subscribers. A subscriber more than
 /// this many events behind reads from the database instead (it gets `Lagged`).
@@ -261,7 +265,6 @@ pub fn open_with(
          PRAGMA journal_size_limit=8388608;
          PRAGMA synchronous=NORMAL;
          PRAGMA wal_autocheckpoint=0;
-         PRAGMA busy_timeout=5000;
          CREATE TABLE IF NOT EXISTS events(
              seq INTEGER PRIMARY KEY,
              ts INTEGER NOT NULL,
@@ -281,6 +284,7 @@ pub fn open_with(
              v INTEGER NOT NULL);",
     )
     .map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
     if durability == Durability::Full {
         conn.execute_batch("PRAGMA synchronous=FULL;")
             .map_err(open_err)?;
@@ -425,7 +429,20 @@ impl Log {
             events,
             reply: None,
         }];
-        let committed = writer.commit(&mut batch).map(|()| writer.next_seq - 1);
+        // Another connection writing (a hook's position) would make the
+        // commit wait for it: the write lock is taken first, without waiting,
+        // and the writer thread takes the append if it is not free.
+        if writer.conn.busy_timeout(Duration::ZERO).is_err() {
+            return Err(batch.remove(0).events);
+        }
+        let committed = writer.commit(&mut batch, TransactionBehavior::Immediate);
+        if let Err(e) = writer.conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(error = %e, "cannot restore the log's busy timeout");
+        }
+        if let Some(append) = batch.pop() {
+            return Err(append.events);
+        }
+        let committed = committed.map(|()| writer.next_seq - 1);
         let due = writer.maintenance_due();
         drop(writer);
         inner
@@ -635,7 +652,7 @@ impl Log {
         let path = self.inner.readers.path.clone();
         tokio::task::spawn_blocking(move || {
             let conn = Connection::open(&path)?;
-            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
             conn.execute(
                 "INSERT INTO hook_positions(hook, seq) VALUES (?1, ?2)
                  ON CONFLICT(hook) DO UPDATE SET seq = excluded.seq",
@@ -816,7 +833,7 @@ impl ReaderPool {
                     &self.path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
-                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
                 conn
             }
         };
@@ -896,6 +913,31 @@ mod tests {
             let names = names(&log).await;
             assert_eq!(names[names.len() - 2..], [queued, after]);
         }
+    }
+
+    #[tokio::test]
+    async fn an_inline_append_never_waits_for_another_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let (log, _done) = open(&path, 1 << 20).unwrap();
+        // Another connection holds the write lock for a while, as a hook
+        // storing its position does for a moment.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        tokio::time::sleep(INLINE_IDLE * 2).await;
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+        assert_eq!(log.append(vec![json("a")]).await.unwrap(), 1);
+        // The test's runtime has one thread: the other task ran only if the
+        // append let go of it rather than wait there for the lock.
+        assert!(ran.load(Ordering::SeqCst), "the append blocked its thread");
+        assert_eq!(inline_commits(&log), 0);
+        release.join().unwrap();
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ensemble_protocol::frame::{encode_event_frame, BinaryHeader};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{now_ms, Append, Frame, LogError, LoggedEvent, NewEvent, Pins, Reply, MAX_BATCH};
@@ -89,8 +89,13 @@ pub(super) fn run(writer: Arc<Mutex<Writer>>, mut append_rx: mpsc::Receiver<Appe
             }
         }
         w.taken += batch.len() as u64;
-        // Errors went to the appenders with their replies.
-        let _ = w.commit(&mut batch);
+        if let Err(e) = w.commit(&mut batch, TransactionBehavior::Deferred) {
+            // Not even begun: the batch is still whole (otherwise its
+            // appenders already have the error).
+            for reply in batch.drain(..).filter_map(|a| a.reply) {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
         w.maintain();
     }
 }
@@ -120,9 +125,19 @@ impl Writer {
         }
     }
 
-    /// Commits `batch` in one transaction and publishes it; answers each
-    /// append's reply. The same error also comes back here.
-    pub(super) fn commit(&mut self, batch: &mut Vec<Append>) -> Result<(), Arc<LogError>> {
+    /// Commits `batch` in one transaction begun with `begin` and publishes
+    /// it; answers each append's reply. The same error also comes back here.
+    /// If the transaction cannot even begin (the database is busy), the
+    /// batch is left as it was, its replies unanswered.
+    pub(super) fn commit(
+        &mut self,
+        batch: &mut Vec<Append>,
+        begin: TransactionBehavior,
+    ) -> Result<(), Arc<LogError>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(begin)
+            .map_err(|e| Arc::new(LogError::Sqlite(e)))?;
         let start_seq = self.next_seq;
         let saved_sessions: Vec<(String, Option<u64>)> = batch
             .iter()
@@ -140,7 +155,6 @@ impl Writer {
         let started = Instant::now();
         let mut bytes = 0u64;
         let result = (|| -> Result<(), rusqlite::Error> {
-            let tx = self.conn.transaction()?;
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO events(seq, ts, name, session_id, session_seq, kind, body)
