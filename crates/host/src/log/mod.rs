@@ -445,10 +445,12 @@ impl Log {
         let committed = committed.map(|()| writer.next_seq - 1);
         let due = writer.maintenance_due();
         drop(writer);
-        inner
-            .counters
-            .inline_commits
-            .fetch_add(1, Ordering::Relaxed);
+        if committed.is_ok() {
+            inner
+                .counters
+                .inline_commits
+                .fetch_add(1, Ordering::Relaxed);
+        }
         if due {
             inner.queue.nudge();
         }
@@ -466,7 +468,7 @@ impl Log {
             .await
     }
 
-    /// What the writer and the checkpoint thread spent their time on.
+    /// What the log's writer spent its time on.
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
     }
