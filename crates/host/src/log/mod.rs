@@ -425,16 +425,16 @@ impl Log {
         {
             return Err(events);
         }
-        let mut batch = vec![Append {
-            events,
-            reply: None,
-        }];
         // Another connection writing (a hook's position) would make the
         // commit wait for it: the write lock is taken first, without waiting,
         // and the writer thread takes the append if it is not free.
         if writer.conn.busy_timeout(Duration::ZERO).is_err() {
-            return Err(batch.remove(0).events);
+            return Err(events);
         }
+        let mut batch = vec![Append {
+            events,
+            reply: None,
+        }];
         let committed = writer.commit(&mut batch, TransactionBehavior::Immediate);
         if let Err(e) = writer.conn.busy_timeout(BUSY_TIMEOUT) {
             tracing::warn!(error = %e, "cannot restore the log's busy timeout");
